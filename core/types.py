@@ -1,0 +1,57 @@
+"""Plain data passed between the search loop, proposers, the store and the UIs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a proposer needs to know about the layer-rate search."""
+    model_name: str
+    n_layers: int
+    beta: float  # target mean rate
+    lo: float = 0.0  # per-layer bounds
+    hi: float = 1.0
+    decimals: int = 5
+
+
+@dataclass
+class Proposal:
+    """A candidate rate vector as a proposer produced it (already repaired)."""
+    rates: list[float]
+    origin: str  # init | mutation | crossover | random | fallback
+    parents: list[int] = field(default_factory=list)  # candidate ids
+    repaired: bool = False  # repair changed the proposer's raw numbers
+    raw: list[float] | None = None  # the numbers before repair, when they differ
+    call_id: int | None = None  # the LLM call that produced it
+
+
+@dataclass
+class Scored:
+    """A candidate in the population: id in the store, rates, fitness (ppl, lower is better)."""
+    id: int
+    rates: list[float]
+    fitness: float
+    origin: str = "init"
+    generation: int = 0
+    parents: list[int] = field(default_factory=list)
+
+
+@dataclass
+class CallRecord:
+    """One LLM request/response, as stored and shown in the TUI's call log."""
+    proposer: str
+    phase: str  # init | mutation | crossover | metric
+    attempt: int
+    prompt: str
+    response: str
+    parsed: int = 0  # candidates kept from this reply
+    repaired: int = 0  # of which changed by repair
+    error: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_s: float = 0.0
+    generation: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)

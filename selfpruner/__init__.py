@@ -1,0 +1,1 @@
+"""selfpruner: LLM-driven evolutionary pruning of LLMs."""
