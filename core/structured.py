@@ -75,8 +75,18 @@ def _permute_layer(arch: ModelArch, i: int, unit_perm: torch.Tensor, chan_perm: 
         p.down.weight.copy_(p.down.weight[:, chan_perm])
 
 
+def _permute_stats(arch: ModelArch, stats: CalibrationStats, i: int, unit_perm, chan_perm) -> None:
+    s = stats.sqsum[i]
+    s["o_in"] = _rows(s["o_in"], unit_perm, arch.q_heads_per_unit * arch.head_dim)
+    s["down_in"] = s["down_in"][chan_perm]
+
+
 class StructuredPruner:
-    """Owns the resident model's reordering and swaps in any layer-rate vector in milliseconds."""
+    """Owns the resident model's reordering and swaps in any layer-rate vector in milliseconds.
+
+    The o_proj / down_proj input statistics in `stats` are permuted in place along with the weights, so
+    later users of `stats` (OWL, symbolic metrics) still see matching columns.
+    """
 
     def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats):
         self.model, self.arch = model, arch
@@ -86,6 +96,7 @@ class StructuredPruner:
             up = torch.argsort(units[i], descending=True, stable=True)
             cp = torch.argsort(chans[i], descending=True, stable=True)
             _permute_layer(arch, i, up, cp)
+            _permute_stats(arch, stats, i, up, cp)
             self.unit_scores.append(units[i][up])
             self.chan_scores.append(chans[i][cp])
         self._full = [{name: getattr(p, name).weight for name in ("q", "k", "v", "o", "gate", "up", "down")}

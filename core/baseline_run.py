@@ -1,0 +1,48 @@
+"""Evaluate a baseline rate vector (uniform or OWL) exactly as a searched one is, and store it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import SearchConfig
+from .events import EventBus, SessionStarted, Stage
+from .search.baselines import owl_rates, uniform_rates
+from .store import Store, new_session_id
+from .types import Proposal
+from .workbench import Workbench
+
+
+def baseline_rates(bench: Workbench, method: str, beta: float, *, lam: float = 0.08, m: float = 5.0,
+                   lo: float = 0.0, hi: float = 1.0) -> list[float]:
+    if method == "uniform":
+        return uniform_rates(bench.lm.arch.n_layers, beta)
+    if method == "owl":
+        return owl_rates(bench.lm.arch, bench.stats, beta, lam, m, lo, hi)
+    raise ValueError(f"unknown baseline {method!r}")
+
+
+def run_baseline(cfg: SearchConfig, method: str, *, bus: EventBus | None = None, bench: Workbench | None = None,
+                 lam: float = 0.08, m: float = 5.0) -> dict:
+    bus = bus or EventBus()
+    bench = bench or Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
+                                     data=cfg.data, bus=bus)
+    rates = baseline_rates(bench, method, cfg.beta, lam=lam, m=m, lo=cfg.lo, hi=cfg.hi)
+    sid = new_session_id("baseline")
+    store = Store(Path(cfg.sessions_dir) / f"{sid}.db", create=True)
+    conf = cfg.to_dict() | {"method": method, "owl_lambda": lam, "owl_m": m}
+    store.create_session(sid, "baseline", conf, model_name=bench.lm.name, model_fingerprint=bench.lm.fingerprint,
+                         data_source=bench.data.source, beta=cfg.beta, proposer=method)
+    bus.emit(SessionStarted(sid, str(store.path), conf, bench.lm.arch.n_layers))
+    (cid,) = store.add_candidates(0, "init", [Proposal(rates, origin=method)])
+    bus.emit(Stage("search", f"{method}: search-time fitness"))
+    search_ppl, secs = bench.fitness(rates, cfg.budget_tokens)
+    store.add_evaluation(cid, search_ppl, budget_tokens=cfg.budget_tokens, seq_len=cfg.seq_len, eval_s=secs)
+    bus.emit(Stage("final", f"{method}: final evaluation"))
+    final_ppl, secs = bench.fitness(rates, cfg.final_tokens or 10**12, which="test")
+    tokens = bench.windows("test", cfg.final_tokens).numel()
+    store.add_evaluation(cid, final_ppl, kind="final", budget_tokens=tokens, seq_len=cfg.seq_len, eval_s=secs)
+    result = {"method": method, "rates": rates, "search_ppl": search_ppl, "final_ppl": final_ppl,
+              "final_tokens": tokens, "session_id": sid}
+    store.add_result("baseline", method, result)
+    store.update_session(status="finished", best_candidate=cid, best_fitness=search_ppl, final_ppl=final_ppl)
+    store.close()
+    return result

@@ -1,0 +1,60 @@
+"""SearchConfig: everything a layer-rate search needs, validated once, stored with the session."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message is one line."""
+
+
+@dataclass
+class SearchConfig:
+    model: str | None = None  # None = bundled gemma-3-270m GGUF
+    beta: float = 0.3  # target mean pruning rate
+    proposer: str = "llama-cpp"  # openai | llama-cpp | vllm | numeric | replay
+    proposer_model: str | None = None  # GGUF path / OpenAI model / vLLM model; None = proposer's default
+    replay_from: str | None = None  # session path for the replay proposer
+    population: int = 30  # K
+    mutations: int = 10  # M
+    crossovers: int = 10  # S
+    generations: int = 20  # N
+    lo: float = 0.0  # per-layer rate bounds
+    hi: float = 1.0
+    budget_tokens: int = 2048  # search-time fitness tokens
+    seq_len: int = 512
+    calib_tokens: int = 16384
+    final_tokens: int | None = None  # final evaluation budget; None = the whole test stream
+    final_eval: bool = True
+    init: str = "llm"  # llm | random  (paper ablation: random initial population)
+    max_retries: int = 3
+    temperature: float = 0.8
+    seed: int = 0
+    data: str = "auto"  # auto | hub | local
+    sessions_dir: str = "sessions"
+
+    def validate(self) -> "SearchConfig":
+        if not 0.0 < self.beta < 1.0:
+            raise ConfigError(f"--ratio must be in (0, 1), got {self.beta}")
+        if not 0.0 <= self.lo <= self.beta <= self.hi <= 1.0:
+            raise ConfigError(f"bounds must satisfy 0 <= lo <= ratio <= hi <= 1 (lo={self.lo}, hi={self.hi})")
+        for name in ("population", "generations"):
+            if getattr(self, name) < (1 if name == "population" else 0):
+                raise ConfigError(f"--{name} must be positive")
+        if self.mutations < 0 or self.crossovers < 0:
+            raise ConfigError("mutation and crossover counts must be >= 0")
+        if self.budget_tokens < self.seq_len:
+            raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be at least --seq-len ({self.seq_len})")
+        if self.init not in ("llm", "random"):
+            raise ConfigError("--init must be llm or random")
+        if self.proposer == "replay" and not self.replay_from:
+            raise ConfigError("the replay proposer needs a source session")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,37 @@
+"""Layer-rate baselines: uniform rates, and OWL (Yin et al. 2023) outlier-weighted layer rates."""
+from __future__ import annotations
+
+import torch
+
+from ..calibration import CalibrationStats
+from ..models import ModelArch
+
+_POINT_OF = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "o": "o_in",
+             "gate": "mlp_in", "up": "mlp_in", "down": "down_in"}
+
+
+def uniform_rates(n_layers: int, beta: float) -> list[float]:
+    return [float(beta)] * n_layers
+
+
+@torch.no_grad()
+def outlier_ratios(arch: ModelArch, stats: CalibrationStats, m: float = 5.0) -> list[float]:
+    """Layer outlier distribution: the share of a layer's weights whose Wanda score |W|·||X|| exceeds
+    m times the layer's mean score."""
+    out = []
+    for i, parts in enumerate(arch.layers):
+        scores = [(getattr(parts, name).weight.abs() * stats.norm(i, point)).flatten()
+                  for name, point in _POINT_OF.items()]
+        s = torch.cat(scores)
+        out.append(float((s > m * s.mean()).float().mean()))
+    return out
+
+
+def owl_rates(arch: ModelArch, stats: CalibrationStats, beta: float, lam: float = 0.08, m: float = 5.0,
+              lo: float = 0.0, hi: float = 1.0) -> list[float]:
+    """Layers with more outliers are pruned less: rates span beta ± lam, with mean exactly beta."""
+    d = torch.tensor(outlier_ratios(arch, stats, m), dtype=torch.float64)
+    span = d.max() - d.min()
+    scaled = (d - d.min()) / span * 2 * lam if span > 0 else torch.zeros_like(d)
+    rates = beta - (scaled - scaled.mean())
+    return [min(max(float(r), lo), hi) for r in rates]

@@ -1,0 +1,164 @@
+"""Self-Pruner, Algorithm 1: LLM-written initial population, then N generations of LLM-written mutations
+and crossovers, keeping the best K (elitist (K + M + S) selection). Lower fitness (ppl) is better.
+
+Every proposal and fitness is stored before the next step, and each generation is rebuilt from the store,
+so `resume=True` continues a killed session where it stopped, re-proposing nothing that was stored.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..config import SearchConfig
+from ..events import (CandidateEvaluated, CandidateProposed, Control, EvalProgress, EventBus, GenerationFinished,
+                      GenerationStarted, LLMCall, SearchFinished)
+from ..proposers.base import Proposer
+from ..store import Store, rates_key
+from ..types import CallRecord, Problem, Scored
+from ..workbench import Workbench
+
+
+class Stopped(Exception):
+    pass
+
+
+@dataclass
+class SelfPrunerSearch:
+    cfg: SearchConfig
+    bench: Workbench
+    store: Store
+    proposer: Proposer
+    bus: EventBus
+    control: Control
+    init_proposer: Proposer | None = None  # the paper's random-init ablation swaps this in
+
+    def __post_init__(self):
+        a = self.bench.lm.arch
+        self.problem = Problem(self.bench.lm.name, a.n_layers, self.cfg.beta, self.cfg.lo, self.cfg.hi)
+        self._generation = 0
+        for p in {id(x): x for x in (self.proposer, self.init_proposer) if x is not None}.values():
+            p.on_call = self._record_call
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def _record_call(self, rec: CallRecord) -> int:
+        rec.generation = self._generation
+        call_id = self.store.add_call(rec)
+        self.bus.emit(LLMCall(call_id, rec))
+        return call_id
+
+    def _stored_phase(self, generation: int, phase: str) -> list[dict]:
+        return [c for c in self.store.candidates(generation) if c["phase"] == phase]
+
+    def _propose(self, generation: int, phase: str, count: int, population: list[Scored]) -> list[dict]:
+        """The phase's candidates: from the store when a resumed run already has them, else proposed now."""
+        if count == 0:
+            return []
+        stored = self._stored_phase(generation, phase)
+        if stored:
+            return stored
+        if self.control.checkpoint():
+            raise Stopped
+        self._generation = generation
+        if phase == "init":
+            proposals = (self.init_proposer or self.proposer).initial(self.problem, count)
+        elif phase == "mutation":
+            proposals = self.proposer.mutate(self.problem, population, count, generation)
+        else:
+            proposals = self.proposer.crossover(self.problem, population, count, generation)
+        ids = self.store.add_candidates(generation, phase, proposals, self.problem.decimals)
+        for cid, p in zip(ids, proposals):
+            self.bus.emit(CandidateProposed(cid, generation, p.origin, p.rates, p.parents))
+        return self._stored_phase(generation, phase)
+
+    def _evaluate(self, rows: list[dict], known: dict[int, float]) -> list[Scored]:
+        cfg, out = self.cfg, []
+        for r in rows:
+            if r["id"] not in known:
+                if self.control.checkpoint():
+                    raise Stopped
+                cached = self.store.cached_fitness(rates_key(r["rates"]), cfg.budget_tokens, cfg.seq_len)
+                if cached is not None:
+                    fit, secs = cached, 0.0
+                else:
+                    try:
+                        fit, secs = self.bench.fitness(
+                            r["rates"], cfg.budget_tokens, should_stop=lambda: self.control.stopped,
+                            progress=lambda d, t, i=r["id"]: self.bus.emit(EvalProgress(i, d, t)))
+                    except InterruptedError:
+                        raise Stopped from None
+                self.store.add_evaluation(r["id"], fit, budget_tokens=cfg.budget_tokens, seq_len=cfg.seq_len,
+                                          eval_s=secs, cached=cached is not None)
+                known[r["id"]] = fit
+                self.bus.emit(CandidateEvaluated(r["id"], r["generation"], r["origin"], r["rates"], r["parents"],
+                                                 fit, secs, cached is not None))
+            out.append(Scored(r["id"], r["rates"], known[r["id"]], r["origin"], r["generation"], r["parents"]))
+        return out
+
+    def _select(self, generation: int, pool: list[Scored]) -> list[Scored]:
+        pop = sorted(pool, key=lambda s: (s.fitness, s.id))[: self.cfg.population]
+        finite = [s.fitness for s in pop if math.isfinite(s.fitness)]
+        mean = sum(finite) / len(finite) if finite else float("inf")
+        self.store.add_generation(generation, pop[0].fitness, mean, [s.id for s in pop])
+        self.bus.emit(GenerationFinished(generation, pop[0].fitness, mean, [s.id for s in pop]))
+        return pop
+
+    # ---- Algorithm 1 --------------------------------------------------------------------------
+    def run(self) -> SearchFinished:
+        cfg = self.cfg
+        known = self.store.fitness_by_candidate(budget_tokens=cfg.budget_tokens)
+        try:
+            self.bus.emit(GenerationStarted(0, cfg.population))
+            pop = self._select(0, self._evaluate(self._propose(0, "init", cfg.population, []), known))
+            for g in range(1, cfg.generations + 1):
+                self.bus.emit(GenerationStarted(g, cfg.mutations + cfg.crossovers))
+                rows = self._propose(g, "mutation", cfg.mutations, pop)
+                rows += self._propose(g, "crossover", cfg.crossovers, pop)
+                pop = self._select(g, pop + self._evaluate(rows, known))
+            status = "finished"
+        except Stopped:
+            status = "stopped"
+        return self._finish(status, known)
+
+    def _finish(self, status: str, known: dict[int, float]) -> SearchFinished:
+        rows = {r["id"]: r for r in self.store.candidates()}
+        best_id = min(known, key=lambda i: (known[i], i)) if known else None
+        best_rates = rows[best_id]["rates"] if best_id is not None else None
+        final_ppl = None
+        if status == "finished" and best_id is not None and self.cfg.final_eval:
+            final_ppl = self.final_evaluation(best_id, best_rates)
+        self.store.update_session(status=status, best_candidate=best_id,
+                                  best_fitness=known.get(best_id), final_ppl=final_ppl)
+        ev = SearchFinished(status, best_id, known.get(best_id), best_rates, final_ppl)
+        self.bus.emit(ev)
+        return ev
+
+    def final_evaluation(self, candidate_id: int, rates: list[float]) -> float:
+        from ..events import Stage
+        self.bus.emit(Stage("final", "final evaluation on the test stream"))
+        ppl, secs = self.bench.fitness(rates, self.cfg.final_tokens or 10**12, which="test")
+        tokens = self.bench.windows("test", self.cfg.final_tokens).numel()
+        self.store.add_evaluation(candidate_id, ppl, kind="final", budget_tokens=tokens,
+                                  seq_len=self.cfg.seq_len, eval_s=secs)
+        self.store.add_result("best", "self-pruner", {"candidate_id": candidate_id, "rates": rates,
+                                                      "final_ppl": ppl, "final_tokens": tokens})
+        return ppl
+
+
+def compare_trajectories(a: Store, b: Store, rel_tol: float = 1e-6) -> list[str]:
+    """Differences between two sessions' candidates, fitness values and generations ([] = identical)."""
+    diffs = []
+    ca, cb = a.candidates(), b.candidates()
+    if len(ca) != len(cb):
+        diffs.append(f"candidate count {len(ca)} != {len(cb)}")
+    fa, fb = a.fitness_by_candidate(), b.fitness_by_candidate()
+    for x, y in zip(ca, cb):
+        if (x["generation"], x["phase"], x["rates"], x["parents"]) != (y["generation"], y["phase"], y["rates"],
+                                                                       y["parents"]):
+            diffs.append(f"candidate {x['id']} differs")
+        u, v = fa.get(x["id"]), fb.get(y["id"])
+        if (u is None) != (v is None) or (u is not None and not math.isclose(u, v, rel_tol=rel_tol)):
+            diffs.append(f"candidate {x['id']} fitness {u} != {v}")
+    ga, gb = a.generations(), b.generations()
+    if [g["population"] for g in ga] != [g["population"] for g in gb]:
+        diffs.append("generation populations differ")
+    return diffs

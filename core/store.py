@@ -1,0 +1,254 @@
+"""One SQLite file per session (sqlite-utils, WAL): config, every LLM call, candidate, fitness, result.
+
+Every write commits at once, so a run killed at any point loses at most the evaluation in flight;
+`--resume` reads the same tables back. API keys never reach this module: configs are stored as given
+by SearchConfig.to_dict(), which holds no secrets.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import sqlite_utils
+
+from .types import CallRecord, Proposal
+
+SCHEMA_VERSION = 1
+DEFAULT_DIR = Path("sessions")
+
+
+class StoreError(RuntimeError):
+    """A session DB that cannot be used; the message is one line for the user."""
+
+
+def rates_key(rates, decimals: int = 5) -> str:
+    """Fitness-cache key: the rate vector at the precision proposers write."""
+    return ",".join(f"{r:.{decimals}f}" for r in rates)
+
+
+def new_session_id(kind: str = "layer") -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{kind}-{uuid.uuid4().hex[:4]}"
+
+
+class Store:
+    def __init__(self, path: Path | str, *, create: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"session DB not found: {self.path}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=5, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self.db = sqlite_utils.Database(conn)
+            self._ensure_schema()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot use session DB {self.path}: {e}") from None
+
+    # ---- schema -------------------------------------------------------------------------------
+    def _ensure_schema(self) -> None:
+        db = self.db
+        if "session" not in db.table_names():
+            db["session"].create({"id": str, "kind": str, "created": float, "updated": float, "status": str,
+                                  "config": str, "model_name": str, "model_fingerprint": str, "model_arch": str,
+                                  "data_source": str, "beta": float, "proposer": str, "best_candidate": int,
+                                  "best_fitness": float, "final_ppl": float, "error": str,
+                                  "schema_version": int}, pk="id")
+            db["llm_calls"].create({"id": int, "generation": int, "phase": str, "proposer": str, "attempt": int,
+                                    "prompt": str, "response": str, "parsed": int, "repaired": int, "error": str,
+                                    "tokens_in": int, "tokens_out": int, "latency_s": float, "created": float},
+                                   pk="id")
+            db["candidates"].create({"id": int, "generation": int, "phase": str, "origin": str, "parents": str, "rates": str,
+                                     "key": str, "raw": str, "repaired": int, "call_id": int, "created": float},
+                                    pk="id", foreign_keys=[("call_id", "llm_calls", "id")])
+            db["candidates"].create_index(["key"])
+            db["candidates"].create_index(["generation"])
+            db["evaluations"].create({"id": int, "candidate_id": int, "kind": str, "fitness": float,
+                                      "budget_tokens": int, "seq_len": int, "eval_s": float, "cached": int,
+                                      "created": float}, pk="id",
+                                     foreign_keys=[("candidate_id", "candidates", "id")])
+            db["evaluations"].create_index(["candidate_id"])
+            db["generations"].create({"generation": int, "best": float, "mean": float, "population": str,
+                                      "finished": float}, pk="generation")
+            db["results"].create({"id": int, "kind": str, "name": str, "payload": str, "created": float}, pk="id")
+            db["metric_candidates"].create({"id": int, "iteration": int, "expression": str, "canonical": str,
+                                            "origin": str, "parents": str, "fitness": float, "eval_s": float,
+                                            "call_id": int, "created": float}, pk="id")
+            db["metric_candidates"].create_index(["canonical"])
+
+    # ---- session --------------------------------------------------------------------------------
+    def create_session(self, session_id: str, kind: str, config: dict, **fields) -> None:
+        now = time.time()
+        self.db["session"].insert({"id": session_id, "kind": kind, "created": now, "updated": now,
+                                   "status": "running", "config": json.dumps(config),
+                                   "schema_version": SCHEMA_VERSION, **fields})
+
+    def session(self) -> dict:
+        rows = list(self.db["session"].rows)
+        if not rows:
+            raise StoreError(f"{self.path} holds no session")
+        row = rows[0]
+        row["config"] = json.loads(row["config"] or "{}")
+        return row
+
+    def update_session(self, **fields) -> None:
+        sid = self.session()["id"]
+        self.db["session"].update(sid, {**fields, "updated": time.time()})
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def add_call(self, rec: CallRecord) -> int:
+        d = rec.to_dict()
+        d["created"] = time.time()
+        return self.db["llm_calls"].insert(d).last_pk
+
+    def add_candidates(self, generation: int, phase: str, proposals: list[Proposal],
+                       decimals: int = 5) -> list[int]:
+        """All of a phase's proposals in one transaction, so a phase is stored whole or not at all."""
+        ids = []
+        with self.db.conn:
+            self.db.conn.execute("BEGIN")
+            for p in proposals:
+                ids.append(self.db["candidates"].insert({
+                    "generation": generation, "phase": phase, "origin": p.origin, "parents": json.dumps(p.parents),
+                    "rates": json.dumps(p.rates), "key": rates_key(p.rates, decimals),
+                    "raw": json.dumps(p.raw) if p.raw is not None else None, "repaired": int(p.repaired),
+                    "call_id": p.call_id, "created": time.time()}).last_pk)
+        return ids
+
+    def add_evaluation(self, candidate_id: int, fitness: float, *, kind: str = "search", budget_tokens: int,
+                       seq_len: int, eval_s: float, cached: bool = False) -> int:
+        return self.db["evaluations"].insert({
+            "candidate_id": candidate_id, "kind": kind, "fitness": _finite(fitness),
+            "budget_tokens": budget_tokens, "seq_len": seq_len, "eval_s": eval_s, "cached": int(cached),
+            "created": time.time()}).last_pk
+
+    def add_generation(self, generation: int, best: float, mean: float, population: list[int]) -> None:
+        self.db["generations"].upsert({"generation": generation, "best": _finite(best), "mean": _finite(mean),
+                                       "population": json.dumps(population), "finished": time.time()},
+                                      pk="generation")
+
+    def add_result(self, kind: str, name: str, payload: dict) -> int:
+        return self.db["results"].insert({"kind": kind, "name": name, "payload": json.dumps(payload),
+                                          "created": time.time()}).last_pk
+
+    def add_metric_candidate(self, **row) -> int:
+        row.setdefault("created", time.time())
+        if isinstance(row.get("parents"), list):
+            row["parents"] = json.dumps(row["parents"])
+        if "fitness" in row:
+            row["fitness"] = _finite(row["fitness"])
+        return self.db["metric_candidates"].insert(row).last_pk
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def candidates(self, generation: int | None = None) -> list[dict]:
+        where, args = ("generation = ?", [generation]) if generation is not None else (None, None)
+        out = []
+        for r in self.db["candidates"].rows_where(where, args, order_by="id"):
+            r["parents"] = json.loads(r["parents"] or "[]")
+            r["rates"] = json.loads(r["rates"])
+            r["raw"] = json.loads(r["raw"]) if r["raw"] else None
+            out.append(r)
+        return out
+
+    def fitness_by_candidate(self, kind: str = "search", budget_tokens: int | None = None) -> dict[int, float]:
+        where, args = "kind = ?", [kind]
+        if budget_tokens is not None:
+            where += " and budget_tokens = ?"
+            args.append(budget_tokens)
+        return {r["candidate_id"]: _from_db(r["fitness"])
+                for r in self.db["evaluations"].rows_where(where, args, order_by="id")}
+
+    def evaluations(self) -> list[dict]:
+        return list(self.db["evaluations"].rows_where(order_by="id"))
+
+    def cached_fitness(self, key: str, budget_tokens: int, seq_len: int) -> float | None:
+        rows = list(self.db.query(
+            "select e.fitness from evaluations e join candidates c on c.id = e.candidate_id "
+            "where c.key = ? and e.kind = 'search' and e.budget_tokens = ? and e.seq_len = ? limit 1",
+            [key, budget_tokens, seq_len]))
+        return _from_db(rows[0]["fitness"]) if rows else None
+
+    def generations(self) -> list[dict]:
+        out = []
+        for r in self.db["generations"].rows_where(order_by="generation"):
+            r["population"] = json.loads(r["population"])
+            r["best"], r["mean"] = _from_db(r["best"]), _from_db(r["mean"])
+            out.append(r)
+        return out
+
+    def calls(self, phase: str | None = None) -> list[dict]:
+        where, args = ("phase = ?", [phase]) if phase else (None, None)
+        return list(self.db["llm_calls"].rows_where(where, args, order_by="id"))
+
+    def results(self, kind: str | None = None) -> list[dict]:
+        where, args = ("kind = ?", [kind]) if kind else (None, None)
+        out = []
+        for r in self.db["results"].rows_where(where, args, order_by="id"):
+            r["payload"] = json.loads(r["payload"])
+            out.append(r)
+        return out
+
+    def metric_candidates(self) -> list[dict]:
+        out = []
+        for r in self.db["metric_candidates"].rows_where(order_by="id"):
+            r["parents"] = json.loads(r["parents"] or "[]")
+            r["fitness"] = _from_db(r["fitness"])
+            out.append(r)
+        return out
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+
+# SQLite has no inf/nan: store a sentinel so a diverged model is still a number the UIs can sort.
+_INF = 1e300
+
+
+def _finite(x: float) -> float:
+    return _INF if x != x or x == float("inf") else float(x)
+
+
+def _from_db(x: float | None) -> float | None:
+    return float("inf") if x is not None and x >= _INF else x
+
+
+def session_paths(directory: Path | str = DEFAULT_DIR) -> list[Path]:
+    d = Path(directory)
+    return sorted(d.glob("*.db"), key=lambda p: p.stat().st_mtime, reverse=True) if d.is_dir() else []
+
+
+def resolve_session(ref: str, directory: Path | str = DEFAULT_DIR) -> Path:
+    """A session by path, by id, or by unique id prefix."""
+    p = Path(ref)
+    if p.suffix == ".db" and p.exists():
+        return p
+    matches = [q for q in session_paths(directory) if q.stem == ref] or \
+              [q for q in session_paths(directory) if q.stem.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise StoreError(f"no session {ref!r} in {directory}/")
+    raise StoreError(f"session {ref!r} is ambiguous: {', '.join(q.stem for q in matches[:5])}")
+
+
+def list_sessions(directory: Path | str = DEFAULT_DIR) -> list[dict]:
+    """Summary rows for the CLI and the TUI browser; unreadable files are listed with their error."""
+    rows = []
+    for path in session_paths(directory):
+        try:
+            st = Store(path)
+            s = st.session()
+            n_gen = st.db["generations"].count
+            n_cand = st.db["candidates"].count + st.db["metric_candidates"].count
+            st.close()
+            rows.append({"id": s["id"], "path": str(path), "kind": s["kind"], "status": s["status"],
+                         "model": s["model_name"], "beta": s["beta"], "proposer": s["proposer"],
+                         "best_fitness": _from_db(s["best_fitness"]), "final_ppl": s["final_ppl"],
+                         "created": s["created"], "generations": n_gen, "candidates": n_cand, "error": None})
+        except (StoreError, sqlite3.DatabaseError) as e:
+            rows.append({"id": path.stem, "path": str(path), "kind": "?", "status": "unreadable",
+                         "error": str(e).splitlines()[0]})
+    return rows

@@ -1,0 +1,315 @@
+"""`selfpruner` command line: the headless face of the core, rendering its events with rich."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+
+class UserError(Exception):
+    """Anything whose message alone tells the user what to fix."""
+
+
+def _user_errors():
+    from selfpruner.core.config import ConfigError
+    from selfpruner.core.models import ModelLoadError
+    from selfpruner.core.proposers.base import ProposerError
+    from selfpruner.core.store import StoreError
+    return (UserError, ConfigError, ModelLoadError, ProposerError, StoreError, FileNotFoundError)
+
+
+# ---- rendering of core events ---------------------------------------------------------------------
+class ProgressRenderer:
+    """Subscribes to the core's events and draws progress bars plus one line per notable event."""
+
+    def __init__(self, verbose: bool = False):
+        self.verbose = verbose
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        self.gen_task = self.progress.add_task("setup", total=None, info="")
+        self.eval_task = self.progress.add_task("fitness", total=None, info="", visible=False)
+        self.best = math.inf
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def __call__(self, ev) -> None:
+        from selfpruner.core import events as E
+        p = self.progress
+        if isinstance(ev, E.Stage):
+            p.update(self.gen_task, description=ev.name, total=ev.total or None, completed=ev.done,
+                     info=ev.message[:60] if ev.message else p.tasks[0].fields.get("info", ""))
+        elif isinstance(ev, E.SessionStarted):
+            console.print(f"session [bold]{ev.session_id}[/] → {ev.path}" + (" (resumed)" if ev.resumed else ""))
+        elif isinstance(ev, E.GenerationStarted):
+            p.update(self.gen_task, description=f"generation {ev.generation}", total=ev.n_candidates,
+                     completed=0, info="")
+        elif isinstance(ev, E.EvalProgress):
+            p.update(self.eval_task, visible=True, total=ev.total, completed=ev.done,
+                     description=f"candidate {ev.candidate_id}")
+        elif isinstance(ev, E.CandidateEvaluated):
+            self.best = min(self.best, ev.fitness)
+            p.advance(self.gen_task)
+            p.update(self.gen_task, info=f"best ppl {self.best:.2f}")
+            if self.verbose:
+                console.print(f"  #{ev.id} {ev.origin:<9} ppl {ev.fitness:10.3f} ({ev.eval_s:.1f}s"
+                              + (", cached)" if ev.cached else ")"))
+        elif isinstance(ev, E.LLMCall):
+            r = ev.record
+            status = f"[red]{r.error}[/]" if r.error else f"kept {r.parsed}, repaired {r.repaired}"
+            console.print(f"  LLM {r.proposer} {r.phase} try {r.attempt}: {status} ({r.latency_s:.1f}s)")
+        elif isinstance(ev, E.GenerationFinished):
+            console.print(f"generation {ev.generation}: best ppl {ev.best:.3f}, mean {ev.mean:.3f}")
+        elif isinstance(ev, E.MetricEvaluated):
+            self.best = min(self.best, ev.fitness)
+            p.advance(self.gen_task)
+            p.update(self.gen_task, info=f"best ppl {self.best:.2f}")
+            if self.verbose:
+                console.print(f"  {ev.origin:<9} ppl {ev.fitness:10.3f} {ev.canonical}")
+
+
+def _run_with_signals(run, control):
+    """Ctrl-C asks the search to stop cleanly (everything stays stored); a second Ctrl-C aborts."""
+    import signal
+
+    def handler(signum, frame):
+        if control.stopped:
+            raise KeyboardInterrupt
+        console.print("[yellow]stopping after the evaluation in flight... (Ctrl-C again to abort)[/]")
+        control.stop()
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        return run()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+# ---- commands -----------------------------------------------------------------------------------
+def cmd_search(args) -> int:
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.events import Control, EventBus
+    from selfpruner.core.session import resume_config, start_search
+
+    if args.resume:
+        cfg, resume = resume_config(args.resume, args.sessions_dir)
+    else:
+        resume = None
+        cfg = SearchConfig(model=args.model, beta=args.ratio, proposer=args.proposer,
+                           proposer_model=args.proposer_model, replay_from=args.replay_from,
+                           population=args.population, mutations=0 if args.no_mutation else args.mutations,
+                           crossovers=0 if args.no_crossover else args.crossovers, generations=args.generations,
+                           lo=args.lo, hi=args.hi, budget_tokens=args.budget_tokens, seq_len=args.seq_len,
+                           calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
+                           final_eval=not args.no_final, init=args.init, max_retries=args.max_retries,
+                           temperature=args.temperature, seed=args.seed, data=args.data,
+                           sessions_dir=args.sessions_dir)
+    bus, control = EventBus(), Control()
+    with ProgressRenderer(args.verbose) as renderer:
+        bus.subscribe(renderer)
+        search = start_search(cfg, bus=bus, control=control, resume=resume)
+        result = _run_with_signals(search.run, control)
+    _print_result(search.store, result)
+    return 0 if result.status == "finished" else 3
+
+
+def _print_result(store, result) -> None:
+    s = store.session()
+    out.print(f"[bold]{result.status}[/]: session {s['id']} ({store.path})")
+    if result.best_rates is not None:
+        out.print(f"best candidate #{result.best_id}: search ppl {result.best_fitness:.3f}"
+                  + (f", final ppl {result.final_ppl:.3f}" if result.final_ppl is not None else ""))
+        out.print("rates: " + json.dumps([round(r, 5) for r in result.best_rates]))
+    if result.status == "stopped":
+        out.print(f"resume with: selfpruner search --resume {s['id']}")
+
+
+def cmd_baseline(args) -> int:
+    from selfpruner.core.baseline_run import run_baseline
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.events import EventBus
+
+    cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", budget_tokens=args.budget_tokens,
+                       seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
+                       lo=args.lo, hi=args.hi, data=args.data, sessions_dir=args.sessions_dir).validate()
+    bus = EventBus()
+    with ProgressRenderer() as renderer:
+        bus.subscribe(renderer)
+        res = run_baseline(cfg, args.method, bus=bus, lam=args.owl_lambda, m=args.owl_m)
+    out.print(f"{args.method} at ratio {cfg.beta}: search ppl {res['search_ppl']:.3f}, "
+              f"final ppl {res['final_ppl']:.3f} ({res['final_tokens']} tokens), session {res['session_id']}")
+    out.print("rates: " + json.dumps([round(r, 5) for r in res["rates"]]))
+    return 0
+
+
+def cmd_sessions(args) -> int:
+    from selfpruner.core.store import list_sessions
+    rows = list_sessions(args.sessions_dir)
+    if not rows:
+        out.print(f"no sessions in {args.sessions_dir}/")
+        return 0
+    t = Table("id", "kind", "status", "model", "β", "proposer", "best", "final", "gens", "created")
+    for r in rows:
+        if r["error"]:
+            t.add_row(r["id"], "?", "[red]unreadable[/]", r["error"][:50], "", "", "", "", "", "")
+            continue
+        t.add_row(r["id"], r["kind"], r["status"], (r["model"] or "")[:28], _f(r["beta"], 2), r["proposer"] or "",
+                  _f(r["best_fitness"]), _f(r["final_ppl"]), str(r["generations"]),
+                  time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])))
+    out.print(t)
+    return 0
+
+
+def _f(x, nd=3) -> str:
+    return "" if x is None else f"{x:.{nd}f}"
+
+
+def cmd_show(args) -> int:
+    from selfpruner.core.store import Store, resolve_session
+    st = Store(resolve_session(args.session, args.sessions_dir))
+    s = st.session()
+    out.print(f"[bold]{s['id']}[/] {s['kind']} search, status {s['status']}")
+    out.print(f"model {s['model_name']} (fingerprint {s['model_fingerprint']}), data {s['data_source']}")
+    cfg = s["config"]
+    out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
+    gens = st.generations()
+    if gens:
+        t = Table("generation", "best ppl", "mean ppl", "population")
+        for g in gens:
+            t.add_row(str(g["generation"]), _f(g["best"]), _f(g["mean"]), str(len(g["population"])))
+        out.print(t)
+    calls = st.calls()
+    if calls:
+        errs = sum(1 for c in calls if c["error"])
+        lat = sum(c["latency_s"] or 0 for c in calls)
+        out.print(f"LLM calls: {len(calls)} ({errs} with errors), {lat:.1f}s in total")
+    for r in st.results():
+        out.print(f"result {r['kind']}/{r['name']}: " + json.dumps(r["payload"])[:400])
+    if s["best_candidate"] is not None:
+        best = next(c for c in st.candidates() if c["id"] == s["best_candidate"])
+        out.print(f"best candidate #{best['id']} ({best['origin']}, gen {best['generation']}): search ppl "
+                  f"{_f(s['best_fitness'])}, final ppl {_f(s['final_ppl'])}")
+        out.print("rates: " + json.dumps(best["rates"]))
+    if args.json:
+        out.print_json(json.dumps({"session": s, "generations": gens}, default=str))
+    st.close()
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from selfpruner.core.events import Control, EventBus
+    from selfpruner.core.search.self_pruner import compare_trajectories
+    from selfpruner.core.session import resume_config, start_search
+    from selfpruner.core.store import Store
+
+    cfg, path = resume_config(args.session, args.sessions_dir)
+    cfg.proposer, cfg.replay_from = "replay", str(path)
+    cfg.final_eval = not args.no_final
+    bus, control = EventBus(), Control()
+    with ProgressRenderer(args.verbose) as renderer:
+        bus.subscribe(renderer)
+        search = start_search(cfg, bus=bus, control=control)
+        result = _run_with_signals(search.run, control)
+    diffs = compare_trajectories(Store(path), search.store)
+    _print_result(search.store, result)
+    if diffs:
+        out.print(f"[red]replay diverged[/] from {path.stem}: " + "; ".join(diffs[:10]))
+        return 4
+    out.print(f"[green]replay reproduced[/] the stored trajectory of {path.stem} "
+              f"({len(search.store.candidates())} candidates, identical fitness)")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def _common(p, search_defaults=True):
+    p.add_argument("--model", default=None, help="HF dir, hub id or .gguf (default: bundled gemma-3-270m)")
+    p.add_argument("--ratio", "--beta", dest="ratio", type=float, default=0.3, help="mean pruning rate β in (0,1)")
+    p.add_argument("--budget-tokens", type=int, default=2048, help="tokens per search-time fitness")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--final-tokens", type=int, default=None, help="final evaluation tokens (default: all)")
+    p.add_argument("--lo", type=float, default=0.0, help="lowest per-layer rate")
+    p.add_argument("--hi", type=float, default=1.0, help="highest per-layer rate")
+    p.add_argument("--data", choices=["auto", "hub", "local"], default="auto")
+    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="selfpruner", description="LLM-driven structured pruning search")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("search", help="Self-Pruner layer-rate search")
+    _common(p)
+    p.add_argument("--proposer", default="llama-cpp", choices=["openai", "llama-cpp", "vllm", "numeric", "replay"])
+    p.add_argument("--proposer-model", default=None, help="GGUF / OpenAI model / vLLM model for the proposer")
+    p.add_argument("--replay-from", default=None, help="session to replay (with --proposer replay)")
+    p.add_argument("-K", "--population", type=int, default=30)
+    p.add_argument("-M", "--mutations", type=int, default=10)
+    p.add_argument("-S", "--crossovers", type=int, default=10)
+    p.add_argument("-N", "--generations", type=int, default=20)
+    p.add_argument("--init", choices=["llm", "random"], default="llm", help="random = paper's ablation")
+    p.add_argument("--no-mutation", action="store_true", help="ablation: no mutations")
+    p.add_argument("--no-crossover", action="store_true", help="ablation: no crossovers")
+    p.add_argument("--no-final", action="store_true", help="skip the final test-set evaluation")
+    p.add_argument("--max-retries", type=int, default=3)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default=None, metavar="SESSION", help="continue a stopped or killed session")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("baseline", help="evaluate uniform or OWL layer rates")
+    _common(p)
+    p.add_argument("--method", choices=["uniform", "owl"], default="uniform")
+    p.add_argument("--owl-lambda", type=float, default=0.08)
+    p.add_argument("--owl-m", type=float, default=5.0)
+    p.set_defaults(fn=cmd_baseline)
+
+    p = sub.add_parser("sessions", help="list stored sessions")
+    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    p.set_defaults(fn=cmd_sessions)
+
+    p = sub.add_parser("show", help="a session's best config and per-generation fitness")
+    p.add_argument("session")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("replay", help="re-run a session with its stored proposer answers and compare")
+    p.add_argument("session")
+    p.add_argument("--no-final", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    p.set_defaults(fn=cmd_replay)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except _user_errors() as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        console.print(f"[red]error:[/] {msg}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[red]aborted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
