@@ -12,6 +12,7 @@ p of its prunable attention+MLP parameters.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -116,7 +117,7 @@ class StructuredPruner:
         out = []
         for p in rates:
             p = min(max(float(p), 0.0), 1.0)
-            removed_units = min(a.n_attn_units, round(p * a.n_attn_units))
+            removed_units = min(a.n_attn_units, math.floor(p * a.n_attn_units + 0.5))
             rest = p * total - removed_units * a.params_per_attn_unit
             removed_ch = min(a.intermediate, max(0, round(rest / a.params_per_channel)))
             out.append(LayerPlan(a.n_attn_units - removed_units, a.intermediate - removed_ch))

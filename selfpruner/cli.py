@@ -35,7 +35,8 @@ class ProgressRenderer:
     def __init__(self, verbose: bool = False):
         self.verbose = verbose
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                                 transient=True)
         self.gen_task = self.progress.add_task("setup", total=None, info="")
         self.eval_task = self.progress.add_task("fitness", total=None, info="", visible=False)
         self.best = math.inf

@@ -1,0 +1,82 @@
+"""Peak memory of a search against the model's own size: no per-candidate copies.
+
+Samples the process RSS every 20 ms while a small numeric-GA search runs on the resident model, and prints
+(peak RSS during the search − RSS before it) / (model weight bytes). A per-candidate deep copy would add
+≥ 1.0 per candidate in flight; the prefix-view pruning should add only activations and logits.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+
+import torch
+
+from selfpruner.core.config import SearchConfig
+from selfpruner.core.events import Control, EventBus
+from selfpruner.core.session import start_search
+from selfpruner.core.workbench import Workbench
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakSampler(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self._stop = 0, threading.Event()
+
+    def run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self.join()
+        return self.peak
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--budget-tokens", type=int, default=512)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("-K", type=int, default=4)
+    ap.add_argument("-N", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
+    model_bytes = sum(p.numel() * p.element_size() for p in bench.lm.model.parameters())
+    with tempfile.TemporaryDirectory() as d:
+        cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", population=args.K, mutations=2,
+                           crossovers=2, generations=args.N, budget_tokens=args.budget_tokens,
+                           seq_len=args.seq_len, final_eval=False, sessions_dir=d)
+        search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
+        before = rss_bytes()
+        sampler = PeakSampler()
+        sampler.start()
+        res = search.run()
+        peak = sampler.stop()
+        n_evals = len(search.store.evaluations())
+    gib = 1024 ** 3
+    logits = args.seq_len * bench.lm.model.config.get_text_config().vocab_size * 4
+    print(f"model {bench.lm.name}: weights {model_bytes / gib:.3f} GiB; {n_evals} candidates evaluated "
+          f"({res.status})")
+    print(f"RSS before search {before / gib:.3f} GiB, peak during search {peak / gib:.3f} GiB "
+          f"(one window's fp32 logits: {logits / gib:.3f} GiB)")
+    print(f"(peak - before) / model bytes = {(peak - before) / model_bytes:.3f}   "
+          f"(a copy per candidate would be >= 1.0)")
+    print(f"peak / model bytes = {peak / model_bytes:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Search quality at equal fitness-evaluation counts: final ppl of each method as a ratio to uniform.
+
+Methods: uniform Wanda-sp, OWL (λ=0.08, M=5), numeric GA, Self-Pruner with the llama-cpp proposer, and the
+paper's ablations (random init; no mutation, its M given to crossover; no crossover, its S given to
+mutation), so every search spends K + N·(M+S) fitness evaluations. Defaults fit 2 CPU cores; on a GPU box
+raise -K/-M/-S/-N, --budget-tokens and --final-tokens (0 = whole test stream), and use --proposer openai.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from selfpruner.core.baseline_run import baseline_rates
+from selfpruner.core.config import SearchConfig
+from selfpruner.core.events import Control, EventBus
+from selfpruner.core.session import start_search
+from selfpruner.core.workbench import Workbench
+
+SEARCHES = {
+    "numeric GA": dict(proposer="numeric"),
+    "Self-Pruner (LLM)": dict(),
+    "ablation: random init": dict(init="random"),
+    "ablation: no mutation": dict(no_mutation=True),
+    "ablation: no crossover": dict(no_crossover=True),
+}
+
+
+def run_search(bench, sessions_dir, base: dict, variant: dict):
+    kw = {**base, **{k: v for k, v in variant.items() if k not in ("no_mutation", "no_crossover")}}
+    m, s = kw["mutations"], kw["crossovers"]
+    if variant.get("no_mutation"):
+        kw["mutations"], kw["crossovers"] = 0, m + s
+    if variant.get("no_crossover"):
+        kw["mutations"], kw["crossovers"] = m + s, 0
+    cfg = SearchConfig(sessions_dir=sessions_dir, final_eval=False, **kw)
+    search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
+    res = search.run()
+    return res.best_rates, res.best_fitness, len(search.store.fitness_by_candidate()), search.store.path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--ratios", default="0.3,0.5")
+    ap.add_argument("--proposer", default="llama-cpp")
+    ap.add_argument("-K", type=int, default=4)
+    ap.add_argument("-M", type=int, default=2)
+    ap.add_argument("-S", type=int, default=2)
+    ap.add_argument("-N", type=int, default=2)
+    ap.add_argument("--budget-tokens", type=int, default=512)
+    ap.add_argument("--final-tokens", type=int, default=2048, help="0 = whole test stream")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--methods", default=",".join(["uniform", "owl", *SEARCHES]))
+    ap.add_argument("--sessions-dir", default=None, help="keep the sessions here (default: a temp dir)")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    methods = args.methods.split(",")
+    bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
+    sessions = args.sessions_dir or tempfile.mkdtemp(prefix="selfpruner-bench-")
+    final_tokens = args.final_tokens or None
+    evals = args.K + args.N * (args.M + args.S)
+    print(f"model {bench.lm.name}; {evals} fitness evaluations per search on {args.budget_tokens} tokens; "
+          f"final ppl on {bench.windows('test', final_tokens).numel()} test tokens; proposer {args.proposer}")
+    for beta in [float(x) for x in args.ratios.split(",")]:
+        base = dict(model=args.model, beta=beta, proposer=args.proposer, population=args.K, mutations=args.M,
+                    crossovers=args.S, generations=args.N, budget_tokens=args.budget_tokens,
+                    seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
+        rows = {}
+        for name in methods:
+            t0 = time.perf_counter()
+            if name in ("uniform", "owl"):
+                rates, n = baseline_rates(bench, name, beta), 1
+                search_ppl = bench.fitness(rates, args.budget_tokens)[0]
+            else:
+                rates, search_ppl, n, _ = run_search(bench, sessions, base, SEARCHES[name])
+            final = bench.fitness(rates, final_tokens or 10**12, which="test")[0]
+            rows[name] = (search_ppl, final, n, time.perf_counter() - t0)
+        uni = rows.get("uniform", (None, None))[1]
+        owl = rows.get("owl", (None, None))[1]
+        print(f"\nβ = {beta}")
+        print(f"{'method':<24} {'evals':>5} {'search ppl':>11} {'final ppl':>10} {'/uniform':>9} {'/OWL':>7} "
+              f"{'time s':>7}")
+        for name, (sp, fp, n, secs) in rows.items():
+            ru = f"{fp / uni:.3f}" if uni else "-"
+            ro = f"{fp / owl:.3f}" if owl else "-"
+            print(f"{name:<24} {n:>5} {sp:>11.2f} {fp:>10.2f} {ru:>9} {ro:>7} {secs:>7.0f}")
+        if "Self-Pruner (LLM)" in rows and uni and owl:
+            fp = rows["Self-Pruner (LLM)"][1]
+            print(f"targets: LLM ≤ 0.75× uniform: {'met' if fp <= 0.75 * uni else 'NOT met'}; "
+                  f"≤ 0.9× OWL: {'met' if fp <= 0.9 * owl else 'NOT met'}")
+    print(f"\nsessions kept in {sessions}")
+
+
+if __name__ == "__main__":
+    main()

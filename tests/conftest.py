@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random LLaMA (GQA) / Gemma3 (MQA) models with a real word-level tokenizer built
+offline from the local WikiText-2 copy, and the bundled gemma-3-270m for slow tests."""
+from __future__ import annotations
+
+import collections
+import os
+import re
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _wordlevel_tokenizer(vocab_size: int = 1000):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from selfpruner.core.data import local_wikitext_path
+
+    text = local_wikitext_path().read_text(encoding="utf-8")[:300_000]
+    counts = collections.Counter(re.findall(r"\w+|[^\w\s]", text))
+    vocab = {"<unk>": 0, "<bos>": 1}
+    for w, _ in counts.most_common(vocab_size - len(vocab)):
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>")
+
+
+def make_tiny(kind: str, tokenizer=None, seed: int = 0):
+    """A small random causal LM: 'llama' = 4 heads / 2 KV heads (GQA), 'gemma' = 4 heads / 1 KV head (MQA)."""
+    torch.manual_seed(seed)
+    vocab = len(tokenizer) if tokenizer is not None else 1000
+    if kind == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        model = LlamaForCausalLM(cfg)
+    else:
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+        cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                               num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                               max_position_embeddings=256, sliding_window=32)
+        model = Gemma3ForCausalLM(cfg)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return _wordlevel_tokenizer()
+
+
+@pytest.fixture(scope="session", params=["llama", "gemma"])
+def tiny_model_dir(request, tmp_path_factory, tiny_tokenizer):
+    """A saved tiny model + tokenizer directory, loadable by selfpruner's load_model like a real checkpoint."""
+    d = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    make_tiny(request.param, tiny_tokenizer).save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
+    d = tmp_path_factory.mktemp("tiny-llama-only")
+    make_tiny("llama", tiny_tokenizer).save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """The real gemma-3-270m (dequantised from the bundled GGUF; cached after the first load)."""
+    from selfpruner.core.models import load_model
+    return load_model()

@@ -1,0 +1,72 @@
+"""Bad input gets one clear error line (exit 2) and nothing is lost."""
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from selfpruner.core.store import Store, StoreError
+
+
+def cli(*args, env=None, cwd=None):
+    import os
+    e = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    e.update(env or {})
+    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", *args], capture_output=True, text=True,
+                       timeout=300, env=e, cwd=cwd)
+    return r.returncode, r.stdout, r.stderr
+
+
+def _one_error_line(stderr):
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error:")
+    return lines[0]
+
+
+@pytest.mark.parametrize("ratio", ["0", "1", "1.5", "-0.2"])
+def test_ratio_outside_unit_interval(ratio, tmp_path):
+    code, _, err = cli("search", "--ratio", ratio, "--proposer", "numeric", "--sessions-dir", str(tmp_path))
+    assert code == 2 and "ratio" in _one_error_line(err)
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_missing_model_path(tmp_path):
+    code, _, err = cli("search", "--model", str(tmp_path / "nope"), "--proposer", "numeric",
+                       "--sessions-dir", str(tmp_path))
+    assert code == 2 and "not found" in _one_error_line(err)
+
+
+def test_missing_api_key_hints_offline_proposer(tmp_path):
+    code, _, err = cli("search", "--proposer", "openai", "--sessions-dir", str(tmp_path))
+    line = _one_error_line(err)
+    assert code == 2 and "OPENAI_API_KEY" in line and "llama-cpp" in line
+
+
+def test_corrupt_db_is_reported_and_kept(tmp_path):
+    bad = tmp_path / "20250101-000000-layer-dead.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    code, _, err = cli("show", bad.stem, "--sessions-dir", str(tmp_path))
+    assert code == 2 and "cannot use session DB" in _one_error_line(err)
+    assert bad.read_bytes().startswith(b"this is not a database")  # nothing overwritten
+    code, out, _ = cli("sessions", "--sessions-dir", str(tmp_path))
+    assert code == 0 and "unreadable" in out
+
+
+def test_locked_db_is_reported(tmp_path):
+    path = tmp_path / "locked.db"
+    Store(path, create=True).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            Store(path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_unknown_session(tmp_path):
+    code, _, err = cli("replay", "nothing-here", "--sessions-dir", str(tmp_path))
+    assert code == 2 and "no session" in _one_error_line(err)
