@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)  # one error = one line, however long
+out = Console(width=None if sys.stdout.isatty() else 200)  # pipes get whole rows, not 80-col wraps
 
 
 class UserError(Exception):
