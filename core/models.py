@@ -190,6 +190,9 @@ def load_model(spec: str | None = None, *, dtype: torch.dtype = torch.float32,
     """`spec`: None/'bundled', a .gguf file, a local HF directory, or a hub id (needs network or HF cache)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import pruned_modeling
+
+    pruned_modeling.register()  # so exported selfpruner_* directories load like any checkpoint
     spec = spec or BUNDLED
     try:
         if spec == BUNDLED:
@@ -215,6 +218,8 @@ def load_model(spec: str | None = None, *, dtype: torch.dtype = torch.float32,
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"cannot load model {spec!r}: {first}") from None
+    if text_config(model).model_type.startswith("selfpruner_"):
+        raise ModelLoadError(f"{spec} is already a selfpruner export; prune its dense source model instead")
     model.eval()
     model.requires_grad_(False)
     try:

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -235,6 +236,130 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def _session_bench(session_ref: str, sessions_dir: str):
+    """The session's store, config and a Workbench built with its own settings (the head/channel order
+    depends on the calibration statistics, so they must match the search's)."""
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.store import Store, resolve_session
+    from selfpruner.core.workbench import Workbench
+
+    st = Store(resolve_session(session_ref, sessions_dir))
+    s = st.session()
+    cfg = SearchConfig.from_dict(s["config"])
+    bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens, data=cfg.data)
+    if bench.lm.fingerprint != s["model_fingerprint"]:
+        raise UserError(f"session {s['id']} was run on another model ({s['model_name']})")
+    return st, s, cfg, bench
+
+
+def cmd_export(args) -> int:
+    import torch
+    from selfpruner.core.export import export_pruned
+
+    with ProgressRenderer():
+        st, s, cfg, bench = _session_bench(args.session, args.sessions_dir)
+    cid = args.candidate if args.candidate is not None else s["best_candidate"]
+    if cid is None:
+        raise UserError(f"session {s['id']} has no evaluated candidate yet")
+    rows = {c["id"]: c for c in st.candidates()}
+    if cid not in rows:
+        raise UserError(f"session {s['id']} has no candidate {cid}")
+    rates = rows[cid]["rates"]
+    fit = st.fitness_by_candidate()
+    meta = {"session": s["id"], "candidate": cid, "search_ppl": fit.get(cid), "final_ppl": s["final_ppl"],
+            "model_spec": cfg.model, "seq_len": cfg.seq_len, "calib_tokens": cfg.calib_tokens, "data": cfg.data}
+    try:
+        out_dir = export_pruned(bench.lm, bench.pruner, rates, args.out, meta=meta,
+                                dtype=getattr(torch, args.dtype) if args.dtype else None, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
+    from selfpruner.core.export import load_pruned
+    from selfpruner.core.speed import param_count, weight_bytes
+    model, _ = load_pruned(out_dir)
+    info = {"out_dir": str(out_dir), "candidate": cid, "rates": rates, "params": param_count(model),
+            "dense_params": param_count(bench.lm.model), "weight_bytes": weight_bytes(model),
+            "achieved_sparsity": model.config.selfpruner["achieved_sparsity"], "dtype": args.dtype or "float32"}
+    st.add_result("export", str(out_dir), info)
+    out.print(f"exported candidate #{cid} of {s['id']} to {out_dir}: {info['params']:,} parameters "
+              f"(dense {info['dense_params']:,}), prunable sparsity {info['achieved_sparsity']:.4f}")
+    out.print("load it with: import selfpruner.core.export; AutoModelForCausalLM.from_pretrained(DIR) "
+              "(or trust_remote_code=True without selfpruner)")
+    return 0
+
+
+def _record_in_session(model_dir: str, sessions_dir: str, kind: str, name: str, payload: dict) -> str | None:
+    """Store a result in the session an exported model came from, when that session is at hand."""
+    from selfpruner.core.store import Store, StoreError, resolve_session
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        sid = cfg.get("selfpruner", {}).get("meta", {}).get("session")
+        if not sid:
+            return None
+        st = Store(resolve_session(sid, sessions_dir))
+        st.add_result(kind, name, payload)
+        st.close()
+        return sid
+    except (OSError, ValueError, StoreError):
+        return None
+
+
+def cmd_eval(args) -> int:
+    from selfpruner.core.lm_eval_bridge import PAPER_TASKS, TaskUnavailable, evaluate_dir
+
+    tasks = args.tasks.split(",") if args.tasks else list(PAPER_TASKS)
+    try:
+        res = evaluate_dir(args.model_dir, tasks, limit=args.limit, batch_size=args.batch_size,
+                           num_fewshot=args.num_fewshot, include_path=args.include_path)
+    except TaskUnavailable as e:
+        raise UserError(str(e)) from None
+    t = Table("task", "metric", "value")
+    for task, metrics in res.items():
+        for m, v in metrics.items():
+            t.add_row(task, m, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(t)
+    payload = {"model_dir": str(args.model_dir), "tasks": tasks, "limit": args.limit,
+               "num_fewshot": args.num_fewshot, "results": res}
+    sid = _record_in_session(args.model_dir, args.sessions_dir, "lm_eval", ",".join(tasks), payload)
+    if sid:
+        out.print(f"stored in session {sid}")
+    return 0
+
+
+def cmd_speed(args) -> int:
+    import torch
+    from selfpruner.core.export import load_pruned
+    from selfpruner.core.models import load_model
+    from selfpruner.core.speed import benchmark_vllm, compare, to_markdown, vllm_status
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dense = load_model(args.dense).model
+    pruned, _ = load_pruned(args.model_dir)
+    report = compare({"dense": dense, "pruned": pruned}, baseline="dense", repeats=args.repeats,
+                     clock=args.clock, prefill_len=args.prefill_len, decode_tokens=args.decode_tokens)
+    out.print(to_markdown(report))
+    if args.vllm:
+        ok, why = vllm_status()
+        if not ok:
+            raise UserError(why)
+        report["vllm"] = benchmark_vllm(args.model_dir)
+        out.print_json(json.dumps(report["vllm"], default=str))
+    sid = _record_in_session(args.model_dir, args.sessions_dir, "speed", str(args.model_dir),
+                             json.loads(json.dumps(report, default=str)))
+    if sid:
+        out.print(f"stored in session {sid}")
+    return 0
+
+
+def cmd_lora(args) -> int:
+    from selfpruner.core.lora import recover_dir
+
+    res = recover_dir(args.model_dir, args.out, steps=args.steps, seq_len=args.seq_len, lr=args.lr)
+    out.print(f"LoRA r=8, {res.steps} steps: ppl {res.ppl_before:.3f} → {res.ppl_after:.3f}; saved to {args.out}")
+    _record_in_session(args.model_dir, args.sessions_dir, "lora", str(args.out), res.to_dict())
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def _common(p, search_defaults=True):
     p.add_argument("--model", default=None, help="HF dir, hub id or .gguf (default: bundled gemma-3-270m)")
@@ -296,6 +421,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("export", help="save the physically smaller model of a session's best candidate")
+    p.add_argument("session")
+    p.add_argument("--out", required=True)
+    p.add_argument("--candidate", type=int, default=None, help="candidate id (default: the best)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("eval", help="zero-shot accuracy of a saved model through lm-eval")
+    p.add_argument("model_dir")
+    p.add_argument("--tasks", default=None, help="comma list of lm-eval tasks or task YAML files "
+                                                 "(default: the paper's seven)")
+    p.add_argument("--limit", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--include-path", default=None)
+    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("speed", help="parameters, memory and tokens/s of a saved model vs dense")
+    p.add_argument("model_dir")
+    p.add_argument("--dense", default=None, help="the dense model spec (default: bundled)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prefill-len", type=int, default=256)
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--vllm", action="store_true", help="also measure with vLLM (GPU box, .[gpu] extra)")
+    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    p.set_defaults(fn=cmd_speed)
+
+    p = sub.add_parser("lora", help="optional LoRA (r=8) recovery of a saved model on local text")
+    p.add_argument("model_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    p.set_defaults(fn=cmd_lora)
     return ap
 
 

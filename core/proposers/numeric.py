@@ -1,0 +1,127 @@
+"""A plain genetic algorithm without an LLM: the "numeric GA" baseline, the LLM proposers' fallback when a
+model's replies do not give enough candidates, and the random initial population of the paper's ablation.
+
+Each phase draws from random.Random(f"{seed}:{phase}:{generation}"), so a phase's proposals depend only
+on the seed, the phase and the population, not on what ran before (a resumed session proposes the same).
+"""
+from __future__ import annotations
+
+import math
+import random
+
+from ..types import Problem, Proposal, Scored
+from .base import CallSink, Proposer, ProposerError
+from .repair import RepairError, key, random_vector, repair
+
+
+def phase_rng(seed: int, phase: str, generation: int) -> random.Random:
+    return random.Random(f"{seed}:{phase}:{generation}")  # str seeds hash deterministically (sha512)
+
+
+def ranked(population: list[Scored]) -> list[Scored]:
+    """Best (lowest ppl) first; NaN/inf fitness last."""
+    return sorted(population, key=lambda s: (s.fitness if math.isfinite(s.fitness) else math.inf, s.id))
+
+
+class NumericProposer:
+    def __init__(self, seed: int = 0, sigma: float = 0.05, tournament: int = 3, crossover: str = "uniform",
+                 init_spread: float | None = None, init_origin: str = "init"):
+        if crossover not in ("uniform", "blend"):
+            raise ProposerError(f"unknown crossover {crossover!r} (uniform | blend)")
+        self.name = "numeric"
+        self.on_call: CallSink | None = None
+        self.seed, self.sigma, self.tournament = seed, sigma, tournament
+        self.crossover_kind, self.init_spread, self.init_origin = crossover, init_spread, init_origin
+
+    # ---- single operators (also the LLM proposers' fallback) ----------------------------------------
+    def _pick(self, pop: list[Scored], rng: random.Random) -> Scored:
+        """Tournament selection on a best-first list: the best of `tournament` random members."""
+        return pop[min(rng.randrange(len(pop)) for _ in range(min(self.tournament, len(pop))))]
+
+    def random_one(self, problem: Problem, rng: random.Random, taken) -> tuple[list[float], list[int]]:
+        return random_vector(problem, rng, self.init_spread, taken), []
+
+    def mutate_one(self, problem: Problem, pop: list[Scored], rng: random.Random, taken):
+        parent = self._pick(pop, rng)
+        child = [v + rng.gauss(0.0, self.sigma) for v in parent.rates]
+        return repair(child, problem, taken)[0], [parent.id]
+
+    def cross_one(self, problem: Problem, pop: list[Scored], rng: random.Random, taken):
+        a = self._pick(pop, rng)
+        b = self._pick(pop, rng)
+        for _ in range(8):  # two different parents when the population has them
+            if b.id != a.id or len(pop) < 2:
+                break
+            b = self._pick(pop, rng)
+        if self.crossover_kind == "uniform":
+            child = [x if rng.random() < 0.5 else y for x, y in zip(a.rates, b.rates)]
+        else:  # BLX-0.25: a random point on (and a little beyond) the segment between the parents, per layer
+            child = [x + rng.uniform(-0.25, 1.25) * (y - x) for x, y in zip(a.rates, b.rates)]
+        return repair(child, problem, taken)[0], [a.id, b.id] if b.id != a.id else [a.id]
+
+    def fill(self, problem: Problem, population: list[Scored], count: int, phase: str, rng: random.Random,
+             taken: set, origin: str) -> list[Proposal]:
+        """`count` distinct proposals from one operator; adds their keys to `taken`."""
+        pop = ranked(population)
+        out: list[Proposal] = []
+        for _ in range(20 * count + 20):
+            if len(out) == count:
+                break
+            try:
+                if phase == "init" or not pop:
+                    rates, parents = self.random_one(problem, rng, taken)
+                elif phase == "mutation":
+                    rates, parents = self.mutate_one(problem, pop, rng, taken)
+                else:
+                    rates, parents = self.cross_one(problem, pop, rng, taken)
+            except RepairError:
+                continue
+            taken.add(key(rates, problem.decimals))
+            out.append(Proposal(rates=rates, origin=origin, parents=parents))
+        if len(out) < count:
+            raise ProposerError(f"only {len(out)} of {count} distinct rate vectors exist for n={problem.n_layers}, "
+                                f"beta={problem.beta} in [{problem.lo}, {problem.hi}]")
+        return out
+
+    # ---- the Proposer protocol -------------------------------------------------------------------
+    def _taken(self, problem: Problem, population: list[Scored]) -> set:
+        return {key(s.rates, problem.decimals) for s in population}
+
+    def initial(self, problem: Problem, k: int) -> list[Proposal]:
+        return self.fill(problem, [], k, "init", phase_rng(self.seed, "init", 0), set(), self.init_origin)
+
+    def mutate(self, problem: Problem, population: list[Scored], m: int, generation: int) -> list[Proposal]:
+        return self.fill(problem, population, m, "mutation", phase_rng(self.seed, "mutation", generation),
+                         self._taken(problem, population), "mutation")
+
+    def crossover(self, problem: Problem, population: list[Scored], s: int, generation: int) -> list[Proposal]:
+        return self.fill(problem, population, s, "crossover", phase_rng(self.seed, "crossover", generation),
+                         self._taken(problem, population), "crossover")
+
+
+class RandomInitProposer:
+    """The paper's "random init" ablation: a random initial population (origin 'random'); mutation and
+    crossover go to `inner` (the LLM proposer), or to the numeric GA when there is none."""
+
+    def __init__(self, seed: int = 0, inner: Proposer | None = None, spread: float | None = None):
+        self.seed = seed
+        self.inner: Proposer = inner if inner is not None else NumericProposer(seed)
+        self._random = NumericProposer(seed, init_spread=spread, init_origin="random")
+        self.name = "random" if inner is None else f"random+{inner.name}"
+
+    @property
+    def on_call(self) -> CallSink | None:
+        return self.inner.on_call
+
+    @on_call.setter
+    def on_call(self, sink: CallSink | None) -> None:
+        self.inner.on_call = sink
+
+    def initial(self, problem: Problem, k: int) -> list[Proposal]:
+        return self._random.initial(problem, k)
+
+    def mutate(self, problem: Problem, population: list[Scored], m: int, generation: int) -> list[Proposal]:
+        return self.inner.mutate(problem, population, m, generation)
+
+    def crossover(self, problem: Problem, population: list[Scored], s: int, generation: int) -> list[Proposal]:
+        return self.inner.crossover(problem, population, s, generation)

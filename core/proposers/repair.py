@@ -1,0 +1,155 @@
+"""Make any numeric vector a valid layer-rate candidate: right length, inside [lo, hi], mean exactly beta at
+`problem.decimals` decimals, and distinct from the vectors already taken.
+
+Work is done in integer units of 10**-decimals after a continuous projection, so the stored 5-decimal text
+of a repaired vector sums to n*beta exactly (whenever n*beta is itself a multiple of 10**-decimals).
+"""
+from __future__ import annotations
+
+import math
+import random
+from itertools import combinations
+
+from ..types import Problem
+
+
+class RepairError(ValueError):
+    """The numbers cannot be made into a candidate (NaN/inf, empty, or an infeasible problem)."""
+
+
+def key(values, decimals: int = 5) -> tuple[float, ...]:
+    """The identity of a vector at the precision the store keeps (what `taken` holds)."""
+    return tuple(round(float(v), decimals) for v in values)
+
+
+def _check_problem(problem: Problem) -> None:
+    if problem.n_layers < 1 or not (problem.lo <= problem.beta <= problem.hi):
+        raise RepairError(f"infeasible problem: n={problem.n_layers}, lo={problem.lo}, beta={problem.beta}, "
+                          f"hi={problem.hi}")
+
+
+def project(values: list[float], beta: float, lo: float, hi: float) -> list[float]:
+    """Euclidean projection onto {mean = beta, lo <= x <= hi}: x_i = clip(v_i + t). Shifting only the
+    coordinates that can still move in the needed direction converges in at most n rounds."""
+    x = [min(max(v, lo), hi) for v in values]
+    n = len(x)
+    for _ in range(n + 1):
+        gap = n * beta - sum(x)
+        if abs(gap) <= 1e-12 * max(1.0, n):
+            break
+        free = [i for i, v in enumerate(x) if (v < hi if gap > 0 else v > lo)]
+        if not free:
+            break
+        step = gap / len(free)
+        for i in free:
+            x[i] = min(max(x[i] + step, lo), hi)
+    return x
+
+
+def _to_units(x: list[float], problem: Problem) -> list[int]:
+    """Round to integer units and fix the rounding residual so that sum(units) == n*beta in units."""
+    scale = 10 ** problem.decimals
+    lo_u, hi_u = math.ceil(problem.lo * scale - 1e-9), math.floor(problem.hi * scale + 1e-9)
+    exact = problem.n_layers * problem.beta * scale
+    target = round(exact)  # not a whole number of units when beta has more decimals: closest reachable
+    target = min(max(target, lo_u * len(x)), hi_u * len(x))
+    units = [min(max(round(v * scale), lo_u), hi_u) for v in x]
+    residual = target - sum(units)
+    step = 1 if residual > 0 else -1
+    # give the missing units to the coordinates that rounding moved furthest the other way
+    order = sorted(range(len(x)), key=lambda i: (step * (units[i] - x[i] * scale), i))
+    while residual:
+        moved = False
+        for i in order:
+            if residual == 0:
+                break
+            if lo_u <= units[i] + step <= hi_u:
+                units[i] += step
+                residual -= step
+                moved = True
+        if not moved:  # cannot happen for a feasible problem; guard against an endless loop
+            raise RepairError("cannot reach the target mean within the bounds")
+    return units
+
+
+def _distinct(units: list[int], problem: Problem, taken) -> list[int]:
+    """Smallest deterministic mean-preserving change (move d units from layer i to layer j) whose vector is
+    not in `taken`. There are at most len(taken) collisions, so the search ends quickly."""
+    scale = 10 ** problem.decimals
+    lo_u, hi_u = math.ceil(problem.lo * scale - 1e-9), math.floor(problem.hi * scale + 1e-9)
+
+    def k(u):
+        return key([v / scale for v in u], problem.decimals)
+
+    if k(units) not in taken:
+        return units
+    n = len(units)
+    for d in range(1, max(2, hi_u - lo_u + 1)):
+        feasible = False
+        for i, j in combinations(range(n), 2):
+            for a, b in ((i, j), (j, i)):
+                if units[a] + d <= hi_u and units[b] - d >= lo_u:
+                    feasible = True
+                    cand = list(units)
+                    cand[a] += d
+                    cand[b] -= d
+                    if k(cand) not in taken:
+                        return cand
+        if not feasible:  # a larger move will not fit either
+            break
+    raise RepairError("no distinct vector with this mean and these bounds is left")
+
+
+def repair(values, problem: Problem, taken=frozenset(), notes: list[str] | None = None) -> tuple[list[float], bool]:
+    """(repaired vector, whether it differs from `values`). `taken` holds `key()` tuples to avoid; reasons
+    for the changes are appended to `notes` when given (for the call log)."""
+    _check_problem(problem)
+    vals = [float(v) for v in values]
+    if not vals:
+        raise RepairError("empty vector")
+    if not all(math.isfinite(v) for v in vals):
+        raise RepairError("vector contains NaN or infinity")
+    notes = notes if notes is not None else []
+    n = problem.n_layers
+    if len(vals) != n:
+        notes.append(f"length {len(vals)} != {n}: " + ("truncated" if len(vals) > n else f"padded with {problem.beta}"))
+        vals = (vals + [problem.beta] * n)[:n]
+    if any(v < problem.lo or v > problem.hi for v in vals):
+        notes.append(f"values outside [{problem.lo}, {problem.hi}] clamped")
+    mean = sum(vals) / n
+    if abs(mean - problem.beta) > 1e-9:
+        notes.append(f"mean {mean:.6f} moved to {problem.beta}")
+    scale = 10 ** problem.decimals
+    units = _to_units(project(vals, problem.beta, problem.lo, problem.hi), problem)
+    if abs(sum(units) - n * problem.beta * scale) > 1e-6:
+        notes.append(f"mean cannot be exactly {problem.beta} at {problem.decimals} decimals")
+    before = list(units)
+    units = _distinct(units, problem, taken)
+    if units != before:
+        notes.append("perturbed to differ from an existing candidate")
+    out = [u / scale for u in units]
+    changed = len(values) != n or any(a != b for a, b in zip(out, vals))
+    return out, changed
+
+
+def is_valid(values, problem: Problem, tol: float = 1e-9) -> bool:
+    """Length n, finite, inside the bounds, mean beta within tol, and written at `decimals` decimals."""
+    try:
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return False
+    scale = 10 ** problem.decimals
+    return (len(vals) == problem.n_layers and all(math.isfinite(v) for v in vals)
+            and all(problem.lo - tol <= v <= problem.hi + tol for v in vals)
+            and abs(sum(vals) / len(vals) - problem.beta) <= tol
+            and all(abs(v * scale - round(v * scale)) < 1e-6 for v in vals))
+
+
+def random_vector(problem: Problem, rng: random.Random, spread: float | None = None, taken=frozenset()) -> list[float]:
+    """A random valid vector: uniform in beta ± spread (default: the widest symmetric band inside the
+    bounds), then repaired. `rng` is a random.Random, so callers control determinism."""
+    _check_problem(problem)
+    if spread is None:
+        spread = min(problem.beta - problem.lo, problem.hi - problem.beta)
+    raw = [problem.beta + rng.uniform(-spread, spread) for _ in range(problem.n_layers)]
+    return repair(raw, problem, taken)[0]

@@ -1,0 +1,200 @@
+"""Size and speed of an exported model next to the dense one (transformers on CPU or CUDA; vLLM optional).
+
+Measured per model: parameters (tied tensors once), weight bytes, prefill throughput (one forward over a
+fixed-length random-token batch without KV cache, logits for the last position only, as a server would)
+and decode throughput (greedy `generate` of N tokens minus that of 1 token, so the prompt's prefill is
+not counted). Each timing is the median (or min) of `repeats` runs after one warm-up, interleaved across
+models. Memory: on CUDA each model's weights plus its peak working memory (activations, KV cache); on CPU
+only the process-wide peak RSS can be had, reported once. Ratios are against the baseline (the first model
+unless named); absolute times depend on the box.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+
+def _unique(tensors):
+    """Tied tensors (e.g. embedding = lm_head) share storage; count them once."""
+    seen = set()
+    for t in tensors:
+        if t.numel() and t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        yield t
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in _unique(model.parameters()))
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers, tied tensors once."""
+    return sum(t.numel() * t.element_size() for t in _unique([*model.parameters(), *model.buffers()]))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device, clock=time.perf_counter) -> float:
+    _sync(device)
+    t = clock()
+    fn()
+    _sync(device)
+    return clock() - t
+
+
+def _workloads(model: nn.Module, *, prefill_len: int, batch: int, prompt_len: int, decode_tokens: int, seed: int):
+    """The three timed calls for one model: prefill, generate 1 token, generate `decode_tokens` tokens."""
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    # Random ordinary tokens (ids below ~10 are specials in most vocabularies).
+    ids = torch.randint(min(10, vocab - 1), vocab, (batch, prefill_len), generator=g).to(device)
+    prompt = ids[:, :prompt_len]
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    pad = pad if pad is not None else 0
+
+    def prefill():
+        try:
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        except TypeError:  # families without logits_to_keep
+            model(input_ids=ids, use_cache=False)
+
+    def gen(n):
+        return lambda: model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                      pad_token_id=pad, attention_mask=torch.ones_like(prompt))
+
+    return device, {"prefill": prefill, "gen1": gen(1), "genN": gen(decode_tokens)}
+
+
+@torch.no_grad()
+def compare(models: Mapping[str, nn.Module], *, baseline: str | None = None, prefill_len: int = 256,
+            batch: int = 1, prompt_len: int = 16, decode_tokens: int = 32, repeats: int = 3, seed: int = 0,
+            estimator: str = "median", clock: str = "wall") -> dict:
+    """Benchmark each model on the device it sits on; `ratios[name]` = model / baseline.
+
+    Runs are interleaved (repeat 1 of every model, then repeat 2, ...) so that load from other processes
+    on a shared box hits all models alike; one warm-up run of everything comes first. On a contended CPU,
+    `estimator="min"` helps (other processes only ever add time), and `clock="cpu"` (this process's CPU
+    time) with `torch.set_num_threads(1)` approximates uncontended single-core time: time spent
+    descheduled is not counted. With several threads the CPU clock also counts threads' spin-waiting.
+    """
+    pick = {"median": statistics.median, "min": min}[estimator]
+    timer = {"wall": time.perf_counter, "cpu": time.process_time}[clock]
+    names = list(models)
+    baseline = baseline or names[0]
+    loads = {name: _workloads(m, prefill_len=prefill_len, batch=batch, prompt_len=prompt_len,
+                              decode_tokens=decode_tokens, seed=seed) for name, m in models.items()}
+    times = {name: {k: [] for k in fns} for name, (_, fns) in loads.items()}
+    work = {}  # CUDA: peak working memory (activations, KV cache) above what was allocated before
+    for rep in range(repeats + 1):
+        for name, (device, fns) in loads.items():
+            if device.type == "cuda":
+                before = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            for key, fn in fns.items():
+                t = _timed(fn, device, timer)
+                if rep > 0:  # rep 0 is the warm-up
+                    times[name][key].append(t)
+            if device.type == "cuda":
+                work[name] = max(work.get(name, 0), torch.cuda.max_memory_allocated(device) - before)
+    results = {}
+    for name, m in models.items():
+        t = {k: pick(v) for k, v in times[name].items()}
+        decode_s = max(t["genN"] - t["gen1"], 1e-9)
+        results[name] = {"params": param_count(m), "weight_bytes": weight_bytes(m),
+                         "prefill_tok_s": batch * prefill_len / t["prefill"],
+                         "decode_tok_s": batch * (decode_tokens - 1) / decode_s,
+                         "prefill_s": t["prefill"], "decode_s": decode_s}
+        if name in work:  # all models sit on the GPU together, so the peak is weights + own working memory
+            results[name]["peak_mem_bytes"] = results[name]["weight_bytes"] + work[name]
+    base = results[baseline]
+    ratios = {name: {"params": r["params"] / base["params"],
+                     "weight_bytes": r["weight_bytes"] / base["weight_bytes"],
+                     "prefill_speedup": r["prefill_tok_s"] / base["prefill_tok_s"],
+                     "decode_speedup": r["decode_tok_s"] / base["decode_tok_s"]}
+              for name, r in results.items()}
+    device = loads[baseline][0]
+    env = {"device": str(device), "torch_threads": torch.get_num_threads(),
+           "settings": {"prefill_len": prefill_len, "batch": batch, "prompt_len": prompt_len,
+                        "decode_tokens": decode_tokens, "repeats": repeats, "estimator": estimator,
+                        "clock": clock}}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["process_peak_rss_bytes"] = _peak_rss_bytes()
+    return {"baseline": baseline, "results": results, "ratios": ratios, "env": env}
+
+
+def benchmark(model: nn.Module, **kwargs) -> dict:
+    """Size and throughput of one model (see `compare` for the keyword arguments)."""
+    return compare({"model": model}, **kwargs)["results"]["model"]
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def to_markdown(report: dict) -> str:
+    rows = ["| model | params (M) | weights (MB) | prefill tok/s | decode tok/s | prefill × | decode × |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["results"].items():
+        q = report["ratios"][name]
+        rows.append(f"| {name} | {r['params'] / 1e6:.1f} | {r['weight_bytes'] / 2**20:.1f} | "
+                    f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} | "
+                    f"{q['prefill_speedup']:.2f} | {q['decode_speedup']:.2f} |")
+    env, st = report["env"], report["env"]["settings"]
+    note = f"device {env['device']}" + (f" ({env['gpu']})" if "gpu" in env else f", {env['torch_threads']} threads")
+    note += (f"; {st['estimator']} of {st['repeats']} runs, {st['clock']} clock; prefill {st['prefill_len']} tokens,"
+             f" decode {st['decode_tokens']} tokens, batch {st['batch']}; ratios vs {report['baseline']}.")
+    return "\n".join(rows) + "\n\n" + note
+
+
+# ---- optional vLLM path -------------------------------------------------------------------------
+def vllm_status() -> tuple[bool, str]:
+    """(usable, reason). vLLM is imported lazily: it is heavy and only useful with a GPU."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as e:
+        return False, f"vLLM is not available ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if not torch.cuda.is_available():
+        return False, "vLLM is installed but no CUDA device is visible"
+    return True, "ok"
+
+
+def benchmark_vllm(model_dir, *, batch: int = 8, prompt_len: int = 128, decode_tokens: int = 128,
+                   repeats: int = 3, seed: int = 0) -> dict:
+    """Generation throughput (prompt + new tokens per second) under vLLM, or why it cannot run.
+
+    vLLM builds layers from the dense config sizes, so per-layer (non-uniform) `selfpruner_*` exports are
+    only servable if vLLM's generic transformers backend accepts them; failures come back as a reason.
+    """
+    ok, reason = vllm_status()
+    if not ok:
+        return {"available": False, "reason": reason}
+    from vllm import LLM, SamplingParams
+
+    try:
+        llm = LLM(model=str(model_dir), trust_remote_code=True, seed=seed)
+    except Exception as e:
+        return {"available": False, "reason": f"vLLM cannot load {model_dir}: {str(e).strip().splitlines()[0]}"}
+    g = torch.Generator().manual_seed(seed)
+    vocab = llm.get_tokenizer().vocab_size
+    prompts = [{"prompt_token_ids": torch.randint(10, vocab, (prompt_len,), generator=g).tolist()}
+               for _ in range(batch)]
+    params = SamplingParams(max_tokens=decode_tokens, min_tokens=decode_tokens, ignore_eos=True, temperature=0.0)
+    run = lambda: llm.generate(prompts, params, use_tqdm=False)  # noqa: E731
+    run()  # warm-up (graph capture, allocator)
+    t = statistics.median(_timed(run, torch.device("cuda")) for _ in range(repeats))
+    return {"available": True, "tok_s": batch * (prompt_len + decode_tokens) / t,
+            "gen_tok_s": batch * decode_tokens / t, "seconds": t}
