@@ -2,8 +2,9 @@
 
 The real `datasets` loader is tried first (train → calibration, validation → search fitness, test → final).
 Offline, the ../shared copy of the test split is used: calibration windows come from its tail, search
-fitness from its head, and the final evaluation from everything before the calibration tail, so no
-calibration token is ever scored. `TokenData.source` records which was used.
+fitness from the second half of what remains, and the final evaluation from everything before the
+calibration tail (the whole test text but the tail), so no calibration token is ever scored and a partial
+final evaluation (--final-tokens, read from the start) never reuses the search-time windows. `TokenData.source` records which was used.
 """
 from __future__ import annotations
 
@@ -85,4 +86,4 @@ def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto
         raise ValueError(f"calibration budget {calib_tokens} leaves too little of the {len(ids)}-token test text")
     head, tail = ids[:-calib_tokens], ids[-calib_tokens:]
     sha = hashlib.sha256(raw).hexdigest()[:12]
-    return TokenData(tail, head, head, f"local:{path} sha256={sha}")
+    return TokenData(tail, head[len(head) // 2 :], head, f"local:{path} sha256={sha}")

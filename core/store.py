@@ -34,50 +34,59 @@ def new_session_id(kind: str = "layer") -> str:
 
 
 class Store:
-    def __init__(self, path: Path | str, *, create: bool = False):
+    def __init__(self, path: Path | str, *, create: bool = False, readonly: bool = False):
+        """`create`: make a new session file; `readonly`: browse without writing (no schema, no WAL switch)."""
         self.path = Path(path)
         if not create and not self.path.exists():
             raise StoreError(f"session DB not found: {self.path}")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=5, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            if readonly:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(self.path), timeout=5, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=5000")
             self.db = sqlite_utils.Database(conn)
-            self._ensure_schema()
+            tables = self.db.table_names()
+            if create and not tables:
+                conn.execute("PRAGMA journal_mode=WAL")
+                self._create_schema()
+            elif "session" not in tables:
+                raise StoreError(f"{self.path} is not a selfpruner session DB")
+            elif not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot use session DB {self.path}: {e}") from None
 
     # ---- schema -------------------------------------------------------------------------------
-    def _ensure_schema(self) -> None:
+    def _create_schema(self) -> None:
         db = self.db
-        if "session" not in db.table_names():
-            db["session"].create({"id": str, "kind": str, "created": float, "updated": float, "status": str,
-                                  "config": str, "model_name": str, "model_fingerprint": str, "model_arch": str,
-                                  "data_source": str, "beta": float, "proposer": str, "best_candidate": int,
-                                  "best_fitness": float, "final_ppl": float, "error": str,
-                                  "schema_version": int}, pk="id")
-            db["llm_calls"].create({"id": int, "generation": int, "phase": str, "proposer": str, "attempt": int,
-                                    "prompt": str, "response": str, "parsed": int, "repaired": int, "error": str,
-                                    "tokens_in": int, "tokens_out": int, "latency_s": float, "created": float},
-                                   pk="id")
-            db["candidates"].create({"id": int, "generation": int, "phase": str, "origin": str, "parents": str, "rates": str,
-                                     "key": str, "raw": str, "repaired": int, "call_id": int, "created": float},
-                                    pk="id", foreign_keys=[("call_id", "llm_calls", "id")])
-            db["candidates"].create_index(["key"])
-            db["candidates"].create_index(["generation"])
-            db["evaluations"].create({"id": int, "candidate_id": int, "kind": str, "fitness": float,
-                                      "budget_tokens": int, "seq_len": int, "eval_s": float, "cached": int,
-                                      "created": float}, pk="id",
-                                     foreign_keys=[("candidate_id", "candidates", "id")])
-            db["evaluations"].create_index(["candidate_id"])
-            db["generations"].create({"generation": int, "best": float, "mean": float, "population": str,
-                                      "finished": float}, pk="generation")
-            db["results"].create({"id": int, "kind": str, "name": str, "payload": str, "created": float}, pk="id")
-            db["metric_candidates"].create({"id": int, "iteration": int, "expression": str, "canonical": str,
-                                            "origin": str, "parents": str, "fitness": float, "eval_s": float,
-                                            "call_id": int, "created": float}, pk="id")
-            db["metric_candidates"].create_index(["canonical"])
+        db["session"].create({"id": str, "kind": str, "created": float, "updated": float, "status": str,
+                              "config": str, "model_name": str, "model_fingerprint": str, "model_arch": str,
+                              "data_source": str, "beta": float, "proposer": str, "best_candidate": int,
+                              "best_fitness": float, "final_ppl": float, "error": str,
+                              "schema_version": int}, pk="id")
+        db["llm_calls"].create({"id": int, "generation": int, "phase": str, "proposer": str, "attempt": int,
+                                "prompt": str, "response": str, "parsed": int, "repaired": int, "error": str,
+                                "tokens_in": int, "tokens_out": int, "latency_s": float, "created": float},
+                               pk="id")
+        db["candidates"].create({"id": int, "generation": int, "phase": str, "origin": str, "parents": str, "rates": str,
+                                 "key": str, "raw": str, "repaired": int, "call_id": int, "created": float},
+                                pk="id", foreign_keys=[("call_id", "llm_calls", "id")])
+        db["candidates"].create_index(["key"])
+        db["candidates"].create_index(["generation"])
+        db["evaluations"].create({"id": int, "candidate_id": int, "kind": str, "fitness": float,
+                                  "budget_tokens": int, "seq_len": int, "eval_s": float, "cached": int,
+                                  "created": float}, pk="id",
+                                 foreign_keys=[("candidate_id", "candidates", "id")])
+        db["evaluations"].create_index(["candidate_id"])
+        db["generations"].create({"generation": int, "best": float, "mean": float, "population": str,
+                                  "finished": float}, pk="generation")
+        db["results"].create({"id": int, "kind": str, "name": str, "payload": str, "created": float}, pk="id")
+        db["metric_candidates"].create({"id": int, "iteration": int, "expression": str, "canonical": str,
+                                        "origin": str, "parents": str, "fitness": float, "eval_s": float,
+                                        "call_id": int, "created": float}, pk="id")
+        db["metric_candidates"].create_index(["canonical"])
 
     # ---- session --------------------------------------------------------------------------------
     def create_session(self, session_id: str, kind: str, config: dict, **fields) -> None:
@@ -239,7 +248,7 @@ def list_sessions(directory: Path | str = DEFAULT_DIR) -> list[dict]:
     rows = []
     for path in session_paths(directory):
         try:
-            st = Store(path)
+            st = Store(path, readonly=True)
             s = st.session()
             n_gen = st.db["generations"].count
             n_cand = st.db["candidates"].count + st.db["metric_candidates"].count

@@ -79,7 +79,8 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, bench, tiny_llam
         _run(cfg, bench, subscriber=killer)
     (path,) = list(crash_dir.glob("*.db"))
     st = Store(path)
-    assert st.session()["status"] == "running" and len(st.fitness_by_candidate()) == 7
+    assert st.session()["status"] == "failed" and st.session()["error"].startswith("Crash")
+    assert len(st.fitness_by_candidate()) == 7
     st.close()
     resumed, res = _run(cfg, bench, resume=path)
     assert res.status == "finished"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..config import SearchConfig
 from ..events import (CandidateEvaluated, CandidateProposed, Control, EvalProgress, EventBus, GenerationFinished,
-                      GenerationStarted, LLMCall, SearchFinished)
+                      GenerationStarted, LLMCall, SearchFinished, Stage)
 from ..proposers.base import Proposer
 from ..store import Store, rates_key
 from ..types import CallRecord, Problem, Scored
@@ -107,6 +107,16 @@ class SelfPrunerSearch:
         cfg = self.cfg
         known = self.store.fitness_by_candidate(budget_tokens=cfg.budget_tokens)
         try:
+            return self._run(known)
+        except Exception as e:  # recorded so the DB says why; the session stays resumable
+            msg = f"{type(e).__name__}: {e}".splitlines()[0]
+            self.store.update_session(status="failed", error=msg)
+            self.bus.emit(SearchFinished("failed", None, None, None, error=msg))
+            raise
+
+    def _run(self, known: dict[int, float]) -> SearchFinished:
+        cfg = self.cfg
+        try:
             self.bus.emit(GenerationStarted(0, cfg.population))
             pop = self._select(0, self._evaluate(self._propose(0, "init", cfg.population, []), known))
             for g in range(1, cfg.generations + 1):
@@ -125,7 +135,10 @@ class SelfPrunerSearch:
         best_rates = rows[best_id]["rates"] if best_id is not None else None
         final_ppl = None
         if status == "finished" and best_id is not None and self.cfg.final_eval:
-            final_ppl = self.final_evaluation(best_id, best_rates)
+            try:
+                final_ppl = self.final_evaluation(best_id, best_rates)
+            except InterruptedError:
+                status = "stopped"  # the search itself is complete; resume re-runs only the final evaluation
         self.store.update_session(status=status, best_candidate=best_id,
                                   best_fitness=known.get(best_id), final_ppl=final_ppl)
         ev = SearchFinished(status, best_id, known.get(best_id), best_rates, final_ppl)
@@ -133,9 +146,9 @@ class SelfPrunerSearch:
         return ev
 
     def final_evaluation(self, candidate_id: int, rates: list[float]) -> float:
-        from ..events import Stage
         self.bus.emit(Stage("final", "final evaluation on the test stream"))
-        ppl, secs = self.bench.fitness(rates, self.cfg.final_tokens or 10**12, which="test")
+        ppl, secs = self.bench.fitness(rates, self.cfg.final_tokens or 10**12, which="test",
+                                       should_stop=lambda: self.control.stopped)
         tokens = self.bench.windows("test", self.cfg.final_tokens).numel()
         self.store.add_evaluation(candidate_id, ppl, kind="final", budget_tokens=tokens,
                                   seq_len=self.cfg.seq_len, eval_s=secs)

@@ -1,0 +1,95 @@
+"""The G operand: per-weight l2 norm over calibration windows of the LM-loss gradient, as Pruner-Zero
+(following GBLM-Pruner) uses, G = sqrt(sum_windows (dL_w/dW)^2), with L_w the mean next-token loss of
+window w. Only the decoder projections get gradients: the 168M-parameter (tied) embedding of
+gemma-3-270m never has requires_grad, so memory is the model plus two projection-sized float32 buffers
+(~0.4 GB each for the 100M projection weights). Cached on disk per model fingerprint and windows.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..models import CACHE_ROOT, ModelArch
+from .unstructured import PROJECTIONS
+
+
+@dataclass
+class GradientStats:
+    norms: list[dict[str, torch.Tensor]]  # per layer: projection -> [out, in] float32, >= 0
+    n_windows: int
+
+    def get(self, layer: int, name: str) -> torch.Tensor:
+        return self.norms[layer][name]
+
+
+def _window_loss(model, window: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=window[None], use_cache=False).logits[0]
+    targets = torch.full_like(window, -100)
+    targets[:-1] = window[1:]  # shift targets, not the [T, vocab] logits (no copy of a 262k-wide tensor)
+    return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+
+
+def collect_gradients(model, arch: ModelArch, windows: torch.Tensor, progress=None,
+                      should_stop=None) -> GradientStats:
+    """One forward+backward per window ([n, seq]); restores every requires_grad flag afterwards."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    lins = {(i, n): getattr(parts, n) for i, parts in enumerate(arch.layers) for n in PROJECTIONS}
+    sq = {k: torch.zeros_like(lin.weight, dtype=torch.float32) for k, lin in lins.items()}
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for lin in lins.values():
+            lin.weight.requires_grad_(True)
+            lin.weight.grad = None
+        with torch.enable_grad():
+            for b in range(windows.shape[0]):
+                if should_stop is not None and should_stop():
+                    raise InterruptedError("gradient collection stopped")
+                _window_loss(model, windows[b]).backward()
+                for k, lin in lins.items():
+                    g = lin.weight.grad.float()
+                    sq[k].addcmul_(g, g)
+                    lin.weight.grad = None
+                if progress:
+                    progress(b + 1, windows.shape[0])
+    finally:
+        for lin in lins.values():
+            lin.weight.grad = None
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    norms = [dict() for _ in range(arch.n_layers)]
+    for (i, n), s in sq.items():
+        norms[i][n] = s.sqrt_()
+    return GradientStats(norms, int(windows.shape[0]))
+
+
+def cache_path(fingerprint: str, windows: torch.Tensor) -> Path:
+    key = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:12]
+    return CACHE_ROOT / "gradients" / f"{fingerprint}-{key}.pt"
+
+
+def load_or_collect_gradients(model, arch: ModelArch, fingerprint: str, windows: torch.Tensor,
+                              progress=None, should_stop=None) -> tuple[GradientStats, bool]:
+    """Returns (gradients, from_cache)."""
+    path = cache_path(fingerprint, windows)
+    if path.exists():
+        try:
+            d = torch.load(path, weights_only=True)
+            return GradientStats(d["norms"], d["n_windows"]), True
+        except Exception:
+            pass  # a corrupt cache entry is recomputed
+    grads = collect_gradients(model, arch, windows, progress, should_stop)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"norms": grads.norms, "n_windows": grads.n_windows}, tmp)
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return grads, False

@@ -1,0 +1,728 @@
+"""The Textual app, headless (`App.run_test` + Pilot): a real numeric search on a tiny random model driven
+from the start screen, pause/stop/resume, the session browser and the replay scrubber; what the widgets
+show is compared with what the session DB holds. SVG snapshots of the main screens live in
+tests/snapshots/ (regenerate with `pytest tests/test_tui.py --snapshot-update`)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Input, Select, Sparkline, Static
+
+from selfpruner.core.config import SearchConfig
+from selfpruner.core.events import CandidateEvaluated, Control, EventBus
+from selfpruner.core.store import Store
+from selfpruner.core.types import CallRecord, Proposal
+from selfpruner.tui.app import SelfPrunerApp
+from selfpruner.tui.screens.browser import SessionBrowser
+from selfpruner.tui.screens.metric import MetricScreen
+from selfpruner.tui.screens.replay import ReplayScreen
+from selfpruner.tui.screens.run import RunScreen
+from selfpruner.tui.screens.start import StartScreen
+from selfpruner.tui.state import SearchState, fmt_fitness
+from selfpruner.tui.widgets.calls import CallLog
+from selfpruner.tui.widgets.population import PopulationTable
+from selfpruner.tui.widgets.rates import RateBars
+from selfpruner.tui.widgets.scrubber import GenerationScrubber
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+SIZE = (150, 44)
+TINY = dict(beta=0.4, proposer="numeric", population=4, mutations=2, crossovers=2, generations=2,
+            budget_tokens=128, seq_len=32, calib_tokens=256, final_tokens=256, data="local")
+
+
+# ---- deterministic session DBs, written through the core's Store API ---------------------------------
+CREATED = 1_700_000_000.0  # 2023-11-14 22:13 UTC
+N_LAYERS = 6
+BETA = 0.3
+
+
+def _vector(rng: random.Random, n: int = N_LAYERS, beta: float = BETA) -> list[float]:
+    raw = [beta + rng.uniform(-0.15, 0.15) for _ in range(n)]
+    shift = beta - sum(raw) / n
+    return [round(min(1.0, max(0.0, r + shift)), 5) for r in raw]
+
+
+def _fix_times(store: Store) -> None:
+    """Replace wall-clock times with fixed ones (the browser shows the creation date)."""
+    db = store.db
+    db.conn.execute("update session set created = ?, updated = ?", [CREATED, CREATED + 60])
+    for table in ("llm_calls", "candidates", "evaluations", "results", "metric_candidates"):
+        db.conn.execute(f"update {table} set created = ?", [CREATED])
+    db.conn.execute("update generations set finished = ?", [CREATED])
+
+
+def _stamp(path: Path, offset: float) -> Path:
+    """The browser lists newest first by file mtime: pin it."""
+    os.utime(path, (CREATED + offset, CREATED + offset))
+    return path
+
+
+def make_layer_session(directory: Path, sid: str = "20231114-221320-layer-demo", *, generations: int = 3,
+                       k: int = 4, m: int = 2, s: int = 2, status: str = "finished", seed: int = 1,
+                       mtime: float = 40) -> Path:
+    """A small Self-Pruner session: gen 0 of K LLM-written candidates, then M mutations + S crossovers per
+    generation, each phase from one LLM call (one call repaired a candidate, one failed to parse)."""
+    rng = random.Random(seed)
+    path = Path(directory) / f"{sid}.db"
+    st = Store(path, create=True)
+    cfg = {"model": None, "beta": BETA, "proposer": "llama-cpp", "population": k, "mutations": m, "crossovers": s,
+           "generations": generations, "budget_tokens": 1024, "seq_len": 512, "calib_tokens": 4096}
+    st.create_session(sid, "layer", cfg, model_name="tiny-llama (test)", model_fingerprint="0" * 16,
+                      model_arch=json.dumps({"n_layers": N_LAYERS}), data_source="local:test", beta=BETA,
+                      proposer="llama-cpp")
+    fitness: dict[int, float] = {}
+    pop: list[int] = []
+    for g in range(generations + 1):
+        phases = [("init", k)] if g == 0 else [("mutation", m), ("crossover", s)]
+        new = []
+        for phase, count in phases:
+            if g == 1 and phase == "mutation":  # a reply the parser could not use, then a retry
+                st.add_call(CallRecord("llama-cpp", phase, 1, f"[prompt] gen {g} {phase}", "[0.3, 0.3",
+                                       parsed=0, repaired=0, error="no complete list in the reply",
+                                       latency_s=1.25, generation=g, tokens_in=900, tokens_out=12))
+            props = []
+            for i in range(count):
+                rates = _vector(rng)
+                parents = [] if phase == "init" else ([pop[i % len(pop)]] if phase == "mutation"
+                                                      else [pop[0], pop[(i + 1) % len(pop)]])
+                repaired = phase == "init" and i == 1
+                props.append(Proposal(rates, phase, parents, repaired, [r + 0.01 for r in rates] if repaired
+                                      else None))
+            reply = json.dumps([p.rates for p in props])
+            call_id = st.add_call(CallRecord("llama-cpp", phase, 2 if (g == 1 and phase == "mutation") else 1,
+                                             f"You are pruning a {N_LAYERS}-layer model to mean rate {BETA}.\n"
+                                             f"[prompt] gen {g} {phase}", reply, parsed=count,
+                                             repaired=sum(p.repaired for p in props), latency_s=2.5 + g,
+                                             generation=g, tokens_in=1000 + g, tokens_out=200))
+            for p in props:
+                p.call_id = call_id
+            new += st.add_candidates(g, phase, props)
+        for cid in new:
+            fitness[cid] = round(55.0 + 12.0 * rng.random() - 6.0 * g, 3)
+            st.add_evaluation(cid, fitness[cid], budget_tokens=1024, seq_len=512, eval_s=1.5,
+                              cached=cid % 7 == 0)
+        pool = sorted(set(pop) | set(new), key=lambda c: (fitness[c], c))[:k]
+        finite = [fitness[c] for c in pool]
+        st.add_generation(g, fitness[pool[0]], sum(finite) / len(finite), pool)
+        pop = pool
+    best = pop[0]
+    st.update_session(status=status, best_candidate=best, best_fitness=fitness[best],
+                      final_ppl=round(fitness[best] * 1.1, 3) if status == "finished" else None)
+    _fix_times(st)
+    st.close()
+    return _stamp(path, mtime)
+
+
+def make_metric_session(directory: Path, sid: str = "20231114-221330-metric-demo", mtime: float = 30) -> Path:
+    path = Path(directory) / f"{sid}.db"
+    st = Store(path, create=True)
+    st.create_session(sid, "metric", {"population": 4, "iterations": 3}, model_name="tiny-llama (test)",
+                      model_fingerprint="0" * 16, beta=0.5, proposer="gp")
+    exprs = [("abs(W) * X", "mul(abs(W), X)", 0, "seed", 61.5), ("abs(W)", "abs(W)", 0, "seed", 80.25),
+             ("sqrt(abs(W * G))", "sqrt(abs(mul(W, G)))", 1, "mutation", 70.0),
+             ("abs(W) * sqrt(X)", "mul(abs(W), sqrt(X))", 2, "crossover", 58.75),
+             ("log(abs(G))", "log(abs(G))", 3, "mutation", float("inf"))]
+    for e, c, it, origin, fit in exprs:
+        st.add_metric_candidate(iteration=it, expression=e, canonical=c, origin=origin, parents=[], fitness=fit,
+                                eval_s=2.0)
+    st.update_session(status="finished", best_fitness=58.75)
+    _fix_times(st)
+    st.close()
+    return _stamp(path, mtime)
+
+
+def make_unreadable(directory: Path, name: str = "20231114-221340-broken.db") -> Path:
+    path = Path(directory) / name
+    path.write_bytes(b"this is not a SQLite database" * 10)
+    return _stamp(path, 20)
+
+
+def make_empty_db(directory: Path, name: str = "20231114-221350-empty.db") -> Path:
+    """A valid SQLite file without a session row."""
+    path = Path(directory) / name
+    sqlite3.connect(path).close()
+    return _stamp(path, 10)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+async def wait_for(pilot, cond, timeout: float = 120.0, what: str = "condition") -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def cell_text(table: DataTable, row_key: str, col: str) -> str:
+    v = table.get_cell(row_key, col)
+    return getattr(v, "plain", str(v))
+
+
+def table_ids(table: DataTable) -> list[int]:
+    return [int(table.coordinate_to_cell_key((i, 0)).row_key.value) for i in range(table.row_count)]
+
+
+def expected_pool(store: Store, g: int) -> tuple[list[int], dict[int, float]]:
+    """The rows a view of generation g must show, in rank order, read straight from the DB."""
+    fit = store.fitness_by_candidate()
+    gens = {x["generation"]: x for x in store.generations()}
+    prev = gens[g - 1]["population"] if g - 1 in gens else []
+    pool = list(prev) + [c["id"] for c in store.candidates(g) if c["id"] not in prev]
+    return sorted(pool, key=lambda i: (fit[i], i)), fit
+
+
+def check_screen_matches_db(screen, store: Store, g: int) -> None:
+    """Table, sparklines, rate bars and call log of `screen` (showing generation g) against the DB."""
+    order, fit = expected_pool(store, g)
+    table = screen.query_one(PopulationTable)
+    assert table_ids(table) == order  # default sort: rank
+    kept = set({x["generation"]: x for x in store.generations()}[g]["population"])
+    cands = {c["id"]: c for c in store.candidates()}
+    for rank, cid in enumerate(order, 1):
+        assert cell_text(table, str(cid), "rank") == str(rank)
+        assert cell_text(table, str(cid), "fitness").split()[0] == fmt_fitness(fit[cid])
+        assert cell_text(table, str(cid), "origin") == cands[cid]["origin"]
+        assert cell_text(table, str(cid), "gen") == str(cands[cid]["generation"])
+        mean = sum(cands[cid]["rates"]) / len(cands[cid]["rates"])
+        assert cell_text(table, str(cid), "mean") == f"{mean:.4f}"
+        assert cell_text(table, str(cid), "status") == ("" if cid in kept else "dropped")
+    gens = [x for x in store.generations() if x["generation"] <= g]
+    assert screen.query_one("#best-spark", Sparkline).data == [x["best"] for x in gens]
+    assert screen.query_one("#mean-spark", Sparkline).data == pytest.approx([x["mean"] for x in gens])
+    bars = screen.query_one(RateBars)
+    shown = bars.candidate
+    assert shown is not None and shown.rates == cands[shown.id]["rates"]
+    text = bars.render().plain
+    for r in cands[shown.id]["rates"]:
+        assert f"{r:7.4f}" in text
+    calls = [c for c in store.calls() if (c["generation"] or 0) <= g]
+    log = screen.query_one(CallLog)
+    assert [c.id for c in log.calls] == [c["id"] for c in calls]
+    assert screen.query_one("#call-table", DataTable).row_count == len(calls)
+
+
+def assert_snapshot(request, app, name: str) -> None:
+    """Compare the app's SVG screenshot with tests/snapshots/<name>.svg (unique ids normalised)."""
+    svg = re.sub(r"\bterminal-\d+-", "terminal-", app.export_screenshot(title="selfpruner"))
+    path = SNAPSHOTS / f"{name}.svg"
+    if request.config.getoption("--snapshot-update", default=False) or os.environ.get("SELFPRUNER_SNAPSHOT_UPDATE"):
+        SNAPSHOTS.mkdir(exist_ok=True)
+        path.write_text(svg, encoding="utf-8")
+        return
+    assert path.exists(), f"missing snapshot {path}: run pytest tests/test_tui.py --snapshot-update"
+    if path.read_text(encoding="utf-8") != svg:
+        actual = path.with_suffix(".actual.svg")
+        actual.write_text(svg, encoding="utf-8")
+        raise AssertionError(f"{name}: screen differs from {path} (actual written to {actual})")
+
+
+async def settle(pilot) -> None:
+    """Let layout, timers and animations finish; stop cursors blinking, so screenshots are stable."""
+    for w in pilot.app.screen.query(Input):
+        w.cursor_blink = False
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
+
+
+@pytest.fixture
+def demo_dir(tmp_path, monkeypatch):
+    """A sessions dir with a finished and a stopped layer session, a metric session and an unreadable file;
+    the app runs from tmp_path with a relative dir and in UTC, so nothing machine-specific is on screen."""
+    old_tz = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    monkeypatch.chdir(tmp_path)
+    d = Path("sessions")
+    d.mkdir()
+    make_layer_session(d)
+    make_layer_session(d, "20231114-221325-layer-stopped", status="stopped", generations=2, seed=2, mtime=35)
+    make_metric_session(d)
+    make_unreadable(d)
+    yield d
+    if old_tz is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old_tz
+    time.tzset()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model's matmuls are too small to share: on a busy 2-core machine two intra-op threads made
+    a 128-token fitness take seconds instead of milliseconds."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tiny_llama_dir):
+    from selfpruner.core.workbench import Workbench
+    return Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
+
+
+def tiny_app(sessions: Path, model_dir: Path, bench=None, **over) -> SelfPrunerApp:
+    cfg = SearchConfig(model=str(model_dir), sessions_dir=str(sessions), **{**TINY, **over})
+    app = SelfPrunerApp(sessions, cfg)
+    if bench is not None:  # the module's resident tiny model: no second load or calibration
+        app.use_workbench(cfg, bench)
+    return app
+
+
+# ---- pure state ------------------------------------------------------------------------------------
+def test_state_from_store_views_every_generation(tmp_path):
+    path = make_layer_session(tmp_path)
+    st = Store(path)
+    state = SearchState.from_store(st)
+    assert state.generations() == [0, 1, 2, 3] and state.n_layers == N_LAYERS
+    for g in range(4):
+        v = state.view(g)
+        order, fit = expected_pool(st, g)
+        assert [r.cand.id for r in v.rows] == order
+        assert [r.cand.fitness for r in v.rows] == [fit[i] for i in order]
+        pop = {x["generation"]: x for x in st.generations()}[g]["population"]
+        assert [r.cand.id for r in v.rows if r.status == "alive"] == pop
+        assert v.best == [x["best"] for x in st.generations()][: g + 1]
+    assert state.best().id == st.session()["best_candidate"]
+
+
+def test_live_events_and_db_give_the_same_view(tmp_path, tiny_bench, tiny_llama_dir):
+    """Folding the core's events in gives what rebuilding from the DB gives, generation by generation."""
+    from selfpruner.core.session import start_search
+    cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(tmp_path), **TINY)
+    live, bus = SearchState(), EventBus()
+    views = {}
+
+    def fold(ev):
+        live.apply(ev)
+        if type(ev).__name__ == "GenerationFinished":
+            views[ev.generation] = live.view()
+    bus.subscribe(fold)
+    search = start_search(cfg, bus=bus, control=Control(), bench=tiny_bench)
+    search.run()
+    stored = SearchState.from_store(search.store)
+    assert live.status == "finished" and sorted(views) == [0, 1, 2]
+    for g, v in views.items():
+        w = stored.view(g)
+        assert [(r.cand.id, r.rank, r.status, r.cand.fitness) for r in v.rows] == \
+               [(r.cand.id, r.rank, r.status, r.cand.fitness) for r in w.rows]
+        assert v.best == w.best and v.mean == pytest.approx(w.mean)
+
+
+# ---- start screen ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value,needle", [
+    ("beta", "1.5", "ratio β must be in (0, 1)"),
+    ("beta", "0", "ratio β must be in (0, 1)"),
+    ("beta", "abc", "ratio β must be a number"),
+    ("population", "x", "population K must be a whole number"),
+    ("budget_tokens", "16", "tokens / fitness (16) must be at least context (seq len) (512)"),
+])
+async def test_start_screen_shows_validation_errors_inline(tmp_path, field, value, needle):
+    app = SelfPrunerApp(tmp_path / "s", SearchConfig(proposer="numeric"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        inp = app.screen.query_one(f"#{field}", Input)
+        inp.value = ""
+        await pilot.click(f"#{field}")
+        await pilot.press(*value)
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, StartScreen)  # nothing started
+        err = app.screen.query_one("#error", Static)
+        assert err.display and needle in str(err.render())
+        assert app.screen.query_one(f"#{field}", Input).has_class("-bad")
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("*.db"))
+
+
+async def test_missing_api_key_offers_the_offline_proposer(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    app = SelfPrunerApp(tmp_path / "s", SearchConfig(proposer="numeric"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert not screen.query_one("#key-warning").display
+        screen.query_one("#proposer", Select).value = "openai"
+        await pilot.pause()
+        assert screen.query_one("#key-warning").display
+        assert "OPENAI_API_KEY" in str(screen.query_one("#key-text", Static).render())
+        await pilot.press("ctrl+r")  # refuses to start, says why
+        await pilot.pause()
+        assert isinstance(app.screen, StartScreen)
+        assert "OPENAI_API_KEY" in str(screen.query_one("#error", Static).render())
+        await pilot.click("#use-offline")
+        await pilot.pause()
+        assert screen.query_one("#proposer", Select).value == "numeric"
+        assert not screen.query_one("#key-warning").display and not screen.query_one("#error").display
+
+
+async def test_core_errors_come_back_inline(tmp_path):
+    """A model that cannot load fails in the worker; the start screen shows the core's message."""
+    app = SelfPrunerApp(tmp_path / "s", SearchConfig(proposer="numeric", model=str(tmp_path / "nope"), data="local"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, StartScreen) and app.screen.query_one("#error").display,
+                       timeout=60, what="the error back on the start screen")
+        assert "not found" in str(app.screen.query_one("#error", Static).render())
+
+
+# ---- a real search, live --------------------------------------------------------------------------
+async def test_live_search_on_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
+    """Start screen → run screen; the numeric proposer on a tiny LLaMA, model loaded by the worker."""
+    sessions = tmp_path / "sessions"
+    app = tiny_app(sessions, tiny_llama_dir)
+    synced, updated = [], []  # what the table was told, event by event
+    orig_sync, orig_update = PopulationTable.sync, PopulationTable.update_cell
+    monkeypatch.setattr(PopulationTable, "sync", lambda self, rows: (
+        synced.append(sum(r.cand.fitness is not None for r in rows)), orig_sync(self, rows))[1])
+    monkeypatch.setattr(PopulationTable, "update_cell", lambda self, *a, **k: (
+        updated.append(a[1]), orig_update(self, *a, **k))[1])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state.status in ("finished", "failed"), what="finished search")
+        assert screen.state.status == "finished", screen.state.error
+        await pilot.pause()
+        (db,) = sessions.glob("*.db")
+        st = Store(db)
+        assert st.session()["status"] == "finished"
+        check_screen_matches_db(screen, st, 2)
+        # until the user moves the cursor, the bars show the top row: the best candidate
+        assert screen.query_one(RateBars).candidate.id == st.session()["best_candidate"]
+        assert st.session()["model_name"] in str(screen.query_one("#status", Static).render())
+        # the footer offers pause/stop only while running
+        assert screen.check_action("pause", ()) is False and screen.check_action("stop", ()) is False
+        # final result in the status line
+        assert fmt_fitness(st.session()["final_ppl"]) in str(screen.query_one("#status", Static).render())
+
+        # sort by id, then by ppl descending: the table reorders, the rows stay the same
+        table = screen.query_one(PopulationTable)
+        before = set(table_ids(table))
+        table.sort_by("id")
+        assert table_ids(table) == sorted(before)
+        table.sort_by("fitness")
+        table.sort_by("fitness")
+        fit = st.fitness_by_candidate()
+        assert table_ids(table) == sorted(before, key=lambda i: -fit[i])
+
+        # selecting a row shows that candidate's bars
+        table.focus()
+        table.move_cursor(row=2)
+        await pilot.pause()
+        cid = table_ids(table)[2]
+        assert screen.query_one(RateBars).candidate.id == cid
+
+        # exports: best config JSON and an SVG screenshot, both beside the DB
+        await pilot.press("e")
+        await pilot.pause()
+        (js,) = sessions.glob("*-best.json")
+        best = json.loads(js.read_text())
+        s = st.session()
+        assert best["candidate_id"] == s["best_candidate"] and best["search_ppl"] == s["best_fitness"]
+        assert best["rates"] == {c["id"]: c for c in st.candidates()}[s["best_candidate"]]["rates"]
+        assert str(js) in str(screen.query_one("#status", Static).render())
+        await pilot.press("v")
+        await pilot.pause()
+        (svg,) = sessions.glob("*.svg")
+        assert svg.read_text().startswith("<svg")
+        st.close()
+    # the table followed the search one evaluation at a time, changing cells in place
+    assert all(n in synced for n in range(1, 9)) and {"fitness", "rank"} <= set(updated)
+
+
+async def test_pause_stop_and_resume_from_the_run_screen(tmp_path, tiny_llama_dir, tiny_bench):
+    sessions = tmp_path / "sessions"
+    # a large token budget makes each fitness take a while, so the keys land mid-search
+    app = tiny_app(sessions, tiny_llama_dir, tiny_bench, budget_tokens=2048)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state.gen_done >= 1, what="first evaluation")
+        await pilot.press("p")
+        assert screen.control.paused
+        assert "paused" in str(screen.query_one("#status", Static).render())
+        await pilot.pause(0.5)  # the evaluation in flight may still finish; then nothing more
+        n = screen.state.gen_done
+        await pilot.pause(1.0)
+        assert screen.state.gen_done == n and screen.state.status == "paused"
+        await pilot.press("p")  # resume
+        await wait_for(pilot, lambda: screen.state.gen_done > n, what="evaluations after resume")
+        await pilot.press("p")  # pause again, so the stop below lands mid-search however fast the model is
+        await pilot.press("s")  # stop: the search ends after the evaluation in flight
+        await wait_for(pilot, lambda: screen.state.status == "stopped", what="stopped")
+        (db,) = sessions.glob("*.db")
+        st = Store(db)
+        assert st.session()["status"] == "stopped"
+        stored = len(st.fitness_by_candidate())
+        assert 0 < stored < 4 + 2 * (2 + 2)
+        assert len([c for c in screen.state.cands.values() if c.fitness is not None]) == stored
+        st.close()
+        await pilot.press("escape")  # leaving is allowed once the search has stopped
+        await pilot.pause()
+        assert isinstance(app.screen, StartScreen)
+        # resume it from the browser
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert isinstance(app.screen, SessionBrowser)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="resumed run screen")
+        resumed = app.screen
+        await wait_for(pilot, lambda: resumed.state.status in ("finished", "failed"), what="resumed run")
+        assert resumed.state.status == "finished", resumed.state.error
+        st = Store(db)
+        assert st.session()["status"] == "finished" and len(st.candidates()) == 4 + 2 * (2 + 2)
+        # nothing evaluated twice
+        evals = [e["candidate_id"] for e in st.evaluations() if e["kind"] == "search"]
+        assert len(evals) == len(set(evals))
+        check_screen_matches_db(resumed, st, 2)
+        st.close()
+
+
+async def test_escape_is_refused_while_running_and_r_resumes_in_place(tmp_path, tiny_llama_dir, tiny_bench):
+    app = tiny_app(tmp_path / "s", tiny_llama_dir, tiny_bench, budget_tokens=2048)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
+        await wait_for(pilot, lambda: app.screen.state.gen_done >= 1, what="first evaluation")
+        await pilot.press("p")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, RunScreen)
+        await pilot.press("s")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state.status == "stopped", what="stopped")
+        # r continues the stopped session in place, from what it stored
+        await pilot.press("r")
+        await wait_for(pilot, lambda: screen.state.status == "finished", what="resumed in place")
+        (db,) = (tmp_path / "s").glob("*.db")
+        st = Store(db)
+        assert st.session()["status"] == "finished" and len(st.fitness_by_candidate()) == 4 + 2 * (2 + 2)
+        check_screen_matches_db(screen, st, 2)
+        st.close()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, StartScreen)
+
+
+# ---- replay ------------------------------------------------------------------------------------------
+@pytest.fixture
+def stopped_real_session(tmp_path, tiny_bench, tiny_llama_dir):
+    """A real search on the tiny model, stopped by its control after 7 evaluations (mid generation 1)."""
+    from selfpruner.core.session import start_search
+    sessions = tmp_path / "real"
+    cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(sessions), **TINY)
+    control, bus, n = Control(), EventBus(), []
+    bus.subscribe(lambda e: (n.append(1), len(n) == 7 and control.stop()) if isinstance(e, CandidateEvaluated)
+                  else None)
+    search = start_search(cfg, bus=bus, control=control, bench=tiny_bench)
+    assert search.run().status == "stopped"
+    search.store.close()
+    return sessions
+
+
+async def test_replay_scrubs_a_real_session_and_resumes_it(stopped_real_session, tiny_llama_dir, tiny_bench):
+    sessions = stopped_real_session
+    app = tiny_app(sessions, tiny_llama_dir, tiny_bench)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        browser = app.screen
+        table = browser.query_one("#sessions", DataTable)
+        assert table.row_count == 1 and cell_text(table, "0", "status") == "stopped"
+        await pilot.press("enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ReplayScreen)
+        (db,) = sessions.glob("*.db")
+        st = Store(db)
+        # stopped mid generation 1: the scrubber ends there; generation 0 is complete
+        scrub = screen.query_one(GenerationScrubber)
+        assert scrub.maximum == 1 and scrub.value == 1
+        await pilot.press("left_square_bracket")
+        await pilot.pause()
+        assert scrub.value == 0 and screen.generation == 0
+        check_screen_matches_db(screen, st, 0)
+        await pilot.press("right_square_bracket")
+        await pilot.pause()
+        # generation 1 is partial: 3 of its 4 candidates evaluated, the 4th shown as pending
+        table = screen.query_one(PopulationTable)
+        pending = [i for i in table_ids(table) if cell_text(table, str(i), "fitness") == "…"]
+        assert len(pending) == 1
+        assert screen.check_action("resume", ()) is True
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="resumed run screen")
+        run = app.screen
+        await wait_for(pilot, lambda: run.state.status in ("finished", "failed"), what="resumed run")
+        assert run.state.status == "finished", run.state.error
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is screen  # back on the replay, reloaded with the finished run
+        assert screen.state.status == "finished" and screen.query_one(GenerationScrubber).maximum == 2
+        check_screen_matches_db(screen, Store(db), 2)
+        st.close()
+
+
+async def test_replay_of_stored_session_matches_db_at_every_generation(demo_dir):
+    app = SelfPrunerApp(demo_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("enter")  # newest first: the finished demo session
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ReplayScreen)
+        st = Store(demo_dir / "20231114-221320-layer-demo.db")
+        scrub = screen.query_one(GenerationScrubber)
+        assert scrub.value == 3
+        await pilot.press("home")  # scrubber keys need focus; home only works focused
+        scrub.focus()
+        await pilot.press("home")
+        for g in range(4):
+            await pilot.pause()
+            assert screen.generation == g
+            check_screen_matches_db(screen, st, g)
+            await pilot.press("right")
+        # the call log: a failed parse is shown with its error, the repaired candidate with raw numbers
+        await pilot.press("l")
+        await pilot.pause()
+        log = screen.query_one(CallLog)
+        calls = st.calls()
+        failed = next(i for i, c in enumerate(calls) if c["error"])
+        log.query_one("#call-table", DataTable).move_cursor(row=failed)
+        await pilot.pause()
+        detail = str(log.query_one("#call-text", Static).render())
+        assert "no complete list in the reply" in detail and calls[failed]["prompt"] in detail
+        log.query_one("#call-table", DataTable).move_cursor(row=0)
+        await pilot.pause()
+        detail = str(log.query_one("#call-text", Static).render())
+        assert "repaired" in detail and "raw:" in detail and calls[0]["response"][:40] in detail
+        st.close()
+
+
+async def test_browser_lists_unreadable_and_metric_sessions(demo_dir):
+    make_empty_db(demo_dir)  # valid SQLite, no session in it
+    app = SelfPrunerApp(demo_dir, browse=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        browser = app.screen
+        assert isinstance(browser, SessionBrowser)
+        table = browser.query_one("#sessions", DataTable)
+        status = {cell_text(table, str(i), "id"): cell_text(table, str(i), "status") for i in range(table.row_count)}
+        assert status == {"20231114-221320-layer-demo": "finished", "20231114-221325-layer-stopped": "stopped",
+                          "20231114-221330-metric-demo": "finished", "20231114-221340-broken": "unreadable",
+                          "20231114-221350-empty": "unreadable"}
+        row = {r["id"]: i for i, r in enumerate(browser.rows)}
+        # unreadable: a notification, no crash, still on the browser
+        for name in ("20231114-221340-broken", "20231114-221350-empty"):
+            table.move_cursor(row=row[name])
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, SessionBrowser)
+        # metric session: read-only expression table + best-so-far sparkline
+        table.move_cursor(row=row["20231114-221330-metric-demo"])
+        await pilot.press("enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, MetricScreen)
+        mt = screen.query_one("#metric-table", DataTable)
+        rows = Store(demo_dir / "20231114-221330-metric-demo.db").metric_candidates()
+        assert mt.row_count == len(rows)
+        assert cell_text(mt, str(min(rows, key=lambda r: r["fitness"])["id"]), "rank") == "1"
+        assert screen.query_one("#metric-spark", Sparkline).data == [61.5, 61.5, 58.75, 58.75]
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, SessionBrowser)
+        # resume is refused for finished sessions
+        table.move_cursor(row=row["20231114-221320-layer-demo"])
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, SessionBrowser)
+
+
+async def test_open_flag_and_bad_reference(demo_dir):
+    app = SelfPrunerApp(demo_dir, open_session="20231114-221325")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, ReplayScreen) and app.screen.state.status == "stopped"
+    app = SelfPrunerApp(demo_dir, open_session="nope")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, StartScreen)
+
+
+async def test_baseline_session_opens_read_only(tmp_path):
+    """A uniform/OWL baseline session: one candidate, no generations, nothing to resume."""
+    st = Store(tmp_path / "b.db", create=True)
+    st.create_session("20231114-221300-baseline-demo", "baseline", {"beta": 0.3, "method": "owl"},
+                      model_name="tiny", model_fingerprint="0" * 16, beta=0.3, proposer="owl")
+    (cid,) = st.add_candidates(0, "init", [Proposal([0.2, 0.4, 0.3], "owl")])
+    st.add_evaluation(cid, 51.5, budget_tokens=1024, seq_len=512, eval_s=1.0)
+    st.update_session(status="finished", best_candidate=cid, best_fitness=51.5, final_ppl=55.0)
+    st.close()
+    app = SelfPrunerApp(tmp_path, open_session=str(tmp_path / "b.db"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ReplayScreen) and screen.check_action("resume", ()) is False
+        table = screen.query_one(PopulationTable)
+        assert table_ids(table) == [cid] and cell_text(table, str(cid), "fitness") == "51.500"
+        assert screen.query_one(RateBars).candidate.rates == [0.2, 0.4, 0.3]
+
+
+# ---- SVG snapshots -----------------------------------------------------------------------------------
+async def test_snapshot_start(request, demo_dir):
+    app = SelfPrunerApp(demo_dir, SearchConfig(proposer="numeric"))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert_snapshot(request, app, "start")
+
+
+async def test_snapshot_start_missing_key(request, demo_dir, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    app = SelfPrunerApp(demo_dir, SearchConfig(proposer="openai"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        assert_snapshot(request, app, "start-missing-key")
+
+
+async def test_snapshot_browser(request, demo_dir):
+    app = SelfPrunerApp(demo_dir, browse=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert_snapshot(request, app, "browser")
+
+
+async def test_snapshot_replay_and_calls(request, demo_dir):
+    app = SelfPrunerApp(demo_dir, open_session="20231114-221320-layer-demo")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("left_square_bracket")
+        await settle(pilot)
+        assert_snapshot(request, app, "replay-gen2")
+        await pilot.press("l")
+        await settle(pilot)
+        assert_snapshot(request, app, "replay-calls")
+
+
+async def test_snapshot_metric(request, demo_dir):
+    app = SelfPrunerApp(demo_dir, open_session="20231114-221330-metric-demo")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert_snapshot(request, app, "metric")

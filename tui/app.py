@@ -1,0 +1,124 @@
+"""`selfpruner-tui`: start a layer-rate search and watch it, or browse and replay stored sessions."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+
+from selfpruner.core.config import SearchConfig
+
+from .screens.browser import SessionBrowser
+from .screens.start import StartScreen
+
+CSS_FILES = ["app.tcss", "start.tcss", "search.tcss", "browser.tcss"]
+
+
+class SelfPrunerApp(App):
+    CSS_PATH = CSS_FILES
+    TITLE = "selfpruner"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+
+    def __init__(self, sessions_dir: Path | str = "sessions", defaults: SearchConfig | None = None,
+                 open_session: str | None = None, browse: bool = False) -> None:
+        super().__init__()
+        self.sessions_dir = Path(sessions_dir)
+        self.defaults = defaults or SearchConfig(sessions_dir=str(self.sessions_dir))
+        self.defaults.sessions_dir = str(self.sessions_dir)
+        self.open_session, self.browse = open_session, browse
+        # The last resident model: a second search on it skips loading (and, same data, calibration).
+        self._bench_key: tuple | None = None
+        self._bench = None
+        self._bench_lock = threading.Lock()
+
+    def on_mount(self) -> None:
+        self.push_screen(StartScreen(self.defaults))
+        if self.open_session:
+            self.open_path(self.open_session)
+        elif self.browse:
+            self.show_browser()
+
+    # ---- navigation ---------------------------------------------------------------------------
+    def show_start(self) -> None:
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, StartScreen):
+            self.pop_screen()
+
+    def show_browser(self) -> None:
+        self.push_screen(SessionBrowser(self.sessions_dir))
+
+    def open_path(self, ref: str) -> None:
+        """Open one session (path, id or id prefix) straight into its replay or metric view."""
+        from selfpruner.core.store import Store, resolve_session
+
+        from .errors import USER_ERRORS, one_line
+        from .screens.metric import MetricScreen
+        from .screens.replay import ReplayScreen
+        try:
+            path = resolve_session(ref, self.sessions_dir)
+            st = Store(path)
+            kind = st.session()["kind"]
+            st.close()
+            self.push_screen(MetricScreen(path) if kind == "metric" else ReplayScreen(path))
+        except USER_ERRORS as e:
+            self.notify(one_line(e), title="cannot open session", severity="error", timeout=10)
+
+    # ---- the resident model -------------------------------------------------------------------
+    def workbench(self, cfg: SearchConfig, bus):
+        """Called on the search thread: build (or reuse) the model, data and calibration statistics."""
+        from selfpruner.core.workbench import Workbench
+
+        key = (cfg.model, cfg.seq_len, cfg.calib_tokens, cfg.data)
+        with self._bench_lock:
+            if key != self._bench_key:
+                same_model = self._bench is not None and self._bench_key[0] == cfg.model
+                lm = self._bench.lm if same_model else None
+                self._bench = self._bench_key = None  # let a different model go before loading the next
+                self._bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
+                                              data=cfg.data, bus=bus, lm=lm)
+                self._bench_key = key
+            return self._bench
+
+    def use_workbench(self, cfg: SearchConfig, bench) -> None:
+        """Adopt an already built workbench for searches with cfg's model and data settings."""
+        with self._bench_lock:
+            self._bench_key, self._bench = (cfg.model, cfg.seq_len, cfg.calib_tokens, cfg.data), bench
+
+    async def action_quit(self) -> None:
+        # A running search stops after the evaluation in flight; what it did stays stored.
+        from .screens.run import RunScreen
+        for screen in self.screen_stack:
+            if isinstance(screen, RunScreen):
+                screen.stop_for_exit()
+        self.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SearchConfig()
+    ap = argparse.ArgumentParser(prog="selfpruner-tui", description="Watch and steer a Self-Pruner search")
+    ap.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    ap.add_argument("--model", default=None, help="default model in the form (empty = bundled gemma-3-270m)")
+    ap.add_argument("--ratio", "--beta", dest="ratio", type=float, default=d.beta)
+    ap.add_argument("--proposer", default=d.proposer, choices=["openai", "llama-cpp", "vllm", "numeric"])
+    ap.add_argument("--data", choices=["auto", "hub", "local"], default=d.data)
+    ap.add_argument("--open", dest="open_session", default=None, metavar="SESSION",
+                    help="open a stored session (path, id or id prefix) in the replay view")
+    ap.add_argument("--browse", action="store_true", help="start in the session browser")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    defaults = SearchConfig(model=args.model, beta=args.ratio, proposer=args.proposer, data=args.data,
+                            sessions_dir=args.sessions_dir)
+    app = SelfPrunerApp(args.sessions_dir, defaults, open_session=args.open_session, browse=args.browse)
+    app.run()
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Screens: start form, live run, replay, session browser, Pruner-Zero metric view."""

@@ -1,0 +1,86 @@
+"""A stored session, rebuilt from its DB, with a scrubber to step through the search as it happened."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+
+from selfpruner.core.store import Store
+
+from ..state import SearchState, View
+from ..widgets.scrubber import GenerationScrubber
+from .search import ALL_PARTS, SearchScreen
+
+RESUMABLE = ("running", "stopped", "failed")
+
+
+class ReplayScreen(SearchScreen):
+    BINDINGS = [
+        Binding("left_square_bracket", "step(-1)", "◀ gen"),
+        Binding("right_square_bracket", "step(1)", "gen ▶"),
+        Binding("r", "resume", "Resume"),
+    ]
+
+    def __init__(self, path: Path | str) -> None:
+        self.db_path = Path(path)
+        super().__init__(self._load())
+        self.generation = self.state.last_generation
+
+    def _load(self) -> SearchState:
+        store = Store(self.db_path)
+        try:
+            return SearchState.from_store(store)
+        finally:
+            store.close()
+
+    def compose_top(self) -> ComposeResult:
+        yield GenerationScrubber(id="scrubber")
+
+    def on_mount(self) -> None:
+        last = self.state.last_generation
+        self.query_one(GenerationScrubber).set_range(last or 0, last or 0)
+        self.render_view()
+
+    def current_view(self) -> View:
+        return self.state.view(self.generation)
+
+    def screenshot_name(self) -> str:
+        return f"{self.state.session_id}-gen{self.generation}.svg"
+
+    def on_generation_scrubber_changed(self, msg: GenerationScrubber.Changed) -> None:
+        if self.state.last_generation is None:
+            return
+        self.generation = msg.value
+        self.render_view(ALL_PARTS - {"status"})
+
+    def action_step(self, delta: int) -> None:
+        self.query_one(GenerationScrubber).action_step(delta)
+
+    # ---- resume an interrupted session -------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "resume":
+            return self.state.kind == "layer" and self.state.status in RESUMABLE
+        return True
+
+    def action_resume(self) -> None:
+        from selfpruner.core.session import resume_config
+
+        from ..errors import USER_ERRORS, one_line
+        from .run import RunScreen
+        try:
+            cfg, path = resume_config(str(self.db_path), str(self.db_path.parent))
+        except USER_ERRORS as e:
+            self.notify(one_line(e), severity="error")
+            return
+        self.app.push_screen(RunScreen(cfg, resume=path), self._after_resume)
+
+    def _after_resume(self, error) -> None:
+        if error is not None:
+            self.notify(error.message, title="cannot resume", severity="error", timeout=10)
+        self.state = self._load()  # the resumed run wrote more generations
+        last = self.state.last_generation or 0
+        self.generation = last
+        self.query_one(GenerationScrubber).set_range(last, last)
+        self.refresh_bindings()
+        self.render_view()

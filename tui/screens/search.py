@@ -1,0 +1,164 @@
+"""The screen a layer-rate search is watched on. Live runs and replays share it; they differ only in where
+the `SearchState` comes from (events vs the DB) and which generation `current_view` shows."""
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+
+from ..export import export_best, export_dir
+from ..state import SearchState, View, fmt_fitness
+from ..widgets.calls import CallLog
+from ..widgets.fitness import FitnessPanel
+from ..widgets.population import PopulationTable
+from ..widgets.rates import RateBars
+
+ALL_PARTS = frozenset({"status", "table", "fitness", "progress", "calls"})
+
+
+class SearchScreen(Screen):
+    BINDINGS = [
+        Binding("l", "toggle_calls", "LLM calls"),
+        Binding("t", "top", "Top row", show=False),
+        Binding("e", "export", "Export best JSON"),
+        Binding("v", "screenshot", "SVG"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self, state: SearchState, **kw) -> None:
+        super().__init__(**kw)
+        self.state = state
+        self.note = ""  # last export path or message, shown in the status line
+        self._store = None  # read connection for call details (live: the search thread writes its own)
+
+    # ---- layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="status")
+        yield from self.compose_top()
+        yield FitnessPanel(id="fitness")
+        with TabbedContent(id="tabs", initial="tab-population"):
+            with TabPane("Population", id="tab-population"):
+                with Horizontal(id="main"):
+                    yield PopulationTable(id="population")
+                    with VerticalScroll(id="rates-box"):
+                        yield RateBars(id="rates")
+            with TabPane("LLM calls", id="tab-calls"):
+                yield CallLog(self._candidates_for_call, id="calls")
+        yield Footer()
+
+    def compose_top(self) -> ComposeResult:
+        return iter(())
+
+    def on_unmount(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    # ---- what is shown ------------------------------------------------------------------------
+    def current_view(self) -> View:
+        return self.state.view()
+
+    def render_view(self, parts=ALL_PARTS) -> None:
+        view = self.current_view()
+        if "table" in parts:
+            self.query_one(PopulationTable).sync(view.rows)
+            self._show_rates()
+        if "fitness" in parts:
+            self.query_one(FitnessPanel).show_series(view.best, view.mean)
+        if "progress" in parts:
+            self.show_progress(view)
+        if "calls" in parts:
+            self.query_one(CallLog).sync(view.calls)
+            self.query_one(TabbedContent).get_tab("tab-calls").label = f"LLM calls ({len(view.calls)})"
+        if "status" in parts:
+            self.query_one("#status", Static).update(self.status_text())
+            self.sub_title = self.state.session_id
+
+    def show_progress(self, view: View) -> None:
+        st, g = self.state, view.generation
+        todo = [c for c in st.cands.values() if c.generation == g]
+        done = sum(c.fitness is not None for c in todo)
+        self.query_one(FitnessPanel).show_progress(g, st.config.get("generations"), done, len(todo))
+
+    def status_text(self) -> Text:
+        st, cfg = self.state, self.state.config
+        t = Text()
+        t.append(st.session_id or "new session", style="bold")
+        t.append(f" · {st.model or cfg.get('model') or 'bundled gemma-3-270m'} · β {st.beta:g} · {st.proposer}")
+        if cfg:
+            t.append(f" · K={cfg.get('population')} M={cfg.get('mutations')} S={cfg.get('crossovers')} "
+                     f"N={cfg.get('generations')} · {cfg.get('budget_tokens')} tok/fitness")
+        t.append("\n")
+        colour = {"running": "green", "paused": "yellow", "stopping": "yellow", "stopped": "yellow",
+                  "finished": "bold green", "failed": "bold red", "unreadable": "red"}.get(st.status, "")
+        t.append(st.status, style=colour)
+        best = st.best()
+        if best is not None:
+            t.append(f" · best #{best.id} ppl {fmt_fitness(best.fitness)}")
+        if st.final_ppl is not None:
+            t.append(f" · final ppl {fmt_fitness(st.final_ppl)}", style="bold")
+        if st.stage and st.status in ("starting", "running"):
+            t.append(f" · {st.stage}")
+            if st.stage_total:
+                t.append(f" {st.stage_done}/{st.stage_total}")
+        if st.error:
+            t.append(f" · {st.error}", style="red")
+        if self.note:
+            t.append(f" · {self.note}", style="cyan")
+        return t
+
+    def _show_rates(self) -> None:
+        cid = self.query_one(PopulationTable).selected_id
+        cand = self.state.cands.get(cid) if cid is not None else None
+        self.query_one(RateBars).show(cand, self.state.beta)
+
+    def on_population_table_selected(self, msg: PopulationTable.Selected) -> None:
+        self._show_rates()
+
+    def _candidates_for_call(self, call_id: int) -> list[dict]:
+        if not self.state.path:
+            return []
+        try:
+            if self._store is None:
+                from selfpruner.core.store import Store
+                self._store = Store(self.state.path)
+            return [c for c in self._store.candidates() if c["call_id"] == call_id]
+        except Exception:  # a detail pane is not worth an error: show the call without them
+            return []
+
+    # ---- actions ------------------------------------------------------------------------------
+    def action_top(self) -> None:
+        """Follow the top row (the best, in rank order) again."""
+        self.query_one(PopulationTable).follow()
+
+    def action_toggle_calls(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        tabs.active = "tab-population" if tabs.active == "tab-calls" else "tab-calls"
+
+    def action_export(self) -> None:
+        try:
+            path = export_best(self.state)
+        except (ValueError, OSError) as e:
+            self.notify(str(e), severity="warning")
+            return
+        self.note = f"best config → {path}"
+        self.notify(f"best config written to {path}", title="export")
+        self.render_view({"status"})
+
+    def screenshot_name(self) -> str:
+        return f"{self.state.session_id or 'selfpruner'}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
+
+    def action_screenshot(self) -> None:
+        self.app.clear_notifications()  # the picture is of the screen, not of earlier toasts
+        path = self.app.save_screenshot(self.screenshot_name(), path=str(export_dir(self.state)))
+        self.note = f"screenshot → {path}"
+        self.notify(f"SVG screenshot written to {path}", title="export")
+        self.render_view({"status"})
+
+    def action_back(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,67 @@
+"""Per-layer pruning rates of one candidate: a bar per layer with its value, against uniform β."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from ..state import Candidate, fmt_fitness
+
+BLOCKS = " ▏▎▍▌▋▊▉█"
+HEADER_LINES = 3
+
+
+def bar(value: float, width: int) -> str:
+    """A left-aligned bar of `value` (0..1) in `width` cells, with eighth-cell resolution."""
+    eighths = round(max(0.0, min(1.0, value)) * width * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (BLOCKS[part] if part else "")).ljust(width)
+
+
+class RateBars(Widget):
+    """Bars for the selected candidate; the β column marks where every bar of the uniform baseline ends."""
+
+    candidate: reactive[Candidate | None] = reactive(None, layout=True)
+    beta: reactive[float] = reactive(0.0)
+
+    def show(self, candidate: Candidate | None, beta: float) -> None:
+        self.beta = beta
+        self.candidate = candidate
+        self.refresh(layout=True)
+
+    @property
+    def rates(self) -> list[float]:
+        return list(self.candidate.rates) if self.candidate else []
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return len(self.rates) + HEADER_LINES if self.candidate else 1
+
+    def render(self) -> Text:
+        c = self.candidate
+        if c is None:
+            return Text("no candidate selected", style="dim")
+        width = max(10, self.size.width - 24)
+        mark = min(width - 1, round(self.beta * width))
+        title = Text.assemble(("candidate ", "dim"), (f"#{c.id}", "bold"), f" · {c.origin} · gen {c.generation}"
+                              " · ppl ", (fmt_fitness(c.fitness), "bold"))
+        legend = Text.assemble(f"mean rate {c.mean_rate:.4f} · ", ("┆", "yellow"),
+                               f" uniform β = {self.beta:g} · ", ("below", "green"), " / ", ("above", "red"), " β")
+        axis = Text("layer".ljust(6) + "0".ljust(width - 1) + "1" + "    rate     Δβ", style="dim")
+        lines = [title, legend, axis]
+        for i, r in enumerate(c.rates):
+            cells = bar(r, width)
+            line = Text(f"L{i:<4} ", style="dim")
+            colour = "green" if r < self.beta - 1e-9 else "red" if r > self.beta + 1e-9 else "white"
+            line.append(cells[:mark], style=colour)
+            # The β marker: a dotted line past the bar's end, a shaded cell where the bar covers it.
+            if cells[mark] == " ":
+                line.append("┆", style="yellow")
+            else:
+                line.append(cells[mark], style=f"{colour} on grey23")
+            line.append(cells[mark + 1:], style=colour)
+            line.append(f" {r:7.4f} ")
+            line.append(f"{r - self.beta:+.3f}", style=colour)
+            lines.append(line)
+        for line in lines:
+            line.no_wrap, line.overflow = True, "ellipsis"
+        return Text("\n", no_wrap=True).join(lines)
