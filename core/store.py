@@ -149,7 +149,7 @@ class Store:
             row["parents"] = json.dumps(row["parents"])
         if "fitness" in row:
             row["fitness"] = _finite(row["fitness"])
-        return self.db["metric_candidates"].insert(row).last_pk
+        return self.db["metric_candidates"].insert(row, alter=True).last_pk
 
     # ---- reads ----------------------------------------------------------------------------------
     def candidates(self, generation: int | None = None) -> list[dict]:

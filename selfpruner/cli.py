@@ -360,6 +360,48 @@ def cmd_lora(args) -> int:
     return 0
 
 
+def cmd_metric_search(args) -> int:
+    from selfpruner.core.events import Control, EventBus
+    from selfpruner.core.metric_session import MetricRun, run_metric_session
+    from selfpruner.core.search.pruner_zero import MetricSearchConfig
+
+    cfg = MetricSearchConfig(model=args.model, population=args.population, iterations=args.iterations,
+                             top_k=args.top_k, p_mutation=args.p_mutation, init_min_depth=args.min_depth,
+                             init_max_depth=args.max_depth, max_depth=args.max_depth, sparsity=args.sparsity,
+                             budget_tokens=args.budget_tokens, seq_len=args.seq_len, grad_tokens=args.grad_tokens,
+                             operands=("W", "X") if args.no_gradients else ("W", "G", "X"),
+                             llm_every=args.llm_every, seed=args.seed)
+    run = MetricRun(calib_tokens=args.calib_tokens, final_tokens=args.final_tokens, data=args.data,
+                    sessions_dir=args.sessions_dir, proposer=args.proposer)
+    bus, control = EventBus(), Control()
+    with ProgressRenderer(args.verbose) as renderer:
+        bus.subscribe(renderer)
+        res = _run_with_signals(lambda: run_metric_session(cfg, run, bus=bus, control=control,
+                                                           resume=args.resume), control)
+    out.print(f"[bold]{res['status']}[/]: session {res['session_id']}, {res['evaluated']} metrics evaluated")
+    out.print(f"best metric: {res['best']}  (search ppl {_f(res['best_fitness'])})")
+    for name, r in res.get("final", {}).items():
+        out.print(f"  final {name:<9} ppl {r['ppl']:10.3f}  {r['metric']}")
+    return 0 if res["status"] == "finished" else 3
+
+
+def cmd_prune(args) -> int:
+    from selfpruner.core.metric_session import prune_with_metric
+    from selfpruner.core.metrics.symbolic import ParseError
+
+    if not 0 < args.sparsity < 1:
+        raise UserError(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    try:
+        r = prune_with_metric(args.model, args.metric, args.sparsity, tokens=args.tokens,
+                              calib_tokens=args.calib_tokens, seq_len=args.seq_len, data=args.data,
+                              out_dir=args.out)
+    except ParseError as e:
+        raise UserError(f"bad metric {args.metric!r}: {e}") from None
+    out.print(f"{r['metric']} at sparsity {r['sparsity']:.4f}: ppl {r['dense_ppl']:.3f} → {r['pruned_ppl']:.3f} "
+              f"({r['tokens']} test tokens)" + (f"; saved to {r['out_dir']}" if r["out_dir"] else ""))
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def _common(p, search_defaults=True):
     p.add_argument("--model", default=None, help="HF dir, hub id or .gguf (default: bundled gemma-3-270m)")
@@ -421,6 +463,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("metric-search", help="Pruner-Zero: evolve a symbolic pruning metric")
+    p.add_argument("--model", default=None)
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--population", type=int, default=50)
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--p-mutation", type=float, default=0.5)
+    p.add_argument("--min-depth", type=int, default=3)
+    p.add_argument("--max-depth", type=int, default=5)
+    p.add_argument("--budget-tokens", type=int, default=2048)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--grad-tokens", type=int, default=4096)
+    p.add_argument("--no-gradients", action="store_true", help="search over W and X only")
+    p.add_argument("--final-tokens", type=int, default=4096)
+    p.add_argument("--proposer", choices=["llama-cpp"], default=None, help="let an LLM write metrics too")
+    p.add_argument("--llm-every", type=int, default=0, help="ask the LLM every N iterations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", choices=["auto", "hub", "local"], default="auto")
+    p.add_argument("--resume", default=None, metavar="SESSION")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    p.set_defaults(fn=cmd_metric_search)
+
+    p = sub.add_parser("prune", help="apply any metric as unstructured pruning")
+    p.add_argument("--metric", required=True, help='e.g. "mul(abs(W), X)" or "|W| * X"')
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--model", default=None)
+    p.add_argument("--tokens", type=int, default=4096, help="test tokens for the ppl report")
+    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--data", choices=["auto", "hub", "local"], default="auto")
+    p.add_argument("--out", default=None, help="save the pruned (same-shape, zeroed) model here")
+    p.set_defaults(fn=cmd_prune)
 
     p = sub.add_parser("export", help="save the physically smaller model of a session's best candidate")
     p.add_argument("session")

@@ -1,0 +1,150 @@
+"""Start or resume a Pruner-Zero metric search session: model, statistics, gradients, store, events."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .calibration import load_or_collect
+from .data import load_token_data
+from .events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
+from .evaluate import perplexity
+from .metrics.symbolic import parse, to_text
+from .metrics.unstructured import UnstructuredPruner
+from .models import load_model
+from .search.pruner_zero import MetricSearchConfig, metric_grammar, ppl_fitness, run_metric_search
+from .store import Store, StoreError, new_session_id, resolve_session
+
+
+@dataclass
+class MetricRun:
+    calib_tokens: int = 16384
+    final_tokens: int | None = 4096  # None = the whole test stream
+    data: str = "auto"
+    sessions_dir: str = "sessions"
+    proposer: str | None = None  # "llama-cpp" to let the bundled GGUF write metrics; None = pure GP
+
+
+def llama_cpp_metric_proposer(cfg: MetricSearchConfig, model_path: str | None = None, temperature: float = 0.8):
+    """prompt -> text with llama.cpp, constrained by a grammar that admits only parseable metrics."""
+    from llama_cpp import Llama, LlamaGrammar
+
+    from .models import bundled_gguf_path
+    llm = Llama(model_path=str(model_path or bundled_gguf_path()), n_ctx=2048, n_threads=1, seed=cfg.seed,
+                verbose=False)
+    grammar = LlamaGrammar.from_string(metric_grammar(cfg, cfg.llm_count), verbose=False)
+
+    def propose(prompt: str) -> str:
+        return llm(prompt, max_tokens=60 * cfg.llm_count, temperature=temperature, grammar=grammar)["choices"][0]["text"]
+    propose.name = "llama-cpp"
+    return propose
+
+
+class Workspace:
+    """Fresh (never structurally permuted) model with calibration statistics and, if used, gradients."""
+
+    def __init__(self, cfg: MetricSearchConfig, run: MetricRun, bus: EventBus):
+        bus.emit(Stage("load", f"loading {cfg.model or 'bundled gemma-3-270m'}"))
+        self.lm = load_model(cfg.model)
+        bus.emit(Stage("data", "tokenising WikiText-2"))
+        self.data = load_token_data(self.lm.tokenizer, calib_tokens=run.calib_tokens, source=run.data)
+        windows = self.data.windows("calib", cfg.seq_len)
+        bus.emit(Stage("calibrate", f"calibration pass over {windows.numel()} tokens"))
+        self.stats, _ = load_or_collect(self.lm.model, self.lm.arch, self.lm.fingerprint, windows)
+        grads = None
+        if cfg.uses_gradients:
+            from .metrics.gradients import load_or_collect_gradients
+            bus.emit(Stage("gradients", f"gradients over {cfg.grad_tokens} calibration tokens"))
+            grads, _ = load_or_collect_gradients(self.lm.model, self.lm.arch, self.lm.fingerprint,
+                                                 self.data.windows("calib", cfg.seq_len, cfg.grad_tokens))
+        self.pruner = UnstructuredPruner(self.lm.arch, self.stats, grads)
+
+    def test_ppl(self, tree, sparsity: float, tokens: int | None, should_stop=None) -> float:
+        windows = self.data.windows("test", tokens and max(tokens, 1))
+        with self.pruner.pruned_with(tree, sparsity):
+            return perplexity(self.lm.model, windows, should_stop=should_stop)
+
+
+def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus, control: Control,
+                       resume: str | None = None) -> dict:
+    cfg.validate()
+    if resume:
+        path = resolve_session(resume, run.sessions_dir)
+        store = Store(path)
+        s = store.session()
+        if s["kind"] != "metric":
+            raise StoreError(f"session {s['id']} is a {s['kind']} search, not a metric search")
+        cfg = MetricSearchConfig.from_dict(s["config"]["search"])
+        run = MetricRun(**{**s["config"]["run"], "sessions_dir": run.sessions_dir})
+    proposer = llama_cpp_metric_proposer(cfg) if run.proposer == "llama-cpp" else None
+    ws = Workspace(cfg, run, bus)
+    if resume:
+        store.update_session(status="running")
+        sid = s["id"]
+    else:
+        sid = new_session_id("metric")
+        store = Store(Path(run.sessions_dir) / f"{sid}.db", create=True)
+        store.create_session(sid, "metric", {"search": cfg.to_dict(), "run": run.__dict__},
+                             model_name=ws.lm.name, model_fingerprint=ws.lm.fingerprint,
+                             data_source=ws.data.source, beta=cfg.sparsity, proposer=run.proposer or "gp")
+    bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), ws.lm.arch.n_layers, bool(resume)))
+    previous = [{**r, "id": r["gp_id"]} for r in store.metric_candidates()]
+
+    def on_candidate(c):
+        row = c.to_dict()
+        row["gp_id"] = row.pop("id")
+        store.add_metric_candidate(**row)
+        bus.emit(MetricEvaluated(c.id, c.iteration, c.expression, c.canonical, c.origin, c.fitness, c.eval_s))
+
+    def on_call(rec):
+        call_id = store.add_call(rec)
+        from .events import LLMCall
+        bus.emit(LLMCall(call_id, rec))
+        return call_id
+
+    def on_reject(r):
+        store.add_result("metric_rejection", r.reason, {"text": r.text, "detail": r.detail,
+                                                         "iteration": r.iteration, "call_id": r.call_id})
+
+    windows = ws.data.windows("search", cfg.seq_len, cfg.budget_tokens)
+    stop = lambda: control.checkpoint()  # noqa: E731 - pause blocks here, stop ends the search
+    try:
+        res = run_metric_search(cfg, ppl_fitness(ws.lm.model, ws.pruner, windows, cfg.sparsity,
+                                                 should_stop=lambda: control.stopped),
+                                on_candidate=on_candidate, should_stop=stop, proposer=proposer, on_call=on_call,
+                                on_reject=on_reject, resume_from=previous)
+    except Exception as e:
+        store.update_session(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        raise
+    out = {"session_id": sid, "status": res.status, "best": res.best.canonical if res.best else None,
+           "best_fitness": res.best.fitness if res.best else None, "evaluated": res.n_evaluated}
+    if res.status == "finished" and res.best is not None and run.final_tokens != 0:
+        bus.emit(Stage("final", "final evaluation of the best metric, Wanda and magnitude"))
+        finals = {}
+        for name, text in (("best", res.best.canonical), ("wanda", "mul(abs(W), X)"), ("magnitude", "abs(W)")):
+            finals[name] = {"metric": text, "ppl": ws.test_ppl(parse(text), cfg.sparsity, run.final_tokens)}
+        out["final"] = finals
+        store.add_result("final", "metric", {**finals, "tokens": ws.data.windows("test", run.final_tokens).numel()})
+    store.update_session(status=res.status, best_fitness=out["best_fitness"],
+                         final_ppl=out.get("final", {}).get("best", {}).get("ppl"))
+    bus.emit(SearchFinished(res.status, None, out["best_fitness"], None, out.get("final", {}).get("best", {})
+                            .get("ppl")))
+    return out
+
+
+def prune_with_metric(model_spec: str | None, metric: str, sparsity: float, *, tokens: int | None = 4096,
+                      calib_tokens: int = 16384, seq_len: int = 512, data: str = "auto",
+                      out_dir: str | None = None) -> dict:
+    """Apply any metric as unstructured pruning; ppl before and after, optionally save the pruned model."""
+    tree = parse(metric)  # rejects anything that is not a metric, with a reason; never eval()
+    uses_g = "G" in to_text(tree)  # operands are the only upper-case tokens of the printed tree
+    cfg = MetricSearchConfig(model=model_spec, seq_len=seq_len, operands=("W", "G", "X") if uses_g else ("W", "X"))
+    ws = Workspace(cfg, MetricRun(calib_tokens=calib_tokens, data=data), EventBus())
+    dense = perplexity(ws.lm.model, ws.data.windows("test", tokens))
+    achieved = ws.pruner.apply(tree, sparsity)
+    pruned = perplexity(ws.lm.model, ws.data.windows("test", tokens))
+    if out_dir:
+        ws.lm.model.save_pretrained(out_dir)
+        ws.lm.tokenizer.save_pretrained(out_dir)
+    ws.pruner.restore()
+    return {"metric": metric, "sparsity": achieved, "dense_ppl": dense, "pruned_ppl": pruned,
+            "tokens": ws.data.windows("test", tokens).numel(), "out_dir": out_dir}

@@ -1,0 +1,43 @@
+"""metric-search and prune from the command line on a tiny model: stored, resumable, bad metrics refused."""
+import subprocess
+import sys
+
+from selfpruner.core.store import Store
+
+TINY = ["--budget-tokens", "128", "--seq-len", "32", "--calib-tokens", "256", "--data", "local"]
+
+
+def cli(*args, ok=True):
+    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=600)
+    if ok:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_metric_search_stores_candidates_and_resumes(tmp_path, tiny_llama_dir):
+    sd = tmp_path / "s"
+    r = cli("metric-search", "--model", tiny_llama_dir, "--population", "4", "--iterations", "3", "--top-k", "2",
+            "--grad-tokens", "64", "--final-tokens", "256", "--sessions-dir", sd, *TINY)
+    assert "best metric:" in r.stdout and "final wanda" in r.stdout
+    (db,) = sd.glob("*.db")
+    st = Store(db)
+    rows = st.metric_candidates()
+    assert st.session()["kind"] == "metric" and st.session()["status"] == "finished"
+    assert {"abs(W)", "mul(abs(W), X)"} <= {r["canonical"] for r in rows}  # the seeds: magnitude and Wanda
+    assert len({r["canonical"] for r in rows}) == len(rows)  # de-duplicated by canonical form
+    best = min(r["fitness"] for r in rows)
+    assert best <= next(r["fitness"] for r in rows if r["canonical"] == "abs(W)")
+    n = len(rows)
+    st.close()
+    # resuming a finished session evaluates nothing again
+    cli("metric-search", "--resume", db.stem, "--sessions-dir", sd)
+    assert len(Store(db).metric_candidates()) == n
+
+
+def test_prune_with_any_metric_and_reject_bad_ones(tmp_path, tiny_llama_dir):
+    r = cli("prune", "--model", tiny_llama_dir, "--metric", "|W| * X", "--sparsity", "0.5", "--tokens", "256",
+            "--calib-tokens", "256", "--seq-len", "32", "--data", "local")
+    assert "at sparsity 0.5" in r.stdout
+    bad = cli("prune", "--model", tiny_llama_dir, "--metric", "__import__('os')", "--data", "local", ok=False)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: bad metric")
