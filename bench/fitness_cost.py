@@ -85,7 +85,6 @@ def main(argv=None):
     with torch.no_grad():
         t_b, _ = timed(lambda: [phys(input_ids=windows[i:i + 1]) for i in range(windows.shape[0])], args.repeats)
     ppl_phys = perplexity(phys, windows)
-    del phys
     t_c, ppl_c = timed(lambda: naive(bench, rates, windows, calibrate=False), args.repeats)
     t_c2, _ = timed(lambda: naive(bench, rates, windows, calibrate=True), 1)
 

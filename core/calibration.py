@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -57,27 +56,30 @@ def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None) 
     return CalibrationStats(sqsum, int(windows.numel()))
 
 
-def cache_path(fingerprint: str, windows: torch.Tensor) -> Path:
+def cached(kind: str, fingerprint: str, windows: torch.Tensor, compute, pack, unpack):
+    """(value, from_cache): a per-model, per-token-windows result kept under CACHE_ROOT/kind/. A corrupt
+    entry is recomputed and a read-only cache only costs time."""
     key = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:12]
-    return CACHE_ROOT / "calibration" / f"{fingerprint}-{key}.pt"
+    path = CACHE_ROOT / kind / f"{fingerprint}-{key}.pt"
+    if path.exists():
+        try:
+            return unpack(torch.load(path, weights_only=True)), True
+        except Exception:
+            pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(pack(value), tmp)
+        tmp.replace(path)
+    except OSError:
+        pass
+    return value, False
 
 
 def load_or_collect(model, arch: ModelArch, fingerprint: str, windows: torch.Tensor,
                     progress=None) -> tuple[CalibrationStats, bool]:
     """Returns (stats, from_cache)."""
-    path = cache_path(fingerprint, windows)
-    if path.exists():
-        try:
-            d = torch.load(path, weights_only=True)
-            return CalibrationStats(d["sqsum"], d["n_tokens"]), True
-        except Exception:
-            pass  # a corrupt cache entry is recomputed
-    stats = collect_stats(model, arch, windows, progress)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"sqsum": stats.sqsum, "n_tokens": stats.n_tokens}, tmp)
-        tmp.replace(path)
-    except OSError:
-        pass
-    return stats, False
+    return cached("calibration", fingerprint, windows, lambda: collect_stats(model, arch, windows, progress),
+                  lambda st: {"sqsum": st.sqsum, "n_tokens": st.n_tokens},
+                  lambda d: CalibrationStats(d["sqsum"], d["n_tokens"]))

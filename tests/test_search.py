@@ -1,5 +1,4 @@
 """Algorithm 1 end to end on tiny models: storage of every step, resume after a crash, replay."""
-import os
 import signal
 import sqlite3
 import subprocess

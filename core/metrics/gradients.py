@@ -6,15 +6,13 @@ gemma-3-270m never has requires_grad, so memory is the model plus two projection
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..models import CACHE_ROOT, ModelArch
+from ..calibration import cached
+from ..models import ModelArch
 from .unstructured import PROJECTIONS
 
 
@@ -69,27 +67,10 @@ def collect_gradients(model, arch: ModelArch, windows: torch.Tensor, progress=No
     return GradientStats(norms, int(windows.shape[0]))
 
 
-def cache_path(fingerprint: str, windows: torch.Tensor) -> Path:
-    key = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:12]
-    return CACHE_ROOT / "gradients" / f"{fingerprint}-{key}.pt"
-
-
 def load_or_collect_gradients(model, arch: ModelArch, fingerprint: str, windows: torch.Tensor,
                               progress=None, should_stop=None) -> tuple[GradientStats, bool]:
     """Returns (gradients, from_cache)."""
-    path = cache_path(fingerprint, windows)
-    if path.exists():
-        try:
-            d = torch.load(path, weights_only=True)
-            return GradientStats(d["norms"], d["n_windows"]), True
-        except Exception:
-            pass  # a corrupt cache entry is recomputed
-    grads = collect_gradients(model, arch, windows, progress, should_stop)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"norms": grads.norms, "n_windows": grads.n_windows}, tmp)
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs time
-    return grads, False
+    return cached("gradients", fingerprint, windows,
+                  lambda: collect_gradients(model, arch, windows, progress, should_stop),
+                  lambda g: {"norms": g.norms, "n_windows": g.n_windows},
+                  lambda d: GradientStats(d["norms"], d["n_windows"]))
