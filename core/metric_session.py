@@ -135,7 +135,7 @@ def prune_with_metric(model_spec: str | None, metric: str, sparsity: float, *, t
                       calib_tokens: int = 16384, seq_len: int = 512, data: str = "auto",
                       out_dir: str | None = None) -> dict:
     """Apply any metric as unstructured pruning; ppl before and after, optionally save the pruned model."""
-    tree = parse(metric)  # rejects anything that is not a metric, with a reason; never eval()
+    tree = parse(metric)  # our own parser: rejects anything that is not a metric, with a reason
     uses_g = "G" in to_text(tree)  # operands are the only upper-case tokens of the printed tree
     cfg = MetricSearchConfig(model=model_spec, seq_len=seq_len, operands=("W", "G", "X") if uses_g else ("W", "X"))
     ws = Workspace(cfg, MetricRun(calib_tokens=calib_tokens, data=data), EventBus())
