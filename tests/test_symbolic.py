@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from selfpruner.core import calibration as calmod
 from selfpruner.core.calibration import collect_stats
 from selfpruner.core.metrics import gradients as gradmod
 from selfpruner.core.metrics.symbolic import (BINARY, KNOWN_METRICS, MAGNITUDE, UNARY, WANDA, Node, ParseError,
@@ -338,7 +339,7 @@ def test_gradients_match_per_window_backward(tmp_path, monkeypatch):
     assert all((grads.get(i, n) >= 0).all() and grads.get(i, n).abs().sum() > 0
                for i in range(arch.n_layers) for n in INPUT_POINT)
     # cache round trip
-    monkeypatch.setattr(gradmod, "CACHE_ROOT", tmp_path)
+    monkeypatch.setattr(calmod, "CACHE_ROOT", tmp_path)
     g1, cached1 = gradmod.load_or_collect_gradients(model, arch, "fp", windows)
     g2, cached2 = gradmod.load_or_collect_gradients(model, arch, "fp", windows)
     assert (cached1, cached2) == (False, True)
