@@ -2,7 +2,9 @@
 
 Methods: uniform Wanda-sp, OWL (λ=0.08, M=5), numeric GA, Self-Pruner with the llama-cpp proposer, and the
 paper's ablations (random init; no mutation, its M given to crossover; no crossover, its S given to
-mutation), so every search spends K + N·(M+S) fitness evaluations. Defaults fit 2 CPU cores; on a GPU box
+mutation), so every search spends K + N·(M+S) fitness evaluations. The no-mutation and no-crossover
+ablations start from the LLM run's stored initial population, so they differ from it only in the operator
+they drop (and do not pay for the same K LLM calls again). Defaults fit 2 CPU cores; on a GPU box
 raise -K/-M/-S/-N, --budget-tokens and --final-tokens (0 = whole test stream), and use --proposer openai.
 """
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 from selfpruner.core.baseline_run import baseline_rates
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
+from selfpruner.core.proposers.replay import ReplayProposer
 from selfpruner.core.session import start_search
+from selfpruner.core.store import Store
 from selfpruner.core.workbench import Workbench
 
 SEARCHES = {
@@ -28,7 +32,7 @@ SEARCHES = {
 }
 
 
-def run_search(bench, sessions_dir, base: dict, variant: dict):
+def run_search(bench, sessions_dir, base: dict, variant: dict, init_from=None):
     kw = {**base, **{k: v for k, v in variant.items() if k not in ("no_mutation", "no_crossover")}}
     m, s = kw["mutations"], kw["crossovers"]
     if variant.get("no_mutation"):
@@ -36,7 +40,9 @@ def run_search(bench, sessions_dir, base: dict, variant: dict):
     if variant.get("no_crossover"):
         kw["mutations"], kw["crossovers"] = m + s, 0
     cfg = SearchConfig(sessions_dir=sessions_dir, final_eval=False, **kw)
-    search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
+    init = ReplayProposer(Store(init_from)) if init_from and (variant.get("no_mutation") or
+                                                              variant.get("no_crossover")) else None
+    search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench, init_proposer=init)
     res = search.run()
     return res.best_rates, res.best_fitness, len(search.store.fitness_by_candidate()), search.store.path
 
@@ -57,6 +63,7 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(["uniform", "owl", *SEARCHES]))
     ap.add_argument("--sessions-dir", default=None, help="keep the sessions here (default: a temp dir)")
     args = ap.parse_args(argv)
+    t_start = time.perf_counter()
     torch.manual_seed(0)
     methods = args.methods.split(",")
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
@@ -69,14 +76,16 @@ def main(argv=None):
         base = dict(model=args.model, beta=beta, proposer=args.proposer, population=args.K, mutations=args.M,
                     crossovers=args.S, generations=args.N, budget_tokens=args.budget_tokens,
                     seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
-        rows = {}
+        rows, llm_session = {}, None
         for name in methods:
             t0 = time.perf_counter()
             if name in ("uniform", "owl"):
                 rates, n = baseline_rates(bench, name, beta), 1
                 search_ppl = bench.fitness(rates, args.budget_tokens)[0]
             else:
-                rates, search_ppl, n, _ = run_search(bench, sessions, base, SEARCHES[name])
+                rates, search_ppl, n, path = run_search(bench, sessions, base, SEARCHES[name], llm_session)
+                if name == "Self-Pruner (LLM)":
+                    llm_session = path
             final = bench.fitness(rates, final_tokens or 10**12, which="test")[0]
             rows[name] = (search_ppl, final, n, time.perf_counter() - t0)
         uni = rows.get("uniform", (None, None))[1]
@@ -92,7 +101,7 @@ def main(argv=None):
             fp = rows["Self-Pruner (LLM)"][1]
             print(f"targets: LLM ≤ 0.75× uniform: {'met' if fp <= 0.75 * uni else 'NOT met'}; "
                   f"≤ 0.9× OWL: {'met' if fp <= 0.9 * owl else 'NOT met'}")
-    print(f"\nsessions kept in {sessions}")
+    print(f"\nsessions kept in {sessions}; total {time.perf_counter() - t_start:.0f} s")
 
 
 if __name__ == "__main__":

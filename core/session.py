@@ -46,10 +46,11 @@ def resume_config(ref: str, sessions_dir: str = "sessions") -> tuple[SearchConfi
 
 
 def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: Path | None = None,
-                 bench: Workbench | None = None) -> SelfPrunerSearch:
+                 bench: Workbench | None = None, init_proposer: Proposer | None = None) -> SelfPrunerSearch:
+    """init_proposer overrides the config's, e.g. to start an ablation from another run's initial population."""
     cfg.validate()
     proposer = build_proposer(cfg)
-    init_proposer = build_init_proposer(cfg)
+    init_proposer = init_proposer or build_init_proposer(cfg)
     if bench is None:
         bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens, data=cfg.data,
                                 bus=bus)

@@ -9,6 +9,7 @@ import pytest
 
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import CandidateEvaluated, Control, EventBus
+from selfpruner.core.proposers.replay import ReplayProposer
 from selfpruner.core.search.self_pruner import compare_trajectories
 from selfpruner.core.session import start_search
 from selfpruner.core.store import Store
@@ -97,6 +98,19 @@ def test_replay_reproduces_the_stored_trajectory(tmp_path, bench, tiny_llama_dir
     assert res.status == "finished"
     assert compare_trajectories(orig.store, replay.store) == []
     assert replay.store.session()["proposer"] == "replay"
+
+
+def test_ablation_can_start_from_another_runs_initial_population(tmp_path, bench, tiny_llama_dir):
+    cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(tmp_path), **TINY)
+    orig, _ = _run(cfg, bench)
+    acfg = SearchConfig(**{**cfg.to_dict(), "seed": 7, "mutations": 0, "crossovers": 4})
+    abl = start_search(acfg, bus=EventBus(), control=Control(), bench=bench,
+                       init_proposer=ReplayProposer(Store(orig.store.path)))
+    assert abl.run().status == "finished"
+    init = lambda st: [c["rates"] for c in st.candidates(0)]
+    assert init(abl.store) == init(orig.store)
+    later = [c for c in abl.store.candidates() if c["generation"] > 0]
+    assert len(later) == 8 and {c["phase"] for c in later} == {"crossover"}
 
 
 def test_stop_keeps_everything_and_resumes(tmp_path, bench, tiny_llama_dir):
