@@ -20,7 +20,7 @@ from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
 from selfpruner.core.proposers.replay import ReplayProposer
 from selfpruner.core.session import start_search
-from selfpruner.core.store import Store
+from selfpruner.core.store import Store, rates_key
 from selfpruner.core.workbench import Workbench
 
 SEARCHES = {
@@ -60,6 +60,7 @@ def main(argv=None):
     ap.add_argument("--final-tokens", type=int, default=2048, help="0 = whole test stream")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--llm-threads", type=int, default=None, help="llama-cpp threads (default: torch's)")
     ap.add_argument("--methods", default=",".join(["uniform", "owl", *SEARCHES]))
     ap.add_argument("--sessions-dir", default=None, help="keep the sessions here (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -75,8 +76,8 @@ def main(argv=None):
     for beta in [float(x) for x in args.ratios.split(",")]:
         base = dict(model=args.model, beta=beta, proposer=args.proposer, population=args.K, mutations=args.M,
                     crossovers=args.S, generations=args.N, budget_tokens=args.budget_tokens,
-                    seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
-        rows, llm_session = {}, None
+                    seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local", llm_threads=args.llm_threads)
+        rows, llm_session, finals = {}, None, {}
         for name in methods:
             t0 = time.perf_counter()
             if name in ("uniform", "owl"):
@@ -86,7 +87,10 @@ def main(argv=None):
                 rates, search_ppl, n, path = run_search(bench, sessions, base, SEARCHES[name], llm_session)
                 if name == "Self-Pruner (LLM)":
                     llm_session = path
-            final = bench.fitness(rates, final_tokens or 10**12, which="test")[0]
+            key = rates_key(rates)  # searches that end on the same best share its final evaluation
+            if key not in finals:
+                finals[key] = bench.fitness(rates, final_tokens or 10**12, which="test")[0]
+            final = finals[key]
             rows[name] = (search_ppl, final, n, time.perf_counter() - t0)
         uni = rows.get("uniform", (None, None))[1]
         owl = rows.get("owl", (None, None))[1]

@@ -29,6 +29,7 @@ class SearchConfig:
     init: str = "llm"  # llm | random  (paper ablation: random initial population)
     max_retries: int = 3
     temperature: float = 0.8
+    llm_threads: int | None = None  # llama-cpp threads; None = as many as torch uses
     seed: int = 0
     data: str = "auto"  # auto | hub | local
     sessions_dir: str = "sessions"
@@ -45,6 +46,8 @@ class SearchConfig:
             raise ConfigError("mutation and crossover counts must be >= 0")
         if self.budget_tokens < self.seq_len:
             raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be at least --seq-len ({self.seq_len})")
+        if self.llm_threads is not None and self.llm_threads < 1:
+            raise ConfigError(f"--llm-threads must be at least 1, got {self.llm_threads}")
         if self.init not in ("llm", "random"):
             raise ConfigError("--init must be llm or random")
         if self.proposer == "replay" and not self.replay_from:

@@ -29,8 +29,9 @@ def llama_cpp_metric_proposer(cfg: MetricSearchConfig, model_path: str | None = 
     from llama_cpp import Llama, LlamaGrammar
 
     from .models import bundled_gguf_path
-    llm = Llama(model_path=str(model_path or bundled_gguf_path()), n_ctx=2048, n_threads=1, seed=cfg.seed,
-                verbose=False)
+    from .proposers.llama_cpp_backend import default_threads
+    llm = Llama(model_path=str(model_path or bundled_gguf_path()), n_ctx=2048, n_threads=default_threads(),
+                seed=cfg.seed, verbose=False)
     grammar = LlamaGrammar.from_string(metric_grammar(cfg, cfg.llm_count), verbose=False)
 
     def propose(prompt: str) -> str:

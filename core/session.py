@@ -21,6 +21,8 @@ def build_proposer(cfg: SearchConfig) -> Proposer:
     opts = {"seed": cfg.seed, "max_retries": cfg.max_retries, "temperature": cfg.temperature}
     if cfg.proposer_model:
         opts["model"] = cfg.proposer_model
+    if cfg.proposer == "llama-cpp" and cfg.llm_threads:
+        opts["n_threads"] = cfg.llm_threads
     return make_proposer(cfg.proposer, **opts)
 
 

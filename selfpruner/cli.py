@@ -118,8 +118,8 @@ def cmd_search(args) -> int:
                            lo=args.lo, hi=args.hi, budget_tokens=args.budget_tokens, seq_len=args.seq_len,
                            calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
                            final_eval=not args.no_final, init=args.init, max_retries=args.max_retries,
-                           temperature=args.temperature, seed=args.seed, data=args.data,
-                           sessions_dir=args.sessions_dir)
+                           temperature=args.temperature, llm_threads=args.llm_threads, seed=args.seed,
+                           data=args.data, sessions_dir=args.sessions_dir)
     bus, control = EventBus(), Control()
     with ProgressRenderer(args.verbose) as renderer:
         bus.subscribe(renderer)
@@ -435,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-final", action="store_true", help="skip the final test-set evaluation")
     p.add_argument("--max-retries", type=int, default=3)
     p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--llm-threads", type=int, default=None, metavar="N",
+                   help="llama-cpp threads (default: as many as torch uses; 1 on a box busy with other jobs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, metavar="SESSION", help="continue a stopped or killed session")
     p.add_argument("-v", "--verbose", action="store_true")

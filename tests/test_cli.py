@@ -4,7 +4,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from selfpruner.core.config import SearchConfig
+from selfpruner.core.session import build_proposer
 from selfpruner.core.store import Store, StoreError
 
 
@@ -29,6 +32,16 @@ def test_ratio_outside_unit_interval(ratio, tmp_path):
     code, _, err = cli("search", "--ratio", ratio, "--proposer", "numeric", "--sessions-dir", str(tmp_path))
     assert code == 2 and "ratio" in _one_error_line(err)
     assert not list(tmp_path.glob("*.db"))
+
+
+def test_llm_threads_must_be_positive(tmp_path):
+    code, _, err = cli("search", "--llm-threads", "0", "--sessions-dir", str(tmp_path))
+    assert code == 2 and "--llm-threads" in _one_error_line(err)
+
+
+def test_llm_threads_reach_the_llama_cpp_backend():
+    assert build_proposer(SearchConfig(llm_threads=1)).backend.n_threads == 1
+    assert build_proposer(SearchConfig()).backend.n_threads == torch.get_num_threads()
 
 
 def test_missing_model_path(tmp_path):
