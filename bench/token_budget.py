@@ -1,10 +1,13 @@
-"""How well does a small search-time token budget rank candidates, compared with a large reference budget?
+"""How well does a small search-time token budget rank candidates, compared with the final test ranking?
 
-20 candidates (the numeric GA's random initial population, mean β) are scored window by window once on
---reference-tokens; the ppl under each smaller budget uses the first windows of the same pass, so every
-budget is measured in this one run. Prints the Spearman correlation with the reference ranking, and
-whether the reference's best candidate is in each budget's top 3. On a GPU box use
---reference-tokens 0 (= the whole test stream).
+20 candidates are scored as a search scores them, on the search stream, window by window up to the
+largest budget (each smaller budget is a prefix of that pass), and as the final evaluation scores them, on
+--reference-tokens of the test stream (disjoint text). Prints the Spearman correlation of each budget's
+ranking with the reference ranking, where the reference's best lands in each budget's ranking, and what
+each budget costs relative to the largest.
+--candidates-from random: the numeric GA's random initial population (widely spread, like an early
+generation); neighbours: numeric-GA mutations (sigma 0.05) of the uniform vector (close, like a late one).
+On a GPU box use --reference-tokens 0 (the whole test stream) and larger --budgets.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from scipy.stats import spearmanr
 
 from selfpruner.core.evaluate import ppl_from_nlls, window_nlls
 from selfpruner.core.proposers.registry import make_proposer
-from selfpruner.core.types import Problem
+from selfpruner.core.types import Problem, Scored
 from selfpruner.core.workbench import Workbench
 
 
@@ -25,38 +28,45 @@ def main(argv=None):
     ap.add_argument("--model", default=None)
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--candidates", type=int, default=20)
-    ap.add_argument("--budgets", default="512,1024,2048,4096")
-    ap.add_argument("--reference-tokens", type=int, default=6144, help="0 = whole test stream")
+    ap.add_argument("--budgets", default="512,1024,2048")
+    ap.add_argument("--reference-tokens", type=int, default=3072, help="0 = whole test stream")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--candidates-from", choices=["random", "neighbours"], default="random")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
     n = bench.lm.arch.n_layers
     problem = Problem(bench.lm.name, n, args.ratio)
-    cands = [p.rates for p in make_proposer("numeric", seed=args.seed).initial(problem, args.candidates)]
+    ga = make_proposer("numeric", seed=args.seed)
+    if args.candidates_from == "random":
+        cands = [p.rates for p in ga.initial(problem, args.candidates)]
+    else:
+        uniform = Scored(0, [args.ratio] * n, 0.0)
+        cands = [p.rates for p in ga.mutate(problem, [uniform], args.candidates, 1)]
+    budgets = sorted(int(x) for x in args.budgets.split(","))
+    search_windows = bench.windows("search", budgets[-1])
     ref_windows = bench.windows("test", args.reference_tokens or None)
     t0 = time.perf_counter()
-    per_window = []
+    search_nlls, ref_nlls = [], []
     for rates in cands:
         with bench.pruner.applied(rates):
-            per_window.append(window_nlls(bench.lm.model, ref_windows))
+            search_nlls.append(window_nlls(bench.lm.model, search_windows))
+            ref_nlls.append(window_nlls(bench.lm.model, ref_windows))
     secs = time.perf_counter() - t0
-    ref = [ppl_from_nlls(w, args.seq_len) for w in per_window]
+    ref = [ppl_from_nlls(w, args.seq_len) for w in ref_nlls]
     best_ref = min(range(len(ref)), key=ref.__getitem__)
-    print(f"model {bench.lm.name}, ratio {args.ratio}, {len(cands)} candidates, reference "
-          f"{ref_windows.numel()} tokens ({secs:.0f} s for all candidates)")
+    print(f"model {bench.lm.name}, ratio {args.ratio}, {len(cands)} {args.candidates_from} candidates, reference "
+          f"{ref_windows.numel()} test tokens, budgets on the search stream ({secs:.0f} s for all candidates)")
     print(f"reference ppl: min {min(ref):.2f}  median {sorted(ref)[len(ref) // 2]:.2f}  max {max(ref):.2f}")
-    print(f"{'budget':>8} {'spearman':>9} {'ref-best rank':>14} {'cost vs ref':>12}")
-    for b in [int(x) for x in args.budgets.split(",")]:
+    print(f"{'budget':>8} {'spearman':>9} {'ref-best rank':>14} {'cost':>6}")
+    for b in budgets:
         k = max(1, b // args.seq_len)
-        if k > ref_windows.shape[0]:
-            continue
-        small = [ppl_from_nlls(w[:k], args.seq_len) for w in per_window]
+        small = [ppl_from_nlls(w[:k], args.seq_len) for w in search_nlls]
         rho = spearmanr(small, ref).statistic
         rank = sorted(range(len(small)), key=small.__getitem__).index(best_ref) + 1
-        print(f"{k * args.seq_len:>8} {rho:>9.3f} {rank:>14} {k / ref_windows.shape[0]:>12.3f}")
+        print(f"{k * args.seq_len:>8} {rho:>9.3f} {rank:>14} {k / search_windows.shape[0]:>6.2f}")
 
 
 if __name__ == "__main__":

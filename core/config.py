@@ -21,7 +21,7 @@ class SearchConfig:
     generations: int = 20  # N
     lo: float = 0.0  # per-layer rate bounds
     hi: float = 1.0
-    budget_tokens: int = 2048  # search-time fitness tokens
+    budget_tokens: int = 512  # search-time fitness tokens; one window ranks as well as four (bench/token_budget.py)
     seq_len: int = 512
     calib_tokens: int = 16384
     final_tokens: int | None = None  # final evaluation budget; None = the whole test stream
