@@ -19,7 +19,7 @@ def cli(*args):
 def test_search_export_eval_speed(tmp_path, tiny_llama_dir):
     sd = tmp_path / "sessions"
     cli("search", "--model", tiny_llama_dir, "--proposer", "numeric", "--ratio", "0.5", "-K", "3", "-M", "1",
-        "-S", "1", "-N", "1", "--budget-tokens", "128", "--seq-len", "32", "--calib-tokens", "256",
+        "-S", "1", "-N", "1", "--seq-len", "32", "--calib-tokens", "256",
         "--final-tokens", "256", "--data", "local", "--sessions-dir", sd)
     (db,) = sd.glob("*.db")
     out_dir = tmp_path / "pruned"
@@ -28,6 +28,7 @@ def test_search_export_eval_speed(tmp_path, tiny_llama_dir):
     cfg = json.loads((out_dir / "config.json").read_text())
     assert cfg["model_type"] == "selfpruner_llama"
     st = Store(db)
+    assert st.session()["config"]["budget_tokens"] == 32  # default search budget: one --seq-len window
     best = next(c for c in st.candidates() if c["id"] == st.session()["best_candidate"])
     assert cfg["selfpruner"]["rates"] == [round(r, 6) for r in best["rates"]]
     (export,) = st.results("export")
