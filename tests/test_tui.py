@@ -444,8 +444,10 @@ async def test_live_search_on_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
 
 async def test_pause_stop_and_resume_from_the_run_screen(tmp_path, tiny_llama_dir, tiny_bench):
     sessions = tmp_path / "sessions"
-    # a large token budget makes each fitness take a while, so the keys land mid-search
-    app = tiny_app(sessions, tiny_llama_dir, tiny_bench, budget_tokens=2048)
+    # a large token budget makes each fitness take a while, and six generations leave plenty of search
+    # after the resume below, so the keys land mid-search
+    app = tiny_app(sessions, tiny_llama_dir, tiny_bench, budget_tokens=2048, generations=6)
+    total = 4 + 6 * (2 + 2)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         await pilot.press("ctrl+r")
@@ -463,12 +465,13 @@ async def test_pause_stop_and_resume_from_the_run_screen(tmp_path, tiny_llama_di
         await wait_for(pilot, lambda: screen.state.gen_done > n, what="evaluations after resume")
         await pilot.press("p")  # pause again, so the stop below lands mid-search however fast the model is
         await pilot.press("s")  # stop: the search ends after the evaluation in flight
-        await wait_for(pilot, lambda: screen.state.status == "stopped", what="stopped")
+        await wait_for(pilot, lambda: screen.state.status != "running", what="stopped")
+        assert screen.state.status == "stopped"
         (db,) = sessions.glob("*.db")
         st = Store(db)
         assert st.session()["status"] == "stopped"
         stored = len(st.fitness_by_candidate())
-        assert 0 < stored < 4 + 2 * (2 + 2)
+        assert 0 < stored < total
         assert len([c for c in screen.state.cands.values() if c.fitness is not None]) == stored
         st.close()
         await pilot.press("escape")  # leaving is allowed once the search has stopped
@@ -484,11 +487,11 @@ async def test_pause_stop_and_resume_from_the_run_screen(tmp_path, tiny_llama_di
         await wait_for(pilot, lambda: resumed.state.status in ("finished", "failed"), what="resumed run")
         assert resumed.state.status == "finished", resumed.state.error
         st = Store(db)
-        assert st.session()["status"] == "finished" and len(st.candidates()) == 4 + 2 * (2 + 2)
+        assert st.session()["status"] == "finished" and len(st.candidates()) == total
         # nothing evaluated twice
         evals = [e["candidate_id"] for e in st.evaluations() if e["kind"] == "search"]
         assert len(evals) == len(set(evals))
-        check_screen_matches_db(resumed, st, 2)
+        check_screen_matches_db(resumed, st, 6)
         st.close()
 
 
@@ -505,7 +508,8 @@ async def test_escape_is_refused_while_running_and_r_resumes_in_place(tmp_path, 
         assert isinstance(app.screen, RunScreen)
         await pilot.press("s")
         screen = app.screen
-        await wait_for(pilot, lambda: screen.state.status == "stopped", what="stopped")
+        await wait_for(pilot, lambda: screen.state.status != "running", what="stopped")
+        assert screen.state.status == "stopped"
         # r continues the stopped session in place, from what it stored
         await pilot.press("r")
         await wait_for(pilot, lambda: screen.state.status == "finished", what="resumed in place")
