@@ -21,7 +21,8 @@ class SearchConfig:
     generations: int = 20  # N
     lo: float = 0.0  # per-layer rate bounds
     hi: float = 1.0
-    budget_tokens: int = 512  # search-time fitness tokens; one window ranks as well as four (bench/token_budget.py)
+    # search-time fitness tokens; None = one seq_len window, which ranks as well as four (bench/token_budget.py)
+    budget_tokens: int | None = None
     seq_len: int = 512
     calib_tokens: int = 16384
     final_tokens: int | None = None  # final evaluation budget; None = the whole test stream
@@ -33,6 +34,10 @@ class SearchConfig:
     seed: int = 0
     data: str = "auto"  # auto | hub | local
     sessions_dir: str = "sessions"
+
+    def __post_init__(self):
+        if self.budget_tokens is None:
+            self.budget_tokens = self.seq_len
 
     def validate(self) -> "SearchConfig":
         if not 0.0 < self.beta < 1.0:

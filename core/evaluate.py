@@ -18,10 +18,9 @@ HEAD_CHUNK = 512
 
 def _plain_head(model):
     """(decoder, lm_head, softcap) when the head can be run in slices, else None."""
-    import transformers
-    classes = tuple(c for c in (getattr(transformers, n, None) for n in PLAIN_HEAD) if c is not None)
+    plain = any(c.__name__ in PLAIN_HEAD and c.__module__.startswith("transformers.") for c in type(model).__mro__)
     decoder, head = getattr(model, "model", None), model.get_output_embeddings()
-    if not isinstance(model, classes) or decoder is None or head is None:
+    if not plain or decoder is None or head is None:
         return None
     return decoder, head, getattr(model.config, "final_logit_softcapping", None)
 

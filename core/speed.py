@@ -135,11 +135,6 @@ def compare(models: Mapping[str, nn.Module], *, baseline: str | None = None, pre
     return {"baseline": baseline, "results": results, "ratios": ratios, "env": env}
 
 
-def benchmark(model: nn.Module, **kwargs) -> dict:
-    """Size and throughput of one model (see `compare` for the keyword arguments)."""
-    return compare({"model": model}, **kwargs)["results"]["model"]
-
-
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB

@@ -115,7 +115,7 @@ def cmd_search(args) -> int:
                            proposer_model=args.proposer_model, replay_from=args.replay_from,
                            population=args.population, mutations=0 if args.no_mutation else args.mutations,
                            crossovers=0 if args.no_crossover else args.crossovers, generations=args.generations,
-                           lo=args.lo, hi=args.hi, budget_tokens=args.budget_tokens or args.seq_len,
+                           lo=args.lo, hi=args.hi, budget_tokens=args.budget_tokens,
                            seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
                            final_eval=not args.no_final, init=args.init, max_retries=args.max_retries,
                            temperature=args.temperature, llm_threads=args.llm_threads, seed=args.seed,
@@ -146,7 +146,7 @@ def cmd_baseline(args) -> int:
     from selfpruner.core.events import EventBus
 
     cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric",
-                       budget_tokens=args.budget_tokens or args.seq_len, seq_len=args.seq_len,
+                       budget_tokens=args.budget_tokens, seq_len=args.seq_len,
                        calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
                        lo=args.lo, hi=args.hi, data=args.data, sessions_dir=args.sessions_dir).validate()
     bus = EventBus()
@@ -404,7 +404,7 @@ def cmd_prune(args) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------------------
-def _common(p, search_defaults=True):
+def _common(p):
     p.add_argument("--model", default=None, help="HF dir, hub id or .gguf (default: bundled gemma-3-270m)")
     p.add_argument("--ratio", "--beta", dest="ratio", type=float, default=0.3, help="mean pruning rate β in (0,1)")
     p.add_argument("--budget-tokens", type=int, default=None,

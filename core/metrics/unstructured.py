@@ -75,12 +75,6 @@ class UnstructuredPruner:
         W = self._orig[(layer, name)]
         return metric_scores(metric, W, _grad(self.grads, layer, name), self.stats.norm(layer, INPUT_POINT[name]))
 
-    def masks(self, metric: Metric, sparsity: float) -> dict[tuple[int, str], torch.Tensor]:
-        """The masks `apply` would use, without touching the model."""
-        if isinstance(metric, str):
-            metric = parse(metric)
-        return {key: prune_mask(self.scores(metric, *key), sparsity) for key in self._orig}
-
     @torch.no_grad()
     def apply(self, metric: Metric, sparsity: float) -> float:
         """Prune (from the original weights) and return the fraction of projection weights now zero."""

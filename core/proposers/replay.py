@@ -15,8 +15,7 @@ class ReplayProposer:
         self.source = source
         self.name = "replay"
         self.on_call: CallSink | None = None
-        src = source.session()
-        self.source_id, self.source_proposer = src["id"], src["proposer"]
+        self.source_id = source.session()["id"]
         self._calls = {c["id"]: c for c in source.calls()}
 
     def _phase(self, generation: int, phase: str, count: int) -> list[Proposal]:
