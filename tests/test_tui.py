@@ -9,6 +9,7 @@ import os
 import random
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -271,6 +272,39 @@ def tiny_bench(tiny_llama_dir):
     return Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
 
 
+class FitnessGate:
+    """Lets the tiny model's search evaluate only as many candidates as the test has allowed, so keys pressed
+    "mid-search" land mid-search however fast the machine is. A gated evaluation still honours stop."""
+
+    def __init__(self, bench, monkeypatch):
+        self._permits, self._open = threading.Semaphore(0), threading.Event()
+        inner = bench.fitness
+
+        def gated(rates, budget_tokens, *, should_stop=None, **kw):
+            while not (self._open.is_set() or self._permits.acquire(timeout=0.02)):
+                if should_stop is not None and should_stop():
+                    raise InterruptedError
+            return inner(rates, budget_tokens, should_stop=should_stop, **kw)
+
+        monkeypatch.setattr(bench, "fitness", gated)
+
+    def allow(self, n: int) -> None:
+        for _ in range(n):
+            self._permits.release()
+
+    def open(self) -> None:
+        self._open.set()
+
+
+@pytest.fixture
+def gate(tiny_bench, monkeypatch):
+    return FitnessGate(tiny_bench, monkeypatch)
+
+
+def n_evaluated(state: SearchState) -> int:
+    return sum(c.fitness is not None for c in state.cands.values())
+
+
 def tiny_app(sessions: Path, model_dir: Path, bench=None, **over) -> SelfPrunerApp:
     cfg = SearchConfig(model=str(model_dir), sessions_dir=str(sessions), **{**TINY, **over})
     app = SelfPrunerApp(sessions, cfg)
@@ -442,38 +476,39 @@ async def test_live_search_on_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
     assert all(n in synced for n in range(1, 9)) and {"fitness", "rank"} <= set(updated)
 
 
-async def test_pause_stop_and_resume_from_the_run_screen(tmp_path, tiny_llama_dir, tiny_bench):
+async def test_pause_stop_and_resume_from_the_run_screen(tmp_path, tiny_llama_dir, tiny_bench, gate):
     sessions = tmp_path / "sessions"
-    # a large token budget makes each fitness take a while, and six generations leave plenty of search
-    # after the resume below, so the keys land mid-search
-    app = tiny_app(sessions, tiny_llama_dir, tiny_bench, budget_tokens=2048, generations=6)
+    app = tiny_app(sessions, tiny_llama_dir, tiny_bench, generations=6)
     total = 4 + 6 * (2 + 2)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
         screen = app.screen
-        await wait_for(pilot, lambda: screen.state.gen_done >= 1, what="first evaluation")
+        gate.allow(1)
+        await wait_for(pilot, lambda: n_evaluated(screen.state) == 1, what="first evaluation")
         await pilot.press("p")
         assert screen.control.paused
         assert "paused" in str(screen.query_one("#status", Static).render())
-        await pilot.pause(0.5)  # the evaluation in flight may still finish; then nothing more
-        n = screen.state.gen_done
+        # with evaluations allowed, a paused search finishes at most the one in flight, then nothing more
+        gate.allow(3)
         await pilot.pause(1.0)
-        assert screen.state.gen_done == n and screen.state.status == "paused"
-        await pilot.press("p")  # resume
-        await wait_for(pilot, lambda: screen.state.gen_done > n, what="evaluations after resume")
-        await pilot.press("p")  # pause again, so the stop below lands mid-search however fast the model is
-        await pilot.press("s")  # stop: the search ends after the evaluation in flight
+        n = n_evaluated(screen.state)
+        assert n in (1, 2)
+        await pilot.pause(0.5)
+        assert n_evaluated(screen.state) == n and screen.state.status == "paused"
+        await pilot.press("p")  # resume: the allowed evaluations left run now
+        await wait_for(pilot, lambda: n_evaluated(screen.state) == 4, what="evaluations after resume")
+        assert screen.state.status == "running"
+        await pilot.press("s")  # stop: the search is held at the gate and ends there
         await wait_for(pilot, lambda: screen.state.status != "running", what="stopped")
         assert screen.state.status == "stopped"
         (db,) = sessions.glob("*.db")
         st = Store(db)
         assert st.session()["status"] == "stopped"
-        stored = len(st.fitness_by_candidate())
-        assert 0 < stored < total
-        assert len([c for c in screen.state.cands.values() if c.fitness is not None]) == stored
+        assert len(st.fitness_by_candidate()) == 4 == n_evaluated(screen.state)
         st.close()
+        gate.open()
         await pilot.press("escape")  # leaving is allowed once the search has stopped
         await pilot.pause()
         assert isinstance(app.screen, StartScreen)
@@ -495,21 +530,24 @@ async def test_pause_stop_and_resume_from_the_run_screen(tmp_path, tiny_llama_di
         st.close()
 
 
-async def test_escape_is_refused_while_running_and_r_resumes_in_place(tmp_path, tiny_llama_dir, tiny_bench):
-    app = tiny_app(tmp_path / "s", tiny_llama_dir, tiny_bench, budget_tokens=2048)
+async def test_escape_is_refused_while_running_and_r_resumes_in_place(tmp_path, tiny_llama_dir, tiny_bench,
+                                                                      gate):
+    app = tiny_app(tmp_path / "s", tiny_llama_dir, tiny_bench)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
-        await wait_for(pilot, lambda: app.screen.state.gen_done >= 1, what="first evaluation")
+        screen = app.screen
+        gate.allow(1)
+        await wait_for(pilot, lambda: n_evaluated(screen.state) == 1, what="first evaluation")
         await pilot.press("p")
         await pilot.press("escape")
         await pilot.pause()
-        assert isinstance(app.screen, RunScreen)
+        assert app.screen is screen
         await pilot.press("s")
-        screen = app.screen
         await wait_for(pilot, lambda: screen.state.status != "running", what="stopped")
         assert screen.state.status == "stopped"
+        gate.open()
         # r continues the stopped session in place, from what it stored
         await pilot.press("r")
         await wait_for(pilot, lambda: screen.state.status == "finished", what="resumed in place")
