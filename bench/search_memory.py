@@ -94,5 +94,6 @@ def main(argv=None):
           f"(growth over the search)")
     print(f"peak / model bytes = {peak / model_bytes:.3f}")
 
+
 if __name__ == "__main__":
     main()

@@ -115,8 +115,8 @@ def cmd_search(args) -> int:
                            proposer_model=args.proposer_model, replay_from=args.replay_from,
                            population=args.population, mutations=0 if args.no_mutation else args.mutations,
                            crossovers=0 if args.no_crossover else args.crossovers, generations=args.generations,
-                           lo=args.lo, hi=args.hi, budget_tokens=args.budget_tokens,
-                           seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
+                           lo=args.lo, hi=args.hi, budget_tokens=args.budget_tokens, seq_len=args.seq_len,
+                           calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
                            final_eval=not args.no_final, init=args.init, max_retries=args.max_retries,
                            temperature=args.temperature, llm_threads=args.llm_threads, seed=args.seed,
                            data=args.data, sessions_dir=args.sessions_dir)
@@ -145,9 +145,8 @@ def cmd_baseline(args) -> int:
     from selfpruner.core.config import SearchConfig
     from selfpruner.core.events import EventBus
 
-    cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric",
-                       budget_tokens=args.budget_tokens, seq_len=args.seq_len,
-                       calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
+    cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", budget_tokens=args.budget_tokens,
+                       seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
                        lo=args.lo, hi=args.hi, data=args.data, sessions_dir=args.sessions_dir).validate()
     bus = EventBus()
     with ProgressRenderer() as renderer:
