@@ -1,10 +1,12 @@
 """Search quality at equal fitness-evaluation counts: final ppl of each method as a ratio to uniform.
 
-Methods: uniform Wanda-sp, OWL (λ=0.08, M=5), numeric GA, Self-Pruner with the llama-cpp proposer, and the
-paper's ablations (random init; no mutation, its M given to crossover; no crossover, its S given to
-mutation), so every search spends K + N·(M+S) fitness evaluations. The no-mutation and no-crossover
+Methods: uniform Wanda-sp, OWL (λ=0.08, M=5), numeric GA, Self-Pruner with the llama-cpp proposer (with
+Algorithm 1's LLM selection step, and with inline parent citation instead), and the paper's ablations
+(random init; no mutation, no crossover: SearchConfig.ablation, which gives the dropped operator's count to
+the other), so every search spends K + N·(M+S) fitness evaluations. The no-mutation and no-crossover
 ablations start from the LLM run's stored initial population, so they differ from it only in the operator
-they drop (and do not pay for the same K LLM calls again). Defaults fit 2 CPU cores; on a GPU box
+they drop (and do not pay for the same K LLM calls again). "llm %" is the share of candidates the LLM
+wrote itself (the rest came from the numeric fallback). Defaults fit 2 CPU cores; on a GPU box
 raise -K/-M/-S/-N, --budget-tokens and --final-tokens (0 = whole test stream), and use --proposer openai.
 """
 from __future__ import annotations
@@ -20,31 +22,28 @@ from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
 from selfpruner.core.proposers.replay import ReplayProposer
 from selfpruner.core.session import start_search
+from selfpruner.core.session_summary import proposal_shares
 from selfpruner.core.store import Store, rates_key
 from selfpruner.core.workbench import Workbench
 
 SEARCHES = {
     "numeric GA": dict(proposer="numeric"),
     "Self-Pruner (LLM)": dict(),
+    "Self-Pruner, inline parents": dict(selection="inline"),
     "ablation: random init": dict(init="random"),
-    "ablation: no mutation": dict(no_mutation=True),
-    "ablation: no crossover": dict(no_crossover=True),
+    "ablation: no mutation": dict(ablation="no-mutation"),
+    "ablation: no crossover": dict(ablation="no-crossover"),
 }
 
 
 def run_search(bench, sessions_dir, base: dict, variant: dict, init_from=None):
-    kw = {**base, **{k: v for k, v in variant.items() if k not in ("no_mutation", "no_crossover")}}
-    m, s = kw["mutations"], kw["crossovers"]
-    if variant.get("no_mutation"):
-        kw["mutations"], kw["crossovers"] = 0, m + s
-    if variant.get("no_crossover"):
-        kw["mutations"], kw["crossovers"] = m + s, 0
-    cfg = SearchConfig(sessions_dir=sessions_dir, final_eval=False, **kw)
-    init = ReplayProposer(Store(init_from)) if init_from and (variant.get("no_mutation") or
-                                                              variant.get("no_crossover")) else None
+    cfg = SearchConfig(sessions_dir=sessions_dir, final_eval=False, **{**base, **variant})
+    init = ReplayProposer(Store(init_from)) if init_from and cfg.ablation != "none" else None
     search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench, init_proposer=init)
     res = search.run()
-    return res.best_rates, res.best_fitness, len(search.store.fitness_by_candidate()), search.store.path
+    sh = proposal_shares(search.store)
+    share = f"{100 * sh['llm'] / sh['asked']:.0f}" if sh else "-"
+    return res.best_rates, res.best_fitness, len(search.store.fitness_by_candidate()), search.store.path, share
 
 
 def main(argv=None):
@@ -81,26 +80,26 @@ def main(argv=None):
         for name in methods:
             t0 = time.perf_counter()
             if name in ("uniform", "owl"):
-                rates, n = baseline_rates(bench, name, beta), 1
+                rates, n, share = baseline_rates(bench, name, beta), 1, "-"
                 search_ppl = bench.fitness(rates, args.budget_tokens)[0]
             else:
-                rates, search_ppl, n, path = run_search(bench, sessions, base, SEARCHES[name], llm_session)
+                rates, search_ppl, n, path, share = run_search(bench, sessions, base, SEARCHES[name], llm_session)
                 if name == "Self-Pruner (LLM)":
                     llm_session = path
             key = rates_key(rates)  # searches that end on the same best share its final evaluation
             if key not in finals:
                 finals[key] = bench.fitness(rates, final_tokens or 10**12, which="test")[0]
             final = finals[key]
-            rows[name] = (search_ppl, final, n, time.perf_counter() - t0)
+            rows[name] = (search_ppl, final, n, share, time.perf_counter() - t0)
         uni = rows.get("uniform", (None, None))[1]
         owl = rows.get("owl", (None, None))[1]
         print(f"\nβ = {beta}")
-        print(f"{'method':<24} {'evals':>5} {'search ppl':>11} {'final ppl':>10} {'/uniform':>9} {'/OWL':>7} "
-              f"{'time s':>7}")
-        for name, (sp, fp, n, secs) in rows.items():
+        print(f"{'method':<28} {'evals':>5} {'search ppl':>11} {'final ppl':>10} {'/uniform':>9} {'/OWL':>7} "
+              f"{'llm %':>6} {'time s':>7}")
+        for name, (sp, fp, n, share, secs) in rows.items():
             ru = f"{fp / uni:.3f}" if uni else "-"
             ro = f"{fp / owl:.3f}" if owl else "-"
-            print(f"{name:<24} {n:>5} {sp:>11.2f} {fp:>10.2f} {ru:>9} {ro:>7} {secs:>7.0f}")
+            print(f"{name:<28} {n:>5} {sp:>11.2f} {fp:>10.2f} {ru:>9} {ro:>7} {share:>6} {secs:>7.0f}")
         if "Self-Pruner (LLM)" in rows and uni and owl:
             fp = rows["Self-Pruner (LLM)"][1]
             print(f"targets: LLM ≤ 0.75× uniform: {'met' if fp <= 0.75 * uni else 'NOT met'}; "

@@ -2,8 +2,9 @@
 
 For every decoder layer we keep the per-input-feature sum of squares of the activations entering the
 attention projections (q/k/v share it), o_proj, the MLP (gate/up share it) and down_proj. Square roots
-of these are the ||X_j||_2 of Wanda / Wanda-sp. Statistics are cached on disk per model fingerprint and
-calibration tokens, so a resumed or repeated run skips the pass.
+of these are the ||X_j||_2 of Wanda / Wanda-sp. Statistics are cached on disk under a key that covers the
+checkpoint's fingerprint, the head/channel order the model is in, and the exact token windows (shape
+and bytes), so a resumed or repeated run skips the pass and no entry can be read for another model state.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import CACHE_ROOT, ModelArch
+from .models import ModelArch, cache_root
 
 POINTS = ("attn_in", "o_in", "mlp_in", "down_in")
 
@@ -22,6 +23,7 @@ POINTS = ("attn_in", "o_in", "mlp_in", "down_in")
 class CalibrationStats:
     sqsum: list[dict[str, torch.Tensor]]  # per layer: point -> [in_features] float64 sum of x_j^2
     n_tokens: int
+    order: str = "dense"  # the model's head/channel order the o_in/down_in entries are in (models.order_digest)
 
     def norm(self, layer: int, point: str) -> torch.Tensor:
         """||X_j||_2 over the calibration tokens, float32."""
@@ -35,6 +37,8 @@ def _module_for(parts, point):
 @torch.no_grad()
 def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None) -> CalibrationStats:
     """Forward `windows` ([n, seq]) once through the model with input hooks on the projections."""
+    from .models import order_digest
+
     sqsum = [dict() for _ in range(arch.n_layers)]
     hooks = []
     for i, parts in enumerate(arch.layers):
@@ -53,14 +57,21 @@ def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None) 
     finally:
         for h in hooks:
             h.remove()
-    return CalibrationStats(sqsum, int(windows.numel()))
+    return CalibrationStats(sqsum, int(windows.numel()), order_digest(model))
 
 
-def cached(kind: str, fingerprint: str, windows: torch.Tensor, compute, pack, unpack):
-    """(value, from_cache): a per-model, per-token-windows result kept under CACHE_ROOT/kind/. A corrupt
-    entry is recomputed and a read-only cache only costs time."""
-    key = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:12]
-    path = CACHE_ROOT / kind / f"{fingerprint}-{key}.pt"
+def cache_key(fingerprint: str, order: str, windows: torch.Tensor) -> str:
+    """Checkpoint, head/channel order, window shape and tokens: 256- and 512-token windows over the same
+    text, or a permuted and a dense model, never share an entry."""
+    h = hashlib.sha256(f"{fingerprint}|{order}|{tuple(windows.shape)}|".encode())
+    h.update(windows.cpu().numpy().tobytes())
+    return f"{fingerprint}-{h.hexdigest()[:16]}"
+
+
+def cached(kind: str, key: str, compute, pack, unpack):
+    """(value, from_cache): a result kept under cache_root()/kind/key.pt. A corrupt entry is recomputed and a
+    read-only cache only costs time."""
+    path = cache_root() / kind / f"{key}.pt"
     if path.exists():
         try:
             return unpack(torch.load(path, weights_only=True)), True
@@ -78,8 +89,13 @@ def cached(kind: str, fingerprint: str, windows: torch.Tensor, compute, pack, un
 
 
 def load_or_collect(model, arch: ModelArch, fingerprint: str, windows: torch.Tensor,
-                    progress=None) -> tuple[CalibrationStats, bool]:
-    """Returns (stats, from_cache)."""
-    return cached("calibration", fingerprint, windows, lambda: collect_stats(model, arch, windows, progress),
-                  lambda st: {"sqsum": st.sqsum, "n_tokens": st.n_tokens},
-                  lambda d: CalibrationStats(d["sqsum"], d["n_tokens"]))
+                    progress=None) -> tuple[CalibrationStats, bool, str]:
+    """Returns (stats, from_cache, key). The statistics are in the model's current head/channel order."""
+    from .models import order_digest
+
+    order = order_digest(model)
+    key = cache_key(fingerprint, order, windows)
+    stats, hit = cached("calibration", key, lambda: collect_stats(model, arch, windows, progress),
+                        lambda st: {"sqsum": st.sqsum, "n_tokens": st.n_tokens},
+                        lambda d: CalibrationStats(d["sqsum"], d["n_tokens"], order))
+    return stats, hit, key

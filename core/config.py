@@ -28,6 +28,12 @@ class SearchConfig:
     final_tokens: int | None = None  # final evaluation budget; None = the whole test stream
     final_eval: bool = True
     init: str = "llm"  # llm | random  (paper ablation: random initial population)
+    # no-mutation | no-crossover: the paper's ablations, at the same evaluation count (see __post_init__)
+    ablation: str = "none"
+    # llm: Algorithm 1's selection step (the LLM picks the parents, mutation and crossover see only those);
+    # inline: mutation/crossover prompts show the whole population and the LLM cites parents as it writes
+    selection: str = "llm"
+    bos: str = "auto"  # BOS at the start of every window: auto (the tokenizer's habit) | on | off
     max_retries: int = 3
     temperature: float = 0.8
     llm_threads: int | None = None  # llama-cpp threads; None = as many as torch uses
@@ -38,6 +44,12 @@ class SearchConfig:
     def __post_init__(self):
         if self.budget_tokens is None:
             self.budget_tokens = self.seq_len
+        # An ablation removes an operator but keeps the offspring count: its share goes to the other one.
+        # Idempotent, so a config read back from a session is not shifted twice.
+        if self.ablation == "no-mutation":
+            self.mutations, self.crossovers = 0, self.mutations + self.crossovers
+        elif self.ablation == "no-crossover":
+            self.mutations, self.crossovers = self.mutations + self.crossovers, 0
 
     def validate(self) -> "SearchConfig":
         if not 0.0 < self.beta < 1.0:
@@ -55,12 +67,24 @@ class SearchConfig:
             raise ConfigError(f"--llm-threads must be at least 1, got {self.llm_threads}")
         if self.init not in ("llm", "random"):
             raise ConfigError("--init must be llm or random")
+        if self.ablation not in ("none", "no-mutation", "no-crossover"):
+            raise ConfigError("ablation must be none, no-mutation or no-crossover")
+        if self.selection not in ("llm", "inline"):
+            raise ConfigError("--selection must be llm or inline")
+        if self.bos not in ("auto", "on", "off"):
+            raise ConfigError("--bos must be auto, on or off")
         if self.proposer == "replay" and not self.replay_from:
             raise ConfigError("the replay proposer needs a source session")
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def n_selected(self) -> int:
+        """How many parents the selection step picks: M, as in Algorithm 1 (S when an ablation leaves M = 0),
+        at least two so that crossover has a pair."""
+        return min(self.population, max(2, self.mutations or self.crossovers))
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchConfig":

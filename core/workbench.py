@@ -11,35 +11,39 @@ from .data import TokenData, load_token_data
 from .evaluate import perplexity
 from .events import EventBus, Stage
 from .models import LoadedModel, load_model
-from .structured import StructuredPruner
+from .structured import StructuredPruner, reset_order
 
 
 @dataclass
 class Workbench:
     lm: LoadedModel
     data: TokenData
-    stats: CalibrationStats
+    stats: CalibrationStats  # in the resident model's (permuted) order
     pruner: StructuredPruner
     seq_len: int
+    calib_key: str  # identifies checkpoint, order and calibration windows; stored with every session
 
     @classmethod
     def build(cls, model: str | None, *, seq_len: int = 512, calib_tokens: int = 16384, data: str = "auto",
-              bus: EventBus | None = None, lm: LoadedModel | None = None) -> "Workbench":
+              bos: str = "auto", bus: EventBus | None = None, lm: LoadedModel | None = None) -> "Workbench":
         emit = bus.emit if bus else (lambda e: None)
         torch.manual_seed(0)
         if lm is None:
             emit(Stage("load", f"loading {model or 'bundled gemma-3-270m'}"))
             lm = load_model(model)
+        # A reused model may carry an earlier pruner's permutation: statistics, keys and the new order are
+        # all taken from the checkpoint order, exactly as for a fresh load.
+        reset_order(lm.model, lm.arch)
         emit(Stage("data", "tokenising WikiText-2"))
-        td = load_token_data(lm.tokenizer, calib_tokens=calib_tokens, source=data)
+        td = load_token_data(lm.tokenizer, calib_tokens=calib_tokens, source=data, bos=bos)
         windows = td.windows("calib", seq_len)
         emit(Stage("calibrate", f"calibration pass over {windows.numel()} tokens", 0, windows.shape[0]))
-        stats, cached = load_or_collect(lm.model, lm.arch, lm.fingerprint, windows,
-                                        progress=lambda d, t: emit(Stage("calibrate", "", d, t)))
+        stats, cached, key = load_or_collect(lm.model, lm.arch, lm.fingerprint, windows,
+                                             progress=lambda d, t: emit(Stage("calibrate", "", d, t)))
         emit(Stage("calibrate", "calibration statistics " + ("read from cache" if cached else "collected"),
                    windows.shape[0], windows.shape[0]))
         pruner = StructuredPruner(lm.model, lm.arch, stats)
-        return cls(lm, td, stats, pruner, seq_len)
+        return cls(lm, td, pruner.stats, pruner, seq_len, key)
 
     def windows(self, which: str, max_tokens: int | None) -> torch.Tensor:
         return self.data.windows(which, self.seq_len, max_tokens)

@@ -7,7 +7,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -107,19 +106,17 @@ def cmd_search(args) -> int:
     from selfpruner.core.events import Control, EventBus
     from selfpruner.core.session import resume_config, start_search
 
+    if args.no_mutation and args.no_crossover:
+        raise UserError("--no-mutation and --no-crossover together leave no operator")
+    settings = _search_settings(args)
     if args.resume:
-        cfg, resume = resume_config(args.resume, args.sessions_dir)
+        # only what the user typed counts as a change; every other setting comes from the session
+        defaults = _search_settings(build_parser().parse_args(["search"]))
+        typed = {k: v for k, v in settings.items() if v != defaults[k]}
+        cfg, resume = resume_config(args.resume, args.sessions_dir, typed)
     else:
         resume = None
-        cfg = SearchConfig(model=args.model, beta=args.ratio, proposer=args.proposer,
-                           proposer_model=args.proposer_model, replay_from=args.replay_from,
-                           population=args.population, mutations=0 if args.no_mutation else args.mutations,
-                           crossovers=0 if args.no_crossover else args.crossovers, generations=args.generations,
-                           lo=args.lo, hi=args.hi, budget_tokens=args.budget_tokens, seq_len=args.seq_len,
-                           calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
-                           final_eval=not args.no_final, init=args.init, max_retries=args.max_retries,
-                           temperature=args.temperature, llm_threads=args.llm_threads, seed=args.seed,
-                           data=args.data, sessions_dir=args.sessions_dir)
+        cfg = SearchConfig(**settings, sessions_dir=args.sessions_dir)
     bus, control = EventBus(), Control()
     with ProgressRenderer(args.verbose) as renderer:
         bus.subscribe(renderer)
@@ -129,9 +126,29 @@ def cmd_search(args) -> int:
     return 0 if result.status == "finished" else 3
 
 
+def _search_settings(args) -> dict:
+    return dict(model=args.model, beta=args.ratio, proposer=args.proposer, proposer_model=args.proposer_model,
+                replay_from=args.replay_from, population=args.population, mutations=args.mutations,
+                crossovers=args.crossovers, generations=args.generations, lo=args.lo, hi=args.hi,
+                budget_tokens=args.budget_tokens, seq_len=args.seq_len, calib_tokens=args.calib_tokens,
+                final_tokens=args.final_tokens, final_eval=not args.no_final, init=args.init,
+                ablation="no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none",
+                selection=args.selection, max_retries=args.max_retries, temperature=args.temperature,
+                llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos)
+
+
+def _print_shares(store) -> None:
+    from selfpruner.core.session_summary import proposal_shares, shares_line
+    sh = proposal_shares(store)
+    if sh:
+        out.print(("[yellow]" if sh["weak"] else "") + shares_line(sh) + ("[/]" if sh["weak"] else ""),
+                  highlight=False)
+
+
 def _print_result(store, result) -> None:
     s = store.session()
     out.print(f"[bold]{result.status}[/]: session {s['id']} ({store.path})")
+    _print_shares(store)
     if result.best_rates is not None:
         out.print(f"best candidate #{result.best_id}: search ppl {result.best_fitness:.3f}"
                   + (f", final ppl {result.final_ppl:.3f}" if result.final_ppl is not None else ""))
@@ -147,7 +164,8 @@ def cmd_baseline(args) -> int:
 
     cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", budget_tokens=args.budget_tokens,
                        seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
-                       lo=args.lo, hi=args.hi, data=args.data, sessions_dir=args.sessions_dir).validate()
+                       lo=args.lo, hi=args.hi, data=args.data, bos=args.bos,
+                       sessions_dir=args.sessions_dir).validate()
     bus = EventBus()
     with ProgressRenderer() as renderer:
         bus.subscribe(renderer)
@@ -186,6 +204,10 @@ def cmd_show(args) -> int:
     s = st.session()
     out.print(f"[bold]{s['id']}[/] {s['kind']} search, status {s['status']}")
     out.print(f"model {s['model_name']} (fingerprint {s['model_fingerprint']}), data {s['data_source']}")
+    if s.get("calib_key"):
+        bos = s.get("bos_token")
+        out.print(f"calibration {s['calib_key']}, " + (f"BOS token {bos} at every window" if bos is not None
+                                                        else "no BOS token"))
     cfg = s["config"]
     out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     gens = st.generations()
@@ -199,6 +221,7 @@ def cmd_show(args) -> int:
         errs = sum(1 for c in calls if c["error"])
         lat = sum(c["latency_s"] or 0 for c in calls)
         out.print(f"LLM calls: {len(calls)} ({errs} with errors), {lat:.1f}s in total")
+    _print_shares(st)
     for r in st.results():
         out.print(f"result {r['kind']}/{r['name']}: " + json.dumps(r["payload"])[:400])
     if s["best_candidate"] is not None:
@@ -215,16 +238,14 @@ def cmd_show(args) -> int:
 def cmd_replay(args) -> int:
     from selfpruner.core.events import Control, EventBus
     from selfpruner.core.search.self_pruner import compare_trajectories
-    from selfpruner.core.session import resume_config, start_search
+    from selfpruner.core.session import replay_session
     from selfpruner.core.store import Store
 
-    cfg, path = resume_config(args.session, args.sessions_dir)
-    cfg.proposer, cfg.replay_from = "replay", str(path)
-    cfg.final_eval = not args.no_final
     bus, control = EventBus(), Control()
     with ProgressRenderer(args.verbose) as renderer:
         bus.subscribe(renderer)
-        search = start_search(cfg, bus=bus, control=control)
+        search, path = replay_session(args.session, args.sessions_dir, bus=bus, control=control,
+                                      final_eval=not args.no_final)
         result = _run_with_signals(search.run, control)
     diffs = compare_trajectories(Store(path), search.store)
     _print_result(search.store, result)
@@ -232,79 +253,27 @@ def cmd_replay(args) -> int:
         out.print(f"[red]replay diverged[/] from {path.stem}: " + "; ".join(diffs[:10]))
         return 4
     out.print(f"[green]replay reproduced[/] the stored trajectory of {path.stem} "
-              f"({len(search.store.candidates())} candidates, identical fitness)")
+              f"({len(search.store.candidates())} candidates re-read from the stored replies, bit-identical fitness)")
     return 0
 
 
-def _session_bench(session_ref: str, sessions_dir: str):
-    """The session's store, config and a Workbench built with its own settings (the head/channel order
-    depends on the calibration statistics, so they must match the search's)."""
-    from selfpruner.core.config import SearchConfig
-    from selfpruner.core.store import Store, resolve_session
-    from selfpruner.core.workbench import Workbench
-
-    st = Store(resolve_session(session_ref, sessions_dir))
-    s = st.session()
-    cfg = SearchConfig.from_dict(s["config"])
-    bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens, data=cfg.data)
-    if bench.lm.fingerprint != s["model_fingerprint"]:
-        raise UserError(f"session {s['id']} was run on another model ({s['model_name']})")
-    return st, s, cfg, bench
-
-
 def cmd_export(args) -> int:
-    import torch
-    from selfpruner.core.export import export_pruned
+    from selfpruner.core.session_export import export_session_candidate
 
     with ProgressRenderer():
-        st, s, cfg, bench = _session_bench(args.session, args.sessions_dir)
-    cid = args.candidate if args.candidate is not None else s["best_candidate"]
-    if cid is None:
-        raise UserError(f"session {s['id']} has no evaluated candidate yet")
-    rows = {c["id"]: c for c in st.candidates()}
-    if cid not in rows:
-        raise UserError(f"session {s['id']} has no candidate {cid}")
-    rates = rows[cid]["rates"]
-    fit = st.fitness_by_candidate()
-    meta = {"session": s["id"], "candidate": cid, "search_ppl": fit.get(cid), "final_ppl": s["final_ppl"],
-            "model_spec": cfg.model, "seq_len": cfg.seq_len, "calib_tokens": cfg.calib_tokens, "data": cfg.data}
-    try:
-        out_dir = export_pruned(bench.lm, bench.pruner, rates, args.out, meta=meta,
-                                dtype=getattr(torch, args.dtype) if args.dtype else None, overwrite=args.overwrite)
-    except FileExistsError as e:
-        raise UserError(str(e)) from None
-    from selfpruner.core.export import load_pruned
-    from selfpruner.core.speed import param_count, weight_bytes
-    model, _ = load_pruned(out_dir)
-    info = {"out_dir": str(out_dir), "candidate": cid, "rates": rates, "params": param_count(model),
-            "dense_params": param_count(bench.lm.model), "weight_bytes": weight_bytes(model),
-            "achieved_sparsity": model.config.selfpruner["achieved_sparsity"], "dtype": args.dtype or "float32"}
-    st.add_result("export", str(out_dir), info)
-    out.print(f"exported candidate #{cid} of {s['id']} to {out_dir}: {info['params']:,} parameters "
-              f"(dense {info['dense_params']:,}), prunable sparsity {info['achieved_sparsity']:.4f}")
+        info = export_session_candidate(args.session, args.out, sessions_dir=args.sessions_dir,
+                                        candidate=args.candidate, dtype=args.dtype, overwrite=args.overwrite)
+    out.print(f"exported candidate #{info['candidate']} of {info['session']} to {info['out_dir']}: "
+              f"{info['params']:,} parameters (dense {info['dense_params']:,}), prunable sparsity "
+              f"{info['achieved_sparsity']:.4f}")
     out.print("load it with: import selfpruner.core.export; AutoModelForCausalLM.from_pretrained(DIR) "
               "(or trust_remote_code=True without selfpruner)")
     return 0
 
 
-def _record_in_session(model_dir: str, sessions_dir: str, kind: str, name: str, payload: dict) -> str | None:
-    """Store a result in the session an exported model came from, when that session is at hand."""
-    from selfpruner.core.store import Store, StoreError, resolve_session
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-        sid = cfg.get("selfpruner", {}).get("meta", {}).get("session")
-        if not sid:
-            return None
-        st = Store(resolve_session(sid, sessions_dir))
-        st.add_result(kind, name, payload)
-        st.close()
-        return sid
-    except (OSError, ValueError, StoreError):
-        return None
-
-
 def cmd_eval(args) -> int:
     from selfpruner.core.lm_eval_bridge import PAPER_TASKS, TaskUnavailable, evaluate_dir
+    from selfpruner.core.session_summary import record_for_model_dir
 
     tasks = args.tasks.split(",") if args.tasks else list(PAPER_TASKS)
     try:
@@ -319,7 +288,7 @@ def cmd_eval(args) -> int:
     out.print(t)
     payload = {"model_dir": str(args.model_dir), "tasks": tasks, "limit": args.limit,
                "num_fewshot": args.num_fewshot, "results": res}
-    sid = _record_in_session(args.model_dir, args.sessions_dir, "lm_eval", ",".join(tasks), payload)
+    sid = record_for_model_dir(args.model_dir, args.sessions_dir, "lm_eval", ",".join(tasks), payload)
     if sid:
         out.print(f"stored in session {sid}")
     return 0
@@ -329,6 +298,7 @@ def cmd_speed(args) -> int:
     import torch
     from selfpruner.core.export import load_pruned
     from selfpruner.core.models import load_model
+    from selfpruner.core.session_summary import record_for_model_dir
     from selfpruner.core.speed import benchmark_vllm, compare, to_markdown, vllm_status
 
     if args.threads:
@@ -344,7 +314,7 @@ def cmd_speed(args) -> int:
             raise UserError(why)
         report["vllm"] = benchmark_vllm(args.model_dir)
         out.print_json(json.dumps(report["vllm"], default=str))
-    sid = _record_in_session(args.model_dir, args.sessions_dir, "speed", str(args.model_dir),
+    sid = record_for_model_dir(args.model_dir, args.sessions_dir, "speed", str(args.model_dir),
                              json.loads(json.dumps(report, default=str)))
     if sid:
         out.print(f"stored in session {sid}")
@@ -353,10 +323,11 @@ def cmd_speed(args) -> int:
 
 def cmd_lora(args) -> int:
     from selfpruner.core.lora import recover_dir
+    from selfpruner.core.session_summary import record_for_model_dir
 
     res = recover_dir(args.model_dir, args.out, steps=args.steps, seq_len=args.seq_len, lr=args.lr)
     out.print(f"LoRA r=8, {res.steps} steps: ppl {res.ppl_before:.3f} → {res.ppl_after:.3f}; saved to {args.out}")
-    _record_in_session(args.model_dir, args.sessions_dir, "lora", str(args.out), res.to_dict())
+    record_for_model_dir(args.model_dir, args.sessions_dir, "lora", str(args.out), res.to_dict())
     return 0
 
 
@@ -414,14 +385,21 @@ def _common(p):
     p.add_argument("--lo", type=float, default=0.0, help="lowest per-layer rate")
     p.add_argument("--hi", type=float, default=1.0, help="highest per-layer rate")
     p.add_argument("--data", choices=["auto", "hub", "local"], default="auto")
-    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    _bos(p)
+
+
+def _bos(p):
+    p.add_argument("--bos", choices=["auto", "on", "off"], default="auto",
+                   help="BOS token at the start of every window (auto: as the model's tokenizer does)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="selfpruner", description="LLM-driven structured pruning search")
+    sessions = argparse.ArgumentParser(add_help=False)  # every command that reads or writes sessions
+    sessions.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("search", help="Self-Pruner layer-rate search")
+    p = sub.add_parser("search", parents=[sessions], help="Self-Pruner layer-rate search")
     _common(p)
     p.add_argument("--proposer", default="llama-cpp", choices=["openai", "llama-cpp", "vllm", "numeric", "replay"])
     p.add_argument("--proposer-model", default=None, help="GGUF / OpenAI model / vLLM model for the proposer")
@@ -431,8 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-S", "--crossovers", type=int, default=10)
     p.add_argument("-N", "--generations", type=int, default=20)
     p.add_argument("--init", choices=["llm", "random"], default="llm", help="random = paper's ablation")
-    p.add_argument("--no-mutation", action="store_true", help="ablation: no mutations")
-    p.add_argument("--no-crossover", action="store_true", help="ablation: no crossovers")
+    p.add_argument("--no-mutation", action="store_true", help="ablation: M+S crossovers, no mutation")
+    p.add_argument("--no-crossover", action="store_true", help="ablation: M+S mutations, no crossover")
+    p.add_argument("--selection", choices=["llm", "inline"], default="llm",
+                   help="llm: the LLM selects M parents first (Algorithm 1); inline: it cites parents as it writes")
     p.add_argument("--no-final", action="store_true", help="skip the final test-set evaluation")
     p.add_argument("--max-retries", type=int, default=3)
     p.add_argument("--temperature", type=float, default=0.8)
@@ -443,31 +423,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_search)
 
-    p = sub.add_parser("baseline", help="evaluate uniform or OWL layer rates")
+    p = sub.add_parser("baseline", parents=[sessions], help="evaluate uniform or OWL layer rates")
     _common(p)
     p.add_argument("--method", choices=["uniform", "owl"], default="uniform")
     p.add_argument("--owl-lambda", type=float, default=0.08)
     p.add_argument("--owl-m", type=float, default=5.0)
     p.set_defaults(fn=cmd_baseline)
 
-    p = sub.add_parser("sessions", help="list stored sessions")
-    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    p = sub.add_parser("sessions", parents=[sessions], help="list stored sessions")
     p.set_defaults(fn=cmd_sessions)
 
-    p = sub.add_parser("show", help="a session's best config and per-generation fitness")
+    p = sub.add_parser("show", parents=[sessions],
+                       help="a session's best config and per-generation fitness")
     p.add_argument("session")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     p.set_defaults(fn=cmd_show)
 
-    p = sub.add_parser("replay", help="re-run a session with its stored proposer answers and compare")
+    p = sub.add_parser("replay", parents=[sessions],
+                       help="re-run a session with its stored proposer answers and compare")
     p.add_argument("session")
     p.add_argument("--no-final", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     p.set_defaults(fn=cmd_replay)
 
-    p = sub.add_parser("metric-search", help="Pruner-Zero: evolve a symbolic pruning metric")
+    p = sub.add_parser("metric-search", parents=[sessions],
+                       help="Pruner-Zero: evolve a symbolic pruning metric")
     p.add_argument("--model", default=None)
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--population", type=int, default=50)
@@ -488,7 +468,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=["auto", "hub", "local"], default="auto")
     p.add_argument("--resume", default=None, metavar="SESSION")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     p.set_defaults(fn=cmd_metric_search)
 
     p = sub.add_parser("prune", help="apply any metric as unstructured pruning")
@@ -502,16 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="save the pruned (same-shape, zeroed) model here")
     p.set_defaults(fn=cmd_prune)
 
-    p = sub.add_parser("export", help="save the physically smaller model of a session's best candidate")
+    p = sub.add_parser("export", parents=[sessions],
+                       help="save the physically smaller model of a session's best candidate")
     p.add_argument("session")
     p.add_argument("--out", required=True)
     p.add_argument("--candidate", type=int, default=None, help="candidate id (default: the best)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("eval", help="zero-shot accuracy of a saved model through lm-eval")
+    p = sub.add_parser("eval", parents=[sessions],
+                       help="zero-shot accuracy of a saved model through lm-eval")
     p.add_argument("model_dir")
     p.add_argument("--tasks", default=None, help="comma list of lm-eval tasks or task YAML files "
                                                  "(default: the paper's seven)")
@@ -519,10 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--include-path", default=None)
-    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("speed", help="parameters, memory and tokens/s of a saved model vs dense")
+    p = sub.add_parser("speed", parents=[sessions],
+                       help="parameters, memory and tokens/s of a saved model vs dense")
     p.add_argument("model_dir")
     p.add_argument("--dense", default=None, help="the dense model spec (default: bundled)")
     p.add_argument("--threads", type=int, default=None)
@@ -531,16 +511,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-len", type=int, default=256)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--vllm", action="store_true", help="also measure with vLLM (GPU box, .[gpu] extra)")
-    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     p.set_defaults(fn=cmd_speed)
 
-    p = sub.add_parser("lora", help="optional LoRA (r=8) recovery of a saved model on local text")
+    p = sub.add_parser("lora", parents=[sessions],
+                       help="optional LoRA (r=8) recovery of a saved model on local text")
     p.add_argument("model_dir")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     p.set_defaults(fn=cmd_lora)
     return ap
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +13,9 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never touch the user's ~/.cache/selfpruner: a fresh cache per run (subprocesses inherit it), or
+# $SELFPRUNER_TEST_CACHE to keep the dequantised bundled model between local runs.
+os.environ["SELFPRUNER_CACHE"] = os.environ.get("SELFPRUNER_TEST_CACHE") or tempfile.mkdtemp(prefix="selfpruner-cache-")
 
 
 def _wordlevel_tokenizer(vocab_size: int = 1000):

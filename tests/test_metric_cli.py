@@ -26,8 +26,10 @@ def test_metric_search_stores_candidates_and_resumes(tmp_path, tiny_llama_dir):
     assert st.session()["kind"] == "metric" and st.session()["status"] == "finished"
     assert {"abs(W)", "mul(abs(W), X)"} <= {r["canonical"] for r in rows}  # the seeds: magnitude and Wanda
     assert len({r["canonical"] for r in rows}) == len(rows)  # de-duplicated by canonical form
-    best = min(r["fitness"] for r in rows)
-    assert best <= next(r["fitness"] for r in rows if r["canonical"] == "abs(W)")
+    # the reported best is the stored candidate with the lowest fitness, and the session says so too
+    best = min(rows, key=lambda r: (r["fitness"], r["id"]))
+    assert f"best metric: {best['canonical']}  (search ppl {best['fitness']:.3f})" in r.stdout
+    assert st.session()["best_fitness"] == best["fitness"]
     n = len(rows)
     st.close()
     # resuming a finished session evaluates nothing again

@@ -403,8 +403,11 @@ def test_llama_cpp_grammar_text():
 def test_llama_cpp_writes_two_mutations_of_18_numbers():
     prob = Problem("gemma-3-270m", 18, 0.3)
     pop = population(12, prob)
-    p = proposer(make_proposer("llama-cpp", seed=0, max_retries=0).backend, max_retries=0)
+    backend = make_proposer("llama-cpp", seed=0, max_retries=0).backend
+    p = proposer(backend, max_retries=0)
     out = p.mutate(prob, pop, 2, 1)
+    # the template decoder uses llama.cpp internals: fail loudly if it ever falls back to the grammar
+    assert backend.last_decoding == "template"
     recs = p.records  # the backend asks for one list per call (max_lists = 1)
     assert sum(r.parsed for r in recs) == 2 and all(r.error is None for r in recs)
     assert all(r.latency_s > 0 and r.tokens_in > 0 and r.tokens_out > 0 for r in recs)
@@ -417,6 +420,19 @@ def test_llama_cpp_writes_two_mutations_of_18_numbers():
     for r in recs:
         print(f"\nllama-cpp mutation call: {r.latency_s:.1f}s, {r.tokens_in}->{r.tokens_out} tokens, "
               f"repaired {r.repaired}/{r.parsed}: {r.response.strip()}")
+
+
+@pytest.mark.slow
+def test_llama_cpp_selection_step_answers_with_population_ids():
+    prob = Problem("gemma-3-270m", 18, 0.3)
+    pop = population(12, prob)
+    backend = make_proposer("llama-cpp", seed=0, max_retries=0).backend
+    p = proposer(backend, max_retries=1)
+    sel = p.select(prob, pop, 4, 1)
+    assert backend.last_decoding == "template" and p.records[0].phase == "selection"
+    assert p.records[0].response.startswith("parents: [")
+    assert len(sel.ids) == len(set(sel.ids)) == 4 and set(sel.ids) <= {s.id for s in pop}
+    assert sel.from_llm >= 1  # the model's own picks come first; repeats it wrote are filled by tournament
 
 
 @pytest.mark.slow

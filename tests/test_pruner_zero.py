@@ -10,9 +10,8 @@ from selfpruner.core.config import ConfigError
 from selfpruner.core.metrics.symbolic import WANDA, canonical, parse, to_text
 from selfpruner.core.metrics.unstructured import UnstructuredPruner
 from selfpruner.core.models import describe_model
-from selfpruner.core.search.pruner_zero import (MetricCandidate, MetricSearchConfig, build_metric_prompt,
-                                                extract_expressions, metric_grammar, ppl_fitness,
-                                                run_metric_search)
+from selfpruner.core.proposers.metric_prompts import build_metric_prompt, extract_expressions, metric_grammar
+from selfpruner.core.search.pruner_zero import MetricCandidate, MetricSearchConfig, ppl_fitness, run_metric_search
 
 from conftest import make_tiny
 
@@ -185,7 +184,7 @@ def test_short_gp_on_bundled_model_is_no_worse_than_magnitude(bundled):
 
     lm = bundled
     td = load_token_data(lm.tokenizer, source="local")
-    stats, _ = load_or_collect(lm.model, lm.arch, lm.fingerprint, td.windows("calib", 512))
+    stats, _, _ = load_or_collect(lm.model, lm.arch, lm.fingerprint, td.windows("calib", 512))
     pruner = UnstructuredPruner(lm.arch, stats)
     windows = td.windows("search", 512, 1024)
     cfg = MetricSearchConfig(population=4, iterations=2, top_k=4, operands=("W", "X"), budget_tokens=1024, seed=0)
@@ -197,3 +196,11 @@ def test_short_gp_on_bundled_model_is_no_worse_than_magnitude(bundled):
     assert res.best.fitness <= by["abs(W)"]
     assert by["mul(abs(W), X)"] < by["abs(W)"]  # activations matter a lot on gemma-3
     assert not pruner.pruned and all(math.isfinite(c.fitness) or c.fitness == math.inf for c in res.records)
+
+
+def test_prompt_helpers_still_importable_from_pruner_zero():
+    from selfpruner.core.proposers import metric_prompts
+    from selfpruner.core.search import pruner_zero
+
+    for name in ("build_metric_prompt", "extract_expressions", "metric_grammar"):
+        assert getattr(pruner_zero, name) is getattr(metric_prompts, name)

@@ -228,3 +228,24 @@ def test_no_eval_in_parser_or_repair():
                 f = node.func
                 called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
                 assert called not in ("eval", "exec", "literal_eval"), (name, called)
+
+
+DEEP_LISTS = "[" * 3000 + "]" * 3000
+DEEP_OBJECTS = '{"a":' * 3000 + "1" + "}" * 3000
+
+
+@pytest.mark.parametrize("junk", [DEEP_LISTS, DEEP_OBJECTS, "[" * 3000, '{"a":' * 3000,
+                                  '{"rates": ' + "[" * 3000 + "]" * 3000 + "}"],
+                         ids=["lists", "objects", "unclosed-lists", "unclosed-objects", "deep-rates"])
+@pytest.mark.parametrize("n", [None, 4])
+def test_deeply_nested_reply_is_rejected_not_raised(junk, n):
+    res = parse_reply(junk, n)  # used to raise RecursionError, which ended the search
+    assert res.candidates == []
+    assert res.rejected, "a refused reply still says why"
+
+
+@pytest.mark.parametrize("junk", [DEEP_LISTS, DEEP_OBJECTS], ids=["lists", "objects"])
+def test_reply_after_deeply_nested_junk_still_reads(junk):
+    res = parse_reply(junk + '\nHere: {"solutions": [{"parents": [1, 2], "rates": [0.1, 0.2, 0.3, 0.4]}, '
+                             '{"parents": [3], "rates": [0.4, 0.3, 0.2, 0.1]}]}', 4)
+    assert [(c.values, c.parents) for c in res.candidates] == [(R, [1, 2]), (R2, [3])]

@@ -461,10 +461,10 @@ async def test_live_search_on_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
         cid = table_ids(table)[2]
         assert screen.query_one(RateBars).candidate.id == cid
 
-        # exports: best config JSON and an SVG screenshot, both beside the DB
+        # saved files: the best rates as JSON and an SVG screenshot, both beside the DB
         await pilot.press("e")
         await pilot.pause()
-        (js,) = sessions.glob("*-best.json")
+        (js,) = sessions.glob("*-best-rates.json")
         best = json.loads(js.read_text())
         s = st.session()
         assert best["candidate_id"] == s["best_candidate"] and best["search_ppl"] == s["best_fitness"]

@@ -67,26 +67,26 @@ class SelfPrunerApp(App):
         except USER_ERRORS as e:
             self.notify(one_line(e), title="cannot open session", severity="error", timeout=10)
 
-    # ---- the resident model -------------------------------------------------------------------
+    # ---- the resident model (reused across searches with the same settings) -------------------------------------------------------------------
     def workbench(self, cfg: SearchConfig, bus):
         """Called on the search thread: build (or reuse) the model, data and calibration statistics."""
         from selfpruner.core.workbench import Workbench
 
-        key = (cfg.model, cfg.seq_len, cfg.calib_tokens, cfg.data)
+        key = workbench_settings(cfg)
         with self._bench_lock:
             if key != self._bench_key:
                 same_model = self._bench is not None and self._bench_key[0] == cfg.model
                 lm = self._bench.lm if same_model else None
                 self._bench = self._bench_key = None  # let a different model go before loading the next
                 self._bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
-                                              data=cfg.data, bus=bus, lm=lm)
+                                              data=cfg.data, bos=cfg.bos, bus=bus, lm=lm)
                 self._bench_key = key
             return self._bench
 
     def use_workbench(self, cfg: SearchConfig, bench) -> None:
         """Adopt an already built workbench for searches with cfg's model and data settings."""
         with self._bench_lock:
-            self._bench_key, self._bench = (cfg.model, cfg.seq_len, cfg.calib_tokens, cfg.data), bench
+            self._bench_key, self._bench = workbench_settings(cfg), bench
 
     async def action_quit(self) -> None:
         # A running search stops after the evaluation in flight; what it did stays stored.
@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="open a stored session (path, id or id prefix) in the replay view")
     ap.add_argument("--browse", action="store_true", help="start in the session browser")
     return ap
+
+
+def workbench_settings(cfg: SearchConfig) -> tuple:
+    """The settings a workbench depends on; the first is the model (a model change reloads it)."""
+    return (cfg.model, cfg.seq_len, cfg.calib_tokens, cfg.data, cfg.bos)
 
 
 def main(argv=None) -> int:

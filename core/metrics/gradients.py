@@ -70,7 +70,10 @@ def collect_gradients(model, arch: ModelArch, windows: torch.Tensor, progress=No
 def load_or_collect_gradients(model, arch: ModelArch, fingerprint: str, windows: torch.Tensor,
                               progress=None, should_stop=None) -> tuple[GradientStats, bool]:
     """Returns (gradients, from_cache)."""
-    return cached("gradients", fingerprint, windows,
+    from ..calibration import cache_key
+    from ..models import order_digest
+
+    return cached("gradients", cache_key(fingerprint, order_digest(model), windows),
                   lambda: collect_gradients(model, arch, windows, progress, should_stop),
                   lambda g: {"norms": g.norms, "n_windows": g.n_windows},
                   lambda d: GradientStats(d["norms"], d["n_windows"]))

@@ -4,9 +4,6 @@ Like Wanda, each output row of a weight matrix is its own comparison group: the 
 lowest-scoring weights in every row is zeroed. The pruner keeps a copy of the projection weights only
 (not the embeddings), so one loaded model evaluates any number of metrics: `apply()` always scores the
 original weights and `restore()` puts them back.
-
-The same metric also gives structured scores (`structured_scores`): a head's / MLP channel's score is
-the sum of the metric over its weights, as Wanda-sp does with |W|·||X||.
 """
 from __future__ import annotations
 
@@ -17,7 +14,9 @@ import torch
 
 from ..calibration import CalibrationStats
 from ..models import ModelArch
-from .symbolic import Node, evaluate, parse
+from .expr import Node
+from .expr_eval import evaluate
+from .expr_parse import parse
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 INPUT_POINT = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "o": "o_in",
@@ -108,35 +107,3 @@ class UnstructuredPruner:
             yield self.apply(metric, sparsity)
         finally:
             self.restore()
-
-
-def structured_scores(metric: Metric, arch: ModelArch, stats: CalibrationStats, grads=None,
-                      weights: str = "out") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per layer: attention-unit scores [n_attn_units] and MLP-channel scores [intermediate], summing the
-    metric over each unit's weights. `weights='out'` sums over the o_proj / down_proj columns only (with
-    the Wanda tree this is exactly Wanda-sp / FLAP's column score); 'all' adds the unit's q/k/v rows
-    (k/v only when whole KV groups are removed) and its gate/up rows."""
-    if weights not in ("out", "all"):
-        raise ValueError("weights must be 'out' or 'all'")
-    if isinstance(metric, str):
-        metric = parse(metric)
-    a = arch
-    units, chans = [], []
-
-    def sc(i, name):
-        lin = getattr(a.layers[i], name)
-        return metric_scores(metric, lin.weight.detach(), _grad(grads, i, name), stats.norm(i, INPUT_POINT[name]))
-
-    for i in range(a.n_layers):
-        head = sc(i, "o").sum(0).view(a.n_heads, a.head_dim).sum(1)
-        chan = sc(i, "down").sum(0)
-        if weights == "all":
-            head = head + sc(i, "q").sum(1).view(a.n_heads, a.head_dim).sum(1)
-            chan = chan + sc(i, "gate").sum(1) + sc(i, "up").sum(1)
-        unit = head.view(a.n_attn_units, a.q_heads_per_unit).sum(1)
-        if weights == "all" and a.attn_unit_is_group:
-            for name in ("k", "v"):
-                unit = unit + sc(i, name).sum(1).view(a.n_kv_heads, a.head_dim).sum(1)
-        units.append(unit)
-        chans.append(chan)
-    return units, chans

@@ -43,14 +43,16 @@ def _alts(items: list[str]) -> str:
 
 
 def rates_grammar(n_numbers: int, n_lists: int, n_parents: int = 0, parent_ids: list[int] | None = None) -> str:
-    """GBNF for exactly n_lists lines of n_numbers rates, each optionally preceded by n_parents parent ids."""
+    """GBNF for exactly n_lists lines of n_numbers rates, each optionally preceded by n_parents parent ids
+    (n_numbers = 0: the parent ids alone, the selection step's answer)."""
     num = 'num ::= "0." [0-9] [0-9] [0-9] [0-9] [0-9]'
     any_id = "[0-9] | [1-9] [0-9] | [1-9] [0-9] [0-9] | [1-9] [0-9] [0-9] [0-9]"
     pid = f"pid ::= {_alts([str(i) for i in parent_ids]) if parent_ids else any_id}"
     parents = ""
     if n_parents:
         parents = '"parents: [" pid' + ' ", " pid' * (n_parents - 1) + ' "] " '
-    line = f'line ::= {parents}"rates: [" num' + ' ", " num' * (n_numbers - 1) + ' "]\\n"'
+    rates = '"rates: [" num' + ' ", " num' * (n_numbers - 1) + ' "]"' if n_numbers else ""
+    line = f'line ::= {parents}{rates} "\\n"'
     return "\n".join([f"root ::= {' '.join(['line'] * n_lists)}", line, num, pid]) + "\n"
 
 
@@ -67,6 +69,12 @@ class LlamaCppBackend:
         # LLM gets the cores the forward passes use (idle 2-core box: two 18-number lists in 8.1 s with 2
         # threads, 13.6 s with 1). On cores busy with other jobs, llama.cpp's threads spin at every barrier
         # and 2 threads measured 4-10x slower per token than 1: pass 1 there (--llm-threads 1).
+        if model_path in ("smollm2", "gemma3-270m", "bundled"):  # the bundled models, by name
+            from ..models import ModelLoadError, bundled_gguf_path
+            try:
+                model_path = bundled_gguf_path(str(model_path))
+            except ModelLoadError as e:
+                raise ProposerError(str(e)) from None
         self.path = Path(model_path) if model_path else bundled_gguf()
         if not self.path.is_file():
             raise ProposerError(f"GGUF model not found: {self.path}")
@@ -75,6 +83,7 @@ class LlamaCppBackend:
         self._llm = None
         self._calls = 0
         self._digits: list[int] | None = None
+        self.last_decoding: str | None = None
 
     def _model(self):
         if self._llm is None:  # loaded on first use, so building the proposer stays instant
@@ -99,7 +108,9 @@ class LlamaCppBackend:
                              f"n_ctx={self.n_ctx}")
         self._calls += 1  # a new seed per call, so a retry with the same prompt gives a different answer
         seed = self.seed + self._calls
-        if self.decoding == "template" and self._digit_tokens(llm) is not None:
+        # which decoder answered, so a test can tell when the template path falls back to the grammar
+        self.last_decoding = "template" if self.decoding == "template" and self._digit_tokens(llm) else "grammar"
+        if self.last_decoding == "template":
             return self._template(llm, prompt_tokens, n_numbers, n_lists, n_parents, parent_ids or [], room, seed)
         from llama_cpp import LlamaGrammar
         grammar = LlamaGrammar.from_string(rates_grammar(n_numbers, n_lists, n_parents, parent_ids), verbose=False)
@@ -199,12 +210,13 @@ class LlamaCppBackend:
                 for k in range(n_parents):
                     parent_id(", " if k < n_parents - 1 else "]")
                     feed(", " if k < n_parents - 1 else "] ")
-            feed("rates: [0.")
-            for j in range(n_numbers):
-                if j:
-                    feed(", 0.")
-                for _ in range(5):
-                    d = choose(digits)
-                    push(digits[d], str(d))
-            feed("]\n")
+            if n_numbers:
+                feed("rates: [0.")
+                for j in range(n_numbers):
+                    if j:
+                        feed(", 0.")
+                    for _ in range(5):
+                        d = choose(digits)
+                        push(digits[d], str(d))
+            feed("]\n" if n_numbers else "\n")
         return "".join(text), len(prompt_tokens), produced

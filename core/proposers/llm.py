@@ -2,16 +2,24 @@
 repairs the reply, records every call, retries for what is missing, and fills any remainder with the
 numeric GA's operators (origin "fallback") so a bad model never stops the search.
 
+Algorithm 1's selection step is `select`: the LLM picks a generation's parents (ids only), and the search
+then shows mutation and crossover only those. How a reply becomes candidates (`interpret_reply`,
+`interpret_selection`) is a pure function of the reply and the search state, so replay re-reads stored
+replies with it and a parse or repair regression shows as a diverged trajectory.
+
 A backend is any object with
     complete(prompt, *, n_numbers, n_lists, max_tokens, n_parents=0, parent_ids=None) -> (text, tok_in, tok_out)
-and optionally `style` ("chat": instructions + JSON answer; "completion": a document a base model continues),
-`max_population` (members listed in the prompt) and `max_lists` (lists asked for per call).
+(n_numbers = 0: an answer of n_parents ids only, for the selection step) and optionally `style` ("chat":
+instructions + JSON answer; "completion": a document a base model continues), `max_population` (members
+listed in the prompt) and `max_lists` (lists asked for per call).
 """
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
+from dataclasses import dataclass
 from importlib import resources
 from string import Template
 
@@ -19,11 +27,19 @@ from ..types import CallRecord, Problem, Proposal, Scored
 from .base import CallSink, ProposerError
 from .numeric import NumericProposer, phase_rng, ranked
 from .parse import parse_reply
-from .repair import RepairError, key, repair
+from .repair import RepairError, identity, repair
 
 log = logging.getLogger("selfpruner.proposers")
 
 N_PARENTS = {"init": 0, "mutation": 1, "crossover": 2}
+
+
+@dataclass
+class Selection:
+    """The parents Algorithm 1's selection step picked for one generation."""
+    ids: list[int]
+    from_llm: int  # how many of `ids` the LLM chose (the rest: the numeric GA's tournament)
+    call_id: int | None = None
 
 
 def template(name: str) -> Template:
@@ -53,6 +69,71 @@ def tokens_per_list(n: int) -> int:
     return 9 * n + 24
 
 
+def grain_text(problem: Problem) -> str:
+    """How coarse each layer is, for the prompts (empty when the grain is unknown)."""
+    g = problem.grain
+    if g is None:
+        return ""
+    unit = (f"KV groups (one KV head with its {g.q_heads_per_unit} query heads)" if g.q_heads_per_unit > 1
+            else "attention heads")
+    return template("grain.txt").substitute(units=g.attn_units, unit=unit, channels=g.channels,
+                                            unit_rate=f"{g.unit_rate:.5f}",
+                                            channel_rate=f"{g.channel_rate:.5f}").strip()
+
+
+def parents_for(phase: str, cited: list[int] | None, rates: list[float], pop: list[Scored]) -> list[int]:
+    """The cited ids that are in the population; missing ones are the nearest members by L1 distance."""
+    need = N_PARENTS[phase]
+    ids = {s.id for s in pop}
+    chosen = [i for i in dict.fromkeys(cited or []) if i in ids][:need]
+    for s in sorted(pop, key=lambda s: (sum(abs(a - b) for a, b in zip(s.rates, rates)), s.id)):
+        if len(chosen) >= need:
+            break
+        if s.id not in chosen:
+            chosen.append(s.id)
+    return chosen
+
+
+def interpret_reply(phase: str, text: str | None, problem: Problem, pop: list[Scored], count: int,
+                    taken: set) -> tuple[list[Proposal], list[str]]:
+    """(at most `count` repaired, distinct proposals, reasons for what was dropped). Adds the kept
+    candidates' identities to `taken`."""
+    parsed = parse_reply(text, problem.n_layers)
+    problems, kept = list(parsed.rejected), []
+    for values, cited in parsed.candidates:
+        if len(kept) == count:
+            break
+        notes: list[str] = []
+        try:
+            rates, changed = repair(values, problem, taken, notes)
+        except RepairError as e:
+            problems.append(str(e))
+            continue
+        problems += [n for n in notes if n.startswith("length")]
+        taken.add(identity(rates, problem))
+        kept.append(Proposal(rates=rates, origin=phase, parents=parents_for(phase, cited, rates, pop),
+                             repaired=changed, raw=list(values) if changed else None))
+    return kept, problems
+
+
+_FIRST_LIST = re.compile(r"\[([^\[\]]*)\]")
+
+
+def interpret_selection(text: str | None, pop: list[Scored], count: int) -> list[int]:
+    """Up to `count` distinct population ids in the order written: from the first bracketed list when there
+    is one (the JSON or the template answer), else from the whole reply."""
+    text = text or ""
+    m = _FIRST_LIST.search(text)
+    ids, out = {s.id for s in pop}, []
+    for tok in re.findall(r"\d+", m.group(1) if m else text):
+        i = int(tok)
+        if i in ids and i not in out:
+            out.append(i)
+            if len(out) == count:
+                break
+    return out
+
+
 class LLMProposer:
     def __init__(self, backend, name: str, max_retries: int = 3, rng_seed: int = 0, *, sigma: float = 0.05):
         self.backend, self.name = backend, name
@@ -68,7 +149,7 @@ class LLMProposer:
         return dict(model=problem.model_name, n_layers=problem.n_layers, beta=f"{problem.beta:g}",
                     lo=f"{problem.lo:g}", hi=f"{problem.hi:g}", decimals=d, count=count,
                     example=f"{problem.beta:.{d}f}", total=f"{problem.beta * problem.n_layers:.{d}f}".rstrip("0")
-                    .rstrip("."))
+                    .rstrip("."), grain=grain_text(problem))
 
     def build_prompt(self, phase: str, problem: Problem, population: list[Scored], count: int) -> str:
         pop = ranked(population)
@@ -88,31 +169,34 @@ class LLMProposer:
             rows = "\n".join(f"id {s.id} | ppl {fmt_ppl(s.fitness)} | {fmt_rates(s.rates, problem.decimals)}"
                              for s in shown)
             population_block = template("population.txt").substitute(shown=len(shown), size=len(pop), rows=rows) + "\n"
-        example_ids = ", ".join(str(s.id) for s in pop[:N_PARENTS[phase]])
+        example_ids = ", ".join(str(s.id) for s in pop[:N_PARENTS.get(phase, 2)])
+        output = "output_selection_json.txt" if phase == "selection" else "output_json.txt"
         return template("chat.txt").substitute(
             problem=template("problem.txt").substitute(f).strip(),
             attributes=template("attributes.txt").substitute(f).strip(),
             population=population_block,
             task=template(f"task_{phase}.txt").substitute(f).strip(),
-            output=template("output_json.txt").substitute(f, parents_example=example_ids).strip())
+            output=template(output).substitute(f, parents_example=example_ids).strip())
 
     # ---- one backend call -----------------------------------------------------------------------------
     def _emit(self, rec: CallRecord) -> int | None:
         return self.on_call(rec) if self.on_call else None
 
-    def _call(self, phase: str, problem: Problem, pop: list[Scored], count: int, attempt: int, generation: int,
-              taken: set) -> list[Proposal]:
+    def _ask(self, phase: str, problem: Problem, pop: list[Scored], count: int, attempt: int,
+             generation: int, n_numbers: int, n_parents: int) -> tuple[CallRecord, str | None]:
+        """One backend call, recorded in the returned record (not yet stored); text None: it failed."""
         prompt = self.build_prompt(phase, problem, pop, count)
         limit = getattr(self.backend, "max_population", None)
         listed = [s.id for s in (pop[:limit] if limit else pop)]
         rec = CallRecord(proposer=self.name, phase=phase, attempt=attempt, prompt=prompt, response="",
-                         generation=generation)
+                         generation=generation, asked=count)
         self.stats["calls"] += 1
+        max_tokens = count * tokens_per_list(n_numbers) + 32 if n_numbers else 8 * count + 32
         t0 = time.perf_counter()
         try:
             text, rec.tokens_in, rec.tokens_out = self.backend.complete(
-                prompt, n_numbers=problem.n_layers, n_lists=count, max_tokens=count * tokens_per_list(
-                    problem.n_layers) + 32, n_parents=N_PARENTS[phase], parent_ids=listed or None)
+                prompt, n_numbers=n_numbers, n_lists=count if n_numbers else 1, max_tokens=max_tokens,
+                n_parents=n_parents, parent_ids=listed or None)
         except ProposerError as e:  # the backend cannot work at all (bad key, missing model): tell the user
             rec.latency_s, rec.error = time.perf_counter() - t0, str(e)
             self._emit(rec)
@@ -120,26 +204,17 @@ class LLMProposer:
         except Exception as e:  # a failed request is a failed attempt, never the end of the search
             rec.latency_s, rec.error = time.perf_counter() - t0, f"{type(e).__name__}: {e}"
             self.stats["failed_calls"] += 1
+            return rec, None
+        rec.latency_s, rec.response = time.perf_counter() - t0, text or ""
+        return rec, rec.response
+
+    def _call(self, phase: str, problem: Problem, pop: list[Scored], count: int, attempt: int, generation: int,
+              taken: set) -> list[Proposal]:
+        rec, text = self._ask(phase, problem, pop, count, attempt, generation, problem.n_layers, N_PARENTS[phase])
+        if text is None:
             self._emit(rec)
             return []
-        rec.latency_s, rec.response = time.perf_counter() - t0, text or ""
-        parsed = parse_reply(text, problem.n_layers)
-        problems, kept = list(parsed.rejected), []
-        for values, cited in parsed.candidates:
-            if len(kept) == count:
-                break
-            notes: list[str] = []
-            try:
-                rates, changed = repair(values, problem, taken, notes)
-            except RepairError as e:
-                problems.append(str(e))
-                continue
-            if any(n.startswith("length") for n in notes):
-                problems += [n for n in notes if n.startswith("length")]
-            log.debug("%s %s: %s", self.name, phase, "; ".join(notes) or "kept as written")
-            taken.add(key(rates, problem.decimals))
-            kept.append(Proposal(rates=rates, origin=phase, parents=self._parents(phase, cited, rates, pop),
-                                 repaired=changed, raw=list(values) if changed else None))
+        kept, problems = interpret_reply(phase, text, problem, pop, count, taken)
         rec.parsed, rec.repaired = len(kept), sum(p.repaired for p in kept)
         if len(kept) < count:
             self.stats["failed_calls"] += 1
@@ -153,26 +228,42 @@ class LLMProposer:
             p.call_id = call_id
         return kept
 
-    @staticmethod
-    def _parents(phase: str, cited: list[int] | None, rates: list[float], pop: list[Scored]) -> list[int]:
-        """The cited ids that are in the population; missing ones are the nearest members by L1 distance."""
-        need = N_PARENTS[phase]
-        ids = {s.id for s in pop}
-        chosen = [i for i in dict.fromkeys(cited or []) if i in ids][:need]
-        for s in sorted(pop, key=lambda s: (sum(abs(a - b) for a, b in zip(s.rates, rates)), s.id)):
-            if len(chosen) >= need:
+    # ---- Algorithm 1's selection step ----------------------------------------------------------------
+    def select(self, problem: Problem, population: list[Scored], count: int, generation: int) -> Selection:
+        """`count` distinct parents picked by the LLM; what it has not picked after the retries comes from
+        the numeric GA's tournament (and counts as fallback)."""
+        pop = ranked(population)
+        count = min(count, len(pop))
+        best: list[int] = []
+        call_id = None
+        for attempt in range(1, self.max_retries + 2):
+            rec, text = self._ask("selection", problem, pop, count, attempt, generation, 0, count)
+            got = interpret_selection(text, pop, count) if text is not None else []
+            rec.parsed = len(got)
+            if text is not None and len(got) < count:
+                self.stats["failed_calls"] += 1
+                rec.error = f"kept {len(got)} of {count} parent ids"
+            cid = self._emit(rec)
+            if len(got) > len(best):
+                best, call_id = got, cid
+            if len(best) == count:
                 break
-            if s.id not in chosen:
-                chosen.append(s.id)
-        return chosen
+        chosen = list(best)
+        rng = phase_rng(self.seed, "fallback-selection", generation)
+        while len(chosen) < count:
+            pick = self.numeric.pick(pop, rng).id
+            if pick not in chosen:
+                chosen.append(pick)
+        self.stats["fallback"] += count - len(best)
+        return Selection(chosen, len(best), call_id)
 
     # ---- a phase ------------------------------------------------------------------------------------
     def _run(self, phase: str, problem: Problem, population: list[Scored], count: int,
-             generation: int) -> list[Proposal]:
+             generation: int, seen) -> list[Proposal]:
         if count <= 0:
             return []
         pop = ranked(population)
-        taken = {key(s.rates, problem.decimals) for s in pop}
+        taken = {identity(s.rates, problem) for s in pop} | set(seen)
         per_call = getattr(self.backend, "max_lists", None) or count
         out: list[Proposal] = []
         attempt = failures = 0
@@ -190,11 +281,13 @@ class LLMProposer:
             out += extra
         return out
 
-    def initial(self, problem: Problem, k: int) -> list[Proposal]:
-        return self._run("init", problem, [], k, 0)
+    def initial(self, problem: Problem, k: int, seen=frozenset()) -> list[Proposal]:
+        return self._run("init", problem, [], k, 0, seen)
 
-    def mutate(self, problem: Problem, population: list[Scored], m: int, generation: int) -> list[Proposal]:
-        return self._run("mutation", problem, population, m, generation)
+    def mutate(self, problem: Problem, population: list[Scored], m: int, generation: int,
+               seen=frozenset()) -> list[Proposal]:
+        return self._run("mutation", problem, population, m, generation, seen)
 
-    def crossover(self, problem: Problem, population: list[Scored], s: int, generation: int) -> list[Proposal]:
-        return self._run("crossover", problem, population, s, generation)
+    def crossover(self, problem: Problem, population: list[Scored], s: int, generation: int,
+                  seen=frozenset()) -> list[Proposal]:
+        return self._run("crossover", problem, population, s, generation, seen)

@@ -11,7 +11,7 @@ import random
 
 from ..types import Problem, Proposal, Scored
 from .base import CallSink, Proposer, ProposerError
-from .repair import RepairError, key, random_vector, repair
+from .repair import RepairError, identity, random_vector, repair
 
 
 def phase_rng(seed: int, phase: str, generation: int) -> random.Random:
@@ -34,7 +34,7 @@ class NumericProposer:
         self.crossover_kind, self.init_spread, self.init_origin = crossover, init_spread, init_origin
 
     # ---- single operators (also the LLM proposers' fallback) ----------------------------------------
-    def _pick(self, pop: list[Scored], rng: random.Random) -> Scored:
+    def pick(self, pop: list[Scored], rng: random.Random) -> Scored:
         """Tournament selection on a best-first list: the best of `tournament` random members."""
         return pop[min(rng.randrange(len(pop)) for _ in range(min(self.tournament, len(pop))))]
 
@@ -42,17 +42,17 @@ class NumericProposer:
         return random_vector(problem, rng, self.init_spread, taken), []
 
     def mutate_one(self, problem: Problem, pop: list[Scored], rng: random.Random, taken):
-        parent = self._pick(pop, rng)
+        parent = self.pick(pop, rng)
         child = [v + rng.gauss(0.0, self.sigma) for v in parent.rates]
         return repair(child, problem, taken)[0], [parent.id]
 
     def cross_one(self, problem: Problem, pop: list[Scored], rng: random.Random, taken):
-        a = self._pick(pop, rng)
-        b = self._pick(pop, rng)
+        a = self.pick(pop, rng)
+        b = self.pick(pop, rng)
         for _ in range(8):  # two different parents when the population has them
             if b.id != a.id or len(pop) < 2:
                 break
-            b = self._pick(pop, rng)
+            b = self.pick(pop, rng)
         if self.crossover_kind == "uniform":
             child = [x if rng.random() < 0.5 else y for x, y in zip(a.rates, b.rates)]
         else:  # BLX-0.25: a random point on (and a little beyond) the segment between the parents, per layer
@@ -76,7 +76,7 @@ class NumericProposer:
                     rates, parents = self.cross_one(problem, pop, rng, taken)
             except RepairError:
                 continue
-            taken.add(key(rates, problem.decimals))
+            taken.add(identity(rates, problem))
             out.append(Proposal(rates=rates, origin=origin, parents=parents))
         if len(out) < count:
             raise ProposerError(f"only {len(out)} of {count} distinct rate vectors exist for n={problem.n_layers}, "
@@ -84,19 +84,21 @@ class NumericProposer:
         return out
 
     # ---- the Proposer protocol -------------------------------------------------------------------
-    def _taken(self, problem: Problem, population: list[Scored]) -> set:
-        return {key(s.rates, problem.decimals) for s in population}
+    def _taken(self, problem: Problem, population: list[Scored], seen) -> set:
+        return {identity(s.rates, problem) for s in population} | set(seen)
 
-    def initial(self, problem: Problem, k: int) -> list[Proposal]:
-        return self.fill(problem, [], k, "init", phase_rng(self.seed, "init", 0), set(), self.init_origin)
+    def initial(self, problem: Problem, k: int, seen=frozenset()) -> list[Proposal]:
+        return self.fill(problem, [], k, "init", phase_rng(self.seed, "init", 0), set(seen), self.init_origin)
 
-    def mutate(self, problem: Problem, population: list[Scored], m: int, generation: int) -> list[Proposal]:
+    def mutate(self, problem: Problem, population: list[Scored], m: int, generation: int,
+               seen=frozenset()) -> list[Proposal]:
         return self.fill(problem, population, m, "mutation", phase_rng(self.seed, "mutation", generation),
-                         self._taken(problem, population), "mutation")
+                         self._taken(problem, population, seen), "mutation")
 
-    def crossover(self, problem: Problem, population: list[Scored], s: int, generation: int) -> list[Proposal]:
+    def crossover(self, problem: Problem, population: list[Scored], s: int, generation: int,
+                  seen=frozenset()) -> list[Proposal]:
         return self.fill(problem, population, s, "crossover", phase_rng(self.seed, "crossover", generation),
-                         self._taken(problem, population), "crossover")
+                         self._taken(problem, population, seen), "crossover")
 
 
 class RandomInitProposer:
@@ -108,6 +110,8 @@ class RandomInitProposer:
         self.inner: Proposer = inner if inner is not None else NumericProposer(seed)
         self._random = NumericProposer(seed, init_spread=spread, init_origin="random")
         self.name = "random" if inner is None else f"random+{inner.name}"
+        if hasattr(self.inner, "select"):  # the LLM's selection step stays the LLM's
+            self.select = self.inner.select
 
     @property
     def on_call(self) -> CallSink | None:
@@ -117,11 +121,13 @@ class RandomInitProposer:
     def on_call(self, sink: CallSink | None) -> None:
         self.inner.on_call = sink
 
-    def initial(self, problem: Problem, k: int) -> list[Proposal]:
-        return self._random.initial(problem, k)
+    def initial(self, problem: Problem, k: int, seen=frozenset()) -> list[Proposal]:
+        return self._random.initial(problem, k, seen)
 
-    def mutate(self, problem: Problem, population: list[Scored], m: int, generation: int) -> list[Proposal]:
-        return self.inner.mutate(problem, population, m, generation)
+    def mutate(self, problem: Problem, population: list[Scored], m: int, generation: int,
+               seen=frozenset()) -> list[Proposal]:
+        return self.inner.mutate(problem, population, m, generation, seen)
 
-    def crossover(self, problem: Problem, population: list[Scored], s: int, generation: int) -> list[Proposal]:
-        return self.inner.crossover(problem, population, s, generation)
+    def crossover(self, problem: Problem, population: list[Scored], s: int, generation: int,
+                  seen=frozenset()) -> list[Proposal]:
+        return self.inner.crossover(problem, population, s, generation, seen)

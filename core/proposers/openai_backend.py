@@ -28,6 +28,17 @@ SCHEMA = {
     "required": ["solutions"],
     "additionalProperties": False,
 }
+# the selection step's answer (n_numbers = 0): parent ids only
+SELECTION_SCHEMA = {
+    "type": "object",
+    "properties": {"parents": {"type": "array", "items": {"type": "integer"}}},
+    "required": ["parents"],
+    "additionalProperties": False,
+}
+
+
+def schema_for(n_numbers: int) -> tuple[str, dict]:
+    return ("rate_vectors", SCHEMA) if n_numbers else ("parent_selection", SELECTION_SCHEMA)
 
 
 class OpenAIBackend:
@@ -55,9 +66,10 @@ class OpenAIBackend:
     def complete(self, prompt: str, *, n_numbers: int, n_lists: int, max_tokens: int, n_parents: int = 0,
                  parent_ids: list[int] | None = None) -> tuple[str, int | None, int | None]:
         o = self._openai
+        name, schema = schema_for(n_numbers)
         kw = dict(model=self.model, messages=[{"role": "user", "content": prompt}], max_completion_tokens=max_tokens,
                   response_format={"type": "json_schema",
-                                   "json_schema": {"name": "rate_vectors", "schema": SCHEMA, "strict": True}})
+                                   "json_schema": {"name": name, "schema": schema, "strict": True}})
         if self.temperature is not None:  # None for models that only accept their default temperature
             kw["temperature"] = self.temperature
         if self.seed is not None:

@@ -4,6 +4,10 @@ Two readers, neither evaluates model text as code: json.loads on the reply (afte
 trailing commas and bare ".3" numbers), and a regex scan for bracketed number lists with optional
 "parents" markers. The reading with more candidates (then more cited parents) wins; on a tie the scan,
 which also explains the lists JSON cannot read (nan, 30%). Every dropped piece gets a reason.
+
+No reply text can raise: JSON nested deeper than MAX_JSON_DEPTH levels is refused before it is decoded
+(json and the walk over its result recurse once per level), and a RecursionError that still happens
+turns into a rejection.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ _PARENTS_RE = re.compile(
     r"\bparents?(?:[ _-]?ids?)?\b[\"']?\s*[:=]?\s*"
     r"(?:\[([^\[\]]*)\]|\(([^()]*)\)|(#?\d+(?:\s*(?:,|and|&|\+)\s*#?\d+)*))",
     re.IGNORECASE)
+MAX_JSON_DEPTH = 32  # a real reply nests 4 levels ({"solutions": [{"rates": [...]}]}); deeper is junk
 _RATE_KEYS = ("rates", "rate", "values", "pruning_rates", "layer_rates", "solution", "vector", "p")
 _LIST_KEYS = ("solutions", "candidates", "children", "offspring", "population", "configurations", "lists")
 
@@ -87,22 +92,52 @@ def _clean_json(text: str) -> str:
     return re.sub(r"(?<=[\[,:\s])([-+]?)\.(\d)", r"\g<1>0.\2", t)  # .3 -> 0.3
 
 
-def _json_values(text: str) -> list:
+def _bracket_spans(text: str) -> dict[int, tuple[int, int]]:
+    """For each '[' / '{' at i: (end, levels), the index after its closing bracket (len(text) if it never
+    closes) and how many levels nest from it, itself included. One linear pass, no recursion. Brackets
+    inside strings count too, which can only overestimate the depth."""
+    spans, stack = {}, []  # stack: [start, levels so far]
+    for m in re.finditer(r"[\[\]{}]", text):
+        if m.group() in "[{":
+            stack.append([m.start(), 1])
+        elif stack:
+            start, levels = stack.pop()
+            spans[start] = (m.end(), levels)
+            if stack:
+                stack[-1][1] = max(stack[-1][1], levels + 1)
+    while stack:
+        start, levels = stack.pop()
+        spans[start] = (len(text), levels)
+        if stack:
+            stack[-1][1] = max(stack[-1][1], levels + 1)
+    return spans
+
+
+def _json_values(text: str, rejected: list[str]) -> list:
     """Every top-level JSON value in the text: the whole reply if it parses, else each '{' / '[' that
-    decodes, scanning on after it (so a truncated reply still yields its complete objects)."""
-    for candidate in (text, _clean_json(text)):
-        try:
-            return [json.loads(candidate)]
-        except ValueError:
-            pass
-    cleaned, dec, out, pos = _clean_json(text), json.JSONDecoder(), [], 0
+    decodes, scanning on after it (so a truncated reply still yields its complete objects). A value
+    nested deeper than MAX_JSON_DEPTH is skipped whole, with a reason in `rejected`."""
+    cleaned = _clean_json(text)
+    spans = _bracket_spans(cleaned)
+    if max((levels for _, levels in spans.values()), default=0) <= MAX_JSON_DEPTH:
+        for candidate in (text, cleaned):
+            try:
+                return [json.loads(candidate)]
+            except (ValueError, RecursionError):
+                pass
+    dec, out, pos = json.JSONDecoder(), [], 0
     for m in re.finditer(r"[\[{]", cleaned):
         if m.start() < pos or re.search(r"parents?\w*[\"']?\s*:\s*$", cleaned[max(0, m.start() - 24):m.start()],
                                         re.IGNORECASE):
             continue  # inside a value already read, or the id list of a broken object
+        end, levels = spans[m.start()]
+        if levels > MAX_JSON_DEPTH:
+            rejected.append(f"json at char {m.start()}: nested deeper than {MAX_JSON_DEPTH} levels")
+            pos = end  # skip the whole nested piece, not each of its inner brackets
+            continue
         try:
             value, pos = dec.raw_decode(cleaned, m.start())
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         out.append(value)
     return out
@@ -184,14 +219,22 @@ def _scan_text(text: str, chk: _Checker) -> None:
 
 def parse_reply(text: str | None, n: int | None = None) -> ParseResult:
     """Candidates in `text`, each (values, parents or None). With `n`, lists far from n numbers (fewer than
-    3n/4 or more than 3n/2) are rejected; near misses are kept for repair to pad or truncate."""
+    3n/4 or more than 3n/2) are rejected; near misses are kept for repair to pad or truncate. Never raises
+    on any text: a reply it cannot read gives no candidates and a reason."""
+    try:
+        return _parse_reply(text, n)
+    except RecursionError:  # last resort; nesting is bounded before decoding, so this should not happen
+        return ParseResult(rejected=["reply nested too deeply to read"])
+
+
+def _parse_reply(text: str | None, n: int | None) -> ParseResult:
     result = ParseResult()
     if not text or not text.strip():
         result.rejected.append("empty reply")
         return result
     body = re.sub(r"```[a-zA-Z0-9_-]*", "\n", text)  # code fences, with or without a language tag
     from_json = ParseResult()
-    for i, obj in enumerate(_json_values(body)):
+    for i, obj in enumerate(_json_values(body, from_json.rejected)):
         _walk(obj, _Checker(n, from_json), f"json {i + 1}")
     _scan_text(body, _Checker(n, result))
     def score(r):

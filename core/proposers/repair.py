@@ -1,5 +1,6 @@
 """Make any numeric vector a valid layer-rate candidate: right length, inside [lo, hi], mean exactly beta at
-`problem.decimals` decimals, and distinct from the vectors already taken.
+`problem.decimals` decimals, and distinct from the vectors already taken. "Distinct" is judged on the pruned
+model a vector gives (its layer plans, core/plans.py) when the problem knows the layers' grain.
 
 Work is done in integer units of 10**-decimals after a continuous projection, so the stored 5-decimal text
 of a repaired vector sums to n*beta exactly (whenever n*beta is itself a multiple of 10**-decimals).
@@ -10,6 +11,7 @@ import math
 import random
 from itertools import combinations
 
+from ..plans import plan_key
 from ..types import Problem
 
 
@@ -18,8 +20,23 @@ class RepairError(ValueError):
 
 
 def key(values, decimals: int = 5) -> tuple[float, ...]:
-    """The identity of a vector at the precision the store keeps (what `taken` holds)."""
+    """A vector at the precision the store keeps."""
     return tuple(round(float(v), decimals) for v in values)
+
+
+def identity(values, problem: Problem) -> tuple:
+    """What `taken` holds: the layer plans when the grain is known (rates that differ by less than a
+    channel give the same model), else the 5-decimal vector."""
+    if problem.grain is not None:
+        return plan_key(problem.grain, values)
+    return key(values, problem.decimals)
+
+
+def _step_units(problem: Problem) -> int:
+    """The smallest move (in 10**-decimals units) that changes a layer's plan: one MLP channel's rate."""
+    if problem.grain is None:
+        return 1
+    return max(1, math.ceil(problem.grain.channel_rate * 10 ** problem.decimals))
 
 
 def _check_problem(problem: Problem) -> None:
@@ -73,18 +90,20 @@ def _to_units(x: list[float], problem: Problem) -> list[int]:
 
 
 def _distinct(units: list[int], problem: Problem, taken) -> list[int]:
-    """Smallest deterministic mean-preserving change (move d units from layer i to layer j) whose vector is
-    not in `taken`. There are at most len(taken) collisions, so the search ends quickly."""
+    """Smallest deterministic mean-preserving change (move d units from layer i to layer j) whose identity
+    is not in `taken`; d grows in steps of one MLP channel's rate. There are at most len(taken) collisions,
+    so the search ends quickly."""
     scale = 10 ** problem.decimals
     lo_u, hi_u = math.ceil(problem.lo * scale - 1e-9), math.floor(problem.hi * scale + 1e-9)
 
     def k(u):
-        return key([v / scale for v in u], problem.decimals)
+        return identity([v / scale for v in u], problem)
 
     if k(units) not in taken:
         return units
     n = len(units)
-    for d in range(1, max(2, hi_u - lo_u + 1)):
+    step = _step_units(problem)
+    for d in range(step, max(step + 1, hi_u - lo_u + 1), step):
         feasible = False
         for i, j in combinations(range(n), 2):
             for a, b in ((i, j), (j, i)):
@@ -101,7 +120,7 @@ def _distinct(units: list[int], problem: Problem, taken) -> list[int]:
 
 
 def repair(values, problem: Problem, taken=frozenset(), notes: list[str] | None = None) -> tuple[list[float], bool]:
-    """(repaired vector, whether it differs from `values`). `taken` holds `key()` tuples to avoid; reasons
+    """(repaired vector, whether it differs from `values`). `taken` holds `identity()` tuples to avoid; reasons
     for the changes are appended to `notes` when given (for the call log)."""
     _check_problem(problem)
     vals = [float(v) for v in values]

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from .base import ProposerError
-from .openai_backend import SCHEMA
+from .openai_backend import schema_for
 
 
-def _structured_params(SamplingParams, **kw):
-    """SamplingParams constrained to SCHEMA, across vLLM's API rename (guided_decoding -> structured_outputs)."""
+def _structured_params(SamplingParams, schema: dict, **kw):
+    """SamplingParams constrained to `schema`, across vLLM's API rename (guided_decoding -> structured_outputs)."""
     try:
         from vllm.sampling_params import StructuredOutputsParams
-        return SamplingParams(structured_outputs=StructuredOutputsParams(json=SCHEMA), **kw)
+        return SamplingParams(structured_outputs=StructuredOutputsParams(json=schema), **kw)
     except ImportError:
         from vllm.sampling_params import GuidedDecodingParams
-        return SamplingParams(guided_decoding=GuidedDecodingParams(json=SCHEMA), **kw)
+        return SamplingParams(guided_decoding=GuidedDecodingParams(json=schema), **kw)
 
 
 class VLLMBackend:
@@ -39,8 +39,8 @@ class VLLMBackend:
     def complete(self, prompt: str, *, n_numbers: int, n_lists: int, max_tokens: int, n_parents: int = 0,
                  parent_ids: list[int] | None = None) -> tuple[str, int | None, int | None]:
         self._calls += 1  # a new seed per call, so retries differ
-        params = _structured_params(self._vllm.SamplingParams, temperature=self.temperature, max_tokens=max_tokens,
-                                    seed=self.seed + self._calls)
+        params = _structured_params(self._vllm.SamplingParams, schema_for(n_numbers)[1], temperature=self.temperature,
+                                    max_tokens=max_tokens, seed=self.seed + self._calls)
         out = self._llm.chat([{"role": "user", "content": prompt}], params, use_tqdm=False)[0]
         text = out.outputs[0].text
         return text, len(out.prompt_token_ids or []), len(out.outputs[0].token_ids)

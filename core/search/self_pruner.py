@@ -1,8 +1,11 @@
-"""Self-Pruner, Algorithm 1: LLM-written initial population, then N generations of LLM-written mutations
-and crossovers, keeping the best K (elitist (K + M + S) selection). Lower fitness (ppl) is better.
+"""Self-Pruner, Algorithm 1: LLM-written initial population, then N generations in which the LLM selects
+parents and writes mutations and crossovers of them, keeping the best K (elitist (K + M + S) selection).
+Lower fitness (ppl) is better.
 
-Every proposal and fitness is stored before the next step, and each generation is rebuilt from the store,
-so `resume=True` continues a killed session where it stopped, re-proposing nothing that was stored.
+Candidates are identified by the pruned model they give (their layer plans, core/plans.py): proposers
+avoid every plan the session has stored, and a plan already evaluated is never evaluated again.
+Every proposal, selection and fitness is stored before the next step, and each generation is rebuilt
+from the store, so a killed session resumes where it stopped, re-proposing nothing that was stored.
 """
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ from ..config import SearchConfig
 from ..events import (CandidateEvaluated, CandidateProposed, Control, EvalProgress, EventBus, GenerationFinished,
                       GenerationStarted, LLMCall, SearchFinished, Stage)
 from ..proposers.base import Proposer
-from ..store import Store, rates_key
+from ..plans import plan_key_text
+from ..proposers.repair import identity
+from ..store import Store
 from ..types import CallRecord, Problem, Scored
 from ..workbench import Workbench
 
@@ -34,7 +39,8 @@ class SelfPrunerSearch:
 
     def __post_init__(self):
         a = self.bench.lm.arch
-        self.problem = Problem(self.bench.lm.name, a.n_layers, self.cfg.beta, self.cfg.lo, self.cfg.hi)
+        self.problem = Problem(self.bench.lm.name, a.n_layers, self.cfg.beta, self.cfg.lo, self.cfg.hi,
+                               grain=a.grain)
         self._generation = 0
         for p in {id(x): x for x in (self.proposer, self.init_proposer) if x is not None}.values():
             p.on_call = self._record_call
@@ -49,6 +55,10 @@ class SelfPrunerSearch:
     def _stored_phase(self, generation: int, phase: str) -> list[dict]:
         return [c for c in self.store.candidates(generation) if c["phase"] == phase]
 
+    def _seen(self) -> set:
+        """Identities of every candidate stored so far: no proposal repeats one of them."""
+        return {identity(c["rates"], self.problem) for c in self.store.candidates()}
+
     def _propose(self, generation: int, phase: str, count: int, population: list[Scored]) -> list[dict]:
         """The phase's candidates: from the store when a resumed run already has them, else proposed now."""
         if count == 0:
@@ -59,13 +69,15 @@ class SelfPrunerSearch:
         if self.control.checkpoint():
             raise Stopped
         self._generation = generation
+        seen = self._seen()
         if phase == "init":
-            proposals = (self.init_proposer or self.proposer).initial(self.problem, count)
+            proposals = (self.init_proposer or self.proposer).initial(self.problem, count, seen)
         elif phase == "mutation":
-            proposals = self.proposer.mutate(self.problem, population, count, generation)
+            proposals = self.proposer.mutate(self.problem, population, count, generation, seen)
         else:
-            proposals = self.proposer.crossover(self.problem, population, count, generation)
-        ids = self.store.add_candidates(generation, phase, proposals, self.problem.decimals)
+            proposals = self.proposer.crossover(self.problem, population, count, generation, seen)
+        keys = [plan_key_text(identity(p.rates, self.problem)) for p in proposals]
+        ids = self.store.add_candidates(generation, phase, proposals, keys)
         for cid, p in zip(ids, proposals):
             self.bus.emit(CandidateProposed(cid, generation, p.origin, p.rates, p.parents))
         return self._stored_phase(generation, phase)
@@ -76,7 +88,7 @@ class SelfPrunerSearch:
             if r["id"] not in known:
                 if self.control.checkpoint():
                     raise Stopped
-                cached = self.store.cached_fitness(rates_key(r["rates"]), cfg.budget_tokens, cfg.seq_len)
+                cached = self.store.cached_fitness(r["key"], cfg.budget_tokens, cfg.seq_len)
                 if cached is not None:
                     fit, secs = cached, 0.0
                 else:
@@ -93,6 +105,25 @@ class SelfPrunerSearch:
                                                  fit, secs, cached is not None))
             out.append(Scored(r["id"], r["rates"], known[r["id"]], r["origin"], r["generation"], r["parents"]))
         return out
+
+    def _parents(self, generation: int, pop: list[Scored]) -> list[Scored]:
+        """Algorithm 1's selection step: the parents mutation and crossover build on. The whole population
+        with --selection inline, or for a proposer without one (the numeric GA's tournament is its own)."""
+        select = getattr(self.proposer, "select", None)
+        stored = self.store.selection(generation)
+        if stored is None and (self.cfg.selection != "llm" or select is None or
+                               self._stored_phase(generation, "mutation") or
+                               self._stored_phase(generation, "crossover")):
+            return pop
+        if stored is None:
+            if self.control.checkpoint():
+                raise Stopped
+            self._generation = generation
+            sel = select(self.problem, pop, self.cfg.n_selected, generation)
+            self.store.add_selection(generation, sel.ids, sel.from_llm, sel.call_id)
+            stored = {"parents": sel.ids}
+        by_id = {s.id: s for s in pop}
+        return [by_id[i] for i in stored["parents"] if i in by_id]
 
     def _select(self, generation: int, pool: list[Scored]) -> list[Scored]:
         pop = sorted(pool, key=lambda s: (s.fitness, s.id))[: self.cfg.population]
@@ -121,8 +152,9 @@ class SelfPrunerSearch:
             pop = self._select(0, self._evaluate(self._propose(0, "init", cfg.population, []), known))
             for g in range(1, cfg.generations + 1):
                 self.bus.emit(GenerationStarted(g, cfg.mutations + cfg.crossovers))
-                rows = self._propose(g, "mutation", cfg.mutations, pop)
-                rows += self._propose(g, "crossover", cfg.crossovers, pop)
+                parents = self._parents(g, pop)
+                rows = self._propose(g, "mutation", cfg.mutations, parents)
+                rows += self._propose(g, "crossover", cfg.crossovers, parents)
                 pop = self._select(g, pop + self._evaluate(rows, known))
             status = "finished"
         except Stopped:
@@ -157,8 +189,9 @@ class SelfPrunerSearch:
         return ppl
 
 
-def compare_trajectories(a: Store, b: Store, rel_tol: float = 1e-6) -> list[str]:
-    """Differences between two sessions' candidates, fitness values and generations ([] = identical)."""
+def compare_trajectories(a: Store, b: Store, rel_tol: float = 0.0) -> list[str]:
+    """Differences between two sessions' candidates, fitness values, selections and generations
+    ([] = identical). rel_tol 0: bit-exact, as a CPU replay is; a GPU replay may pass a tolerance."""
     diffs = []
     ca, cb = a.candidates(), b.candidates()
     if len(ca) != len(cb):
@@ -169,8 +202,10 @@ def compare_trajectories(a: Store, b: Store, rel_tol: float = 1e-6) -> list[str]
                                                                        y["parents"]):
             diffs.append(f"candidate {x['id']} differs")
         u, v = fa.get(x["id"]), fb.get(y["id"])
-        if (u is None) != (v is None) or (u is not None and not math.isclose(u, v, rel_tol=rel_tol)):
-            diffs.append(f"candidate {x['id']} fitness {u} != {v}")
+        if (u is None) != (v is None) or (u is not None and u != v and not math.isclose(u, v, rel_tol=rel_tol)):
+            diffs.append(f"candidate {x['id']} fitness {u!r} != {v!r}")
+    if [s["parents"] for s in a.selections()] != [s["parents"] for s in b.selections()]:
+        diffs.append("selected parents differ")
     ga, gb = a.generations(), b.generations()
     if [g["population"] for g in ga] != [g["population"] for g in gb]:
         diffs.append("generation populations differ")

@@ -11,7 +11,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
-from ..export import export_best, export_dir
+from selfpruner.core.session_summary import candidate_shares
+
+from ..rates_file import output_dir, save_best_rates
 from ..state import SearchState, View, fmt_fitness
 from ..widgets.calls import CallLog
 from ..widgets.fitness import FitnessPanel
@@ -25,7 +27,7 @@ class SearchScreen(Screen):
     BINDINGS = [
         Binding("l", "toggle_calls", "LLM calls"),
         Binding("t", "top", "Top row", show=False),
-        Binding("e", "export", "Export best JSON"),
+        Binding("e", "save_rates", "Save best rates"),
         Binding("v", "screenshot", "SVG"),
         Binding("escape", "back", "Back"),
     ]
@@ -33,7 +35,7 @@ class SearchScreen(Screen):
     def __init__(self, state: SearchState, **kw) -> None:
         super().__init__(**kw)
         self.state = state
-        self.note = ""  # last export path or message, shown in the status line
+        self.note = ""  # last saved file or message, shown in the status line
         self._store = None  # read connection for call details (live: the search thread writes its own)
 
     # ---- layout -------------------------------------------------------------------------------
@@ -102,6 +104,12 @@ class SearchScreen(Screen):
             t.append(f" · best #{best.id} ppl {fmt_fitness(best.fitness)}")
         if st.final_ppl is not None:
             t.append(f" · final ppl {fmt_fitness(st.final_ppl)}", style="bold")
+        sh = candidate_shares(st.proposer, [c.origin for c in st.cands.values()])
+        if sh:
+            t.append(f" · LLM wrote {sh['llm']}/{sh['asked']}", style="bold red" if sh["weak"] else "")
+            if sh["fallback"]:
+                t.append(f" ({sh['fallback']} fallback" + (": mostly numeric GA" if sh["weak"] else "") + ")",
+                         style="bold red" if sh["weak"] else "yellow")
         if st.stage and st.status in ("starting", "running"):
             t.append(f" · {st.stage}")
             if st.stage_total:
@@ -140,14 +148,14 @@ class SearchScreen(Screen):
         tabs = self.query_one(TabbedContent)
         tabs.active = "tab-population" if tabs.active == "tab-calls" else "tab-calls"
 
-    def action_export(self) -> None:
+    def action_save_rates(self) -> None:
         try:
-            path = export_best(self.state)
+            path = save_best_rates(self.state)
         except (ValueError, OSError) as e:
             self.notify(str(e), severity="warning")
             return
-        self.note = f"best config → {path}"
-        self.notify(f"best config written to {path}", title="export")
+        self.note = f"best rates → {path}"
+        self.notify(f"best rates written to {path}", title="save rates")
         self.render_view({"status"})
 
     def screenshot_name(self) -> str:
@@ -155,7 +163,7 @@ class SearchScreen(Screen):
 
     def action_screenshot(self) -> None:
         self.app.clear_notifications()  # the picture is of the screen, not of earlier toasts
-        path = self.app.save_screenshot(self.screenshot_name(), path=str(export_dir(self.state)))
+        path = self.app.save_screenshot(self.screenshot_name(), path=str(output_dir(self.state)))
         self.note = f"screenshot → {path}"
         self.notify(f"SVG screenshot written to {path}", title="export")
         self.render_view({"status"})

@@ -1,4 +1,5 @@
-"""Files the UI writes: the best rate vector as JSON (beside the session DB, else in the cwd)."""
+"""Files the UI writes: the best candidate's rate vector as JSON, and screenshots (beside the session DB,
+else in the cwd). Saving rates is not `selfpruner export`, which writes a physically smaller model."""
 from __future__ import annotations
 
 import json
@@ -9,16 +10,17 @@ from pathlib import Path
 from .state import SearchState
 
 
-def export_dir(state: SearchState) -> Path:
+def output_dir(state: SearchState) -> Path:
     """The sessions dir holding the DB when it is writable, else the current directory."""
     d = Path(state.path).parent if state.path else Path.cwd()
     return d if d.is_dir() and os.access(d, os.W_OK) else Path.cwd()
 
 
-def export_best(state: SearchState) -> Path:
+def save_best_rates(state: SearchState) -> Path:
+    """Write `<session>-best-rates.json`: the best candidate's per-layer rates with its provenance."""
     best = state.best()
     if best is None:
-        raise ValueError("no evaluated candidate to export yet")
+        raise ValueError("no evaluated candidate to save yet")
     payload = {
         "session": state.session_id,
         "model": state.model or state.config.get("model") or "bundled gemma-3-270m",
@@ -34,6 +36,6 @@ def export_best(state: SearchState) -> Path:
         "seq_len": state.config.get("seq_len"),
         "rates": best.rates,
     }
-    path = export_dir(state) / f"{state.session_id or 'session'}-best.json"
+    path = output_dir(state) / f"{state.session_id or 'session'}-best-rates.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path

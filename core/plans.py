@@ -1,0 +1,59 @@
+"""Rates -> layer plans: the pure arithmetic that decides which pruned model a rate vector stands for.
+
+A layer's pruned shape is its plan (kept attention units, kept MLP channels). Attention units (KV groups,
+or query heads under MQA) are coarse: a layer removes round(p·units) of them, then exactly as many MLP
+channels as are needed for it to lose p of its prunable attention+MLP parameters. Many rate vectors give
+the same plans, so plans (not rate strings) are what the search deduplicates and caches on.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    attn_units: int  # kept attention units (KV groups, or query heads under MQA)
+    channels: int  # kept MLP channels
+
+
+@dataclass(frozen=True)
+class LayerGrain:
+    """How coarse one decoder layer is: everything plan() needs, and what the prompts tell the LLM."""
+    attn_units: int
+    q_heads_per_unit: int
+    params_per_attn_unit: int
+    channels: int
+    params_per_channel: int
+    prunable_params: int
+
+    @property
+    def channel_rate(self) -> float:
+        """The rate one MLP channel is worth."""
+        return self.params_per_channel / self.prunable_params
+
+    @property
+    def unit_rate(self) -> float:
+        """The rate between two attention-unit counts (rates in one such step remove as many units)."""
+        return 1.0 / self.attn_units
+
+
+def layer_plan(grain: LayerGrain, p: float) -> LayerPlan:
+    p = min(max(float(p), 0.0), 1.0)
+    removed_units = min(grain.attn_units, math.floor(p * grain.attn_units + 0.5))
+    rest = p * grain.prunable_params - removed_units * grain.params_per_attn_unit
+    removed_ch = min(grain.channels, max(0, round(rest / grain.params_per_channel)))
+    return LayerPlan(grain.attn_units - removed_units, grain.channels - removed_ch)
+
+
+def plans(grain: LayerGrain, rates) -> list[LayerPlan]:
+    return [layer_plan(grain, p) for p in rates]
+
+
+def plan_key(grain: LayerGrain, rates) -> tuple[tuple[int, int], ...]:
+    """The identity of the pruned model a rate vector gives (what deduplication and the cache compare)."""
+    return tuple((pl.attn_units, pl.channels) for pl in plans(grain, rates))
+
+
+def plan_key_text(key: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{u}:{c}" for u, c in key)
