@@ -13,9 +13,14 @@ trained to read a document, not as the middle of window 0's. The streams hold no
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+import urllib.request
+from urllib.parse import urlsplit
 
 import torch
 
@@ -33,9 +38,54 @@ def local_wikitext_path() -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _hub_splits() -> dict[str, str] | None:
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-        return None
+HUB_PROBE_TIMEOUT_S = 1.5  # one TCP connect to the hub host; offline, datasets would retry for ~25 s instead
+log = logging.getLogger(__name__)
+
+
+def _env_offline() -> str | None:
+    """Why the user switched the hub off (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE), if they did."""
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"hub switched off ({var}={os.environ[var]})"
+    return None
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub host ($HF_ENDPOINT, else huggingface.co), or to the proxy that
+    $HTTPS_PROXY / $HTTP_PROXY names for it, opens within `timeout` seconds, name lookup included (it runs
+    in a daemon thread, so a hanging DNS resolver cannot hold the caller longer)."""
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+        proxy = urllib.request.getproxies().get(url.scheme or "https")
+        if proxy and not urllib.request.proxy_bypass(host):
+            p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            host, port = p.hostname or host, p.port or (443 if p.scheme == "https" else 80)
+    except ValueError:  # a malformed port in the endpoint or proxy address
+        return False
+    done, opened = threading.Event(), []
+
+    def probe():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                opened.append(True)
+        except OSError:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=probe, name="hub-probe", daemon=True).start()
+    done.wait(timeout)
+    return bool(opened)
+
+
+def _hub_splits() -> tuple[dict[str, str] | None, str]:
+    """The three WikiText-2 splits from the hub, or (None, why not) at once when it is out of reach."""
+    why = _env_offline()
+    if why:
+        return None, why
+    if not _hub_reachable():
+        return None, "hub unreachable (offline?)"
     try:
         from datasets import load_dataset
 
@@ -43,9 +93,10 @@ def _hub_splits() -> dict[str, str] | None:
         for split in ("train", "validation", "test"):
             ds = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
             out[split] = "\n\n".join(ds["text"])
-        return out
-    except Exception:  # any failure to reach the hub means: use the local copy
-        return None
+        return out, ""
+    except Exception as e:  # any failure to reach the hub means: use the local copy
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        return None, f"hub load failed ({type(e).__name__}{': ' + first if first else ''})"
 
 
 @dataclass
@@ -102,16 +153,18 @@ def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto
     """`source`: 'auto' (hub, else local), 'hub', or 'local'; `bos`: see resolve_bos."""
     bos_id = resolve_bos(tokenizer, bos)
     if source in ("auto", "hub"):
-        splits = _hub_splits()
+        splits, why = _hub_splits()
         if splits is not None:
             return TokenData(_encode(tokenizer, splits["train"])[:calib_tokens],
                              _encode(tokenizer, splits["validation"]),
                              _encode(tokenizer, splits["test"]), "hub:wikitext-2-raw-v1", bos_id)
         if source == "hub":
-            raise RuntimeError("the WikiText-2 hub dataset cannot be reached; use --data local")
+            raise RuntimeError(f"the WikiText-2 hub dataset cannot be reached ({why}); use --data local")
     path = local_wikitext_path()
     if path is None:
         raise FileNotFoundError(f"offline WikiText-2 not found: set {WIKITEXT_ENV} to wiki.test.raw")
+    if source == "auto":
+        log.warning("WikiText-2 %s: using the local copy %s", why, path)
     raw = path.read_bytes()
     text = raw.decode("utf-8").replace("\r\n", "\n")
     ids = _encode(tokenizer, text)

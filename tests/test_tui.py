@@ -20,16 +20,17 @@ from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import CandidateEvaluated, Control, EventBus
 from selfpruner.core.store import Store
 from selfpruner.core.types import CallRecord, Proposal
-from selfpruner.tui.app import SelfPrunerApp
+from selfpruner.tui.app import DEFAULT_FINAL_TOKENS, SelfPrunerApp
 from selfpruner.tui.screens.browser import SessionBrowser
 from selfpruner.tui.screens.metric import MetricScreen
 from selfpruner.tui.screens.replay import ReplayScreen
 from selfpruner.tui.screens.run import RunScreen
-from selfpruner.tui.screens.start import StartScreen
+from selfpruner.tui.screens.start import (BUNDLED_TEST_TOKENS, BUNDLED_TOKENS_PER_S, StartScreen, duration,
+                                          window_tokens)
 from selfpruner.tui.state import SearchState, fmt_fitness
 from selfpruner.tui.widgets.calls import CallLog
 from selfpruner.tui.widgets.population import PopulationTable
-from selfpruner.tui.widgets.rates import RateBars
+from selfpruner.tui.widgets.rates import BLOCKS, RateBars
 from selfpruner.tui.widgets.scrubber import GenerationScrubber
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -413,6 +414,73 @@ async def test_core_errors_come_back_inline(tmp_path):
         assert "not found" in str(app.screen.query_one("#error", Static).render())
 
 
+async def test_start_form_estimates_the_final_evaluation(tmp_path):
+    """Before any model is loaded: the bundled model's rough figures, a few-minute default budget, and what an
+    empty field (the whole test stream) would cost; another model's time is unknown until it loads."""
+    app = SelfPrunerApp(tmp_path / "s")  # the TUI's own defaults
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        help_ = screen.query_one("#final-help", Static)
+        field = screen.query_one("#final_tokens", Input)
+        assert field.region.height == 1  # on the form itself, not folded away under "advanced"
+        assert field.value == str(DEFAULT_FINAL_TOKENS)
+        assert screen.read_config().final_tokens == DEFAULT_FINAL_TOKENS
+        text = str(help_.render())
+        minutes = DEFAULT_FINAL_TOKENS / BUNDLED_TOKENS_PER_S / 60
+        assert f"final evaluation: {DEFAULT_FINAL_TOKENS:,} tokens ≈ " in text and 1 <= minutes <= 5
+        assert f"~{BUNDLED_TOKENS_PER_S:.0f} tok/s" in text and "gemma-3-270m" in text
+        whole = window_tokens((BUNDLED_TEST_TOKENS - 16384) // 2, 512, True, None)  # the offline copy's half
+        whole_time = duration(whole / BUNDLED_TOKENS_PER_S)
+        assert f"empty = all ~{round(whole, -3):,} test tokens ≈ {whole_time} (hub: ~" in text
+        field.value = ""  # empty: the whole stream
+        await pilot.pause()
+        assert screen.read_config().final_tokens is None
+        assert f"final evaluation: ~{round(whole, -3):,} tokens ≈ {whole_time}" in str(help_.render())
+        screen.query_one("#model", Input).value = str(tmp_path / "some-model")
+        await pilot.pause()
+        assert "unknown until the model loads" in str(help_.render())
+        screen.query_one("#final_eval").value = False
+        await pilot.pause()
+        assert str(help_.render()).startswith("no final evaluation")
+
+
+async def test_start_form_estimate_uses_the_resident_model_and_measured_speed(tmp_path, tiny_llama_dir, tiny_bench):
+    """With the model resident, the test tokens are its own stream's; after a search, the speed is measured."""
+    app = tiny_app(tmp_path / "s", tiny_llama_dir, tiny_bench)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        help_ = app.screen.query_one("#final-help", Static)
+        scored = tiny_bench.data.windows("test", TINY["seq_len"], TINY["final_tokens"]).numel()
+        whole = tiny_bench.data.windows("test", TINY["seq_len"]).numel()
+        text = str(help_.render())
+        assert f"final evaluation: {scored:,} tokens\n" in text and f"empty = all {whole:,} test tokens" in text
+        assert "time unknown until a search has run" in text
+        # another calibration budget moves the offline copy's cut: the form follows without reloading
+        from selfpruner.core.data import load_token_data
+        other = load_token_data(tiny_bench.lm.tokenizer, calib_tokens=512, source="local")
+        app.screen.query_one("#calib_tokens", Input).value = "512"
+        await pilot.pause()
+        assert f"empty = all {other.windows('test', TINY['seq_len']).numel():,} test tokens" in str(help_.render())
+        app.screen.query_one("#calib_tokens", Input).value = str(TINY["calib_tokens"])
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
+        run = app.screen
+        await wait_for(pilot, lambda: run.state.status in ("finished", "failed"), what="finished search")
+        assert run.state.status == "finished", run.state.error
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, StartScreen)
+        # the app timed the search's evaluations: tokens scored per evaluation over their seconds
+        rate = app.throughput.rate
+        per_eval = tiny_bench.windows("search", TINY["budget_tokens"]).numel()
+        assert app.throughput.tokens % per_eval == 0 and rate > 0
+        text = str(help_.render())
+        assert f"at ~{rate:,.0f} tok/s, measured in this app's last search" in text
+        assert f"{scored:,} tokens ≈ {duration(scored / rate)}" in text
+
+
 # ---- a real search, live --------------------------------------------------------------------------
 async def test_live_search_on_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
     """Start screen → run screen; the numeric proposer on a tiny LLaMA, model loaded by the worker."""
@@ -731,9 +799,40 @@ async def test_baseline_session_opens_read_only(tmp_path):
         assert screen.query_one(RateBars).candidate.rates == [0.2, 0.4, 0.3]
 
 
+async def test_rate_bars_use_the_width(demo_dir):
+    """A wide terminal gives the bars its width: the table keeps what its columns need, the bars fill the
+    rest, on a scale up to 2β, and follow a resize; every row keeps its layer index and numeric rate."""
+    app = SelfPrunerApp(demo_dir, open_session="20231114-221320-layer-demo")
+
+    def bars_of(widget):
+        lines = widget.render().plain.splitlines()
+        top = float(lines[2].split()[2])  # "layer 0 ... <top>    rate     Δβ"
+        rows = lines[3:]
+        assert all(len(row) == widget.size.width for row in rows)
+        return top, [sum(ch in BLOCKS[1:] for ch in row[6:6 + widget.bar_width()]) for row in rows], rows
+
+    async with app.run_test(size=(160, 44)) as pilot:
+        await pilot.pause()
+        bars = app.screen.query_one(RateBars)
+        rates = bars.candidate.rates
+        assert bars.size.width >= 80  # at least half the terminal
+        top, cells, rows = bars_of(bars)
+        assert top == pytest.approx(2 * BETA) and max(rates) <= top
+        for i, (r, n, row) in enumerate(zip(rates, cells, rows)):
+            assert row.startswith(f"L{i} ") and f"{r:7.4f}" in row
+            assert abs(n - r / top * bars.bar_width()) <= 1
+        assert max(cells) >= 0.4 * bars.size.width
+        narrow = bars.size.width
+        await pilot.resize_terminal(200, 44)
+        await pilot.pause()
+        assert bars.size.width >= narrow + 40
+        _, wider, _ = bars_of(bars)
+        assert all(w > n for w, n in zip(wider, cells))
+
+
 # ---- SVG snapshots -----------------------------------------------------------------------------------
 async def test_snapshot_start(request, demo_dir):
-    app = SelfPrunerApp(demo_dir, SearchConfig(proposer="numeric"))
+    app = SelfPrunerApp(demo_dir, SearchConfig(proposer="numeric", final_tokens=DEFAULT_FINAL_TOKENS))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert_snapshot(request, app, "start")

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from textual.app import App
@@ -16,6 +17,23 @@ from .screens.browser import SessionBrowser
 from .screens.start import StartScreen
 
 CSS_FILES = ["app.tcss", "start.tcss", "search.tcss", "browser.tcss"]
+# The form's final-evaluation budget: a few minutes for gemma-3-270m on a CPU, against ~20 min for the whole
+# test stream; SearchConfig (and the CLI) keep None = the whole stream, and an empty field asks for it.
+DEFAULT_FINAL_TOKENS = 16384
+
+
+@dataclass
+class Throughput:
+    """Tokens per second of the last search's fitness evaluations: candidates pruned to mean rate β, scored
+    like the final evaluation scores the best one, so the start form can say how long that will take."""
+    model: str | None
+    seq_len: int
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None
 
 
 class SelfPrunerApp(App):
@@ -28,13 +46,15 @@ class SelfPrunerApp(App):
                  open_session: str | None = None, browse: bool = False) -> None:
         super().__init__()
         self.sessions_dir = Path(sessions_dir)
-        self.defaults = defaults or SearchConfig(sessions_dir=str(self.sessions_dir))
+        self.defaults = defaults or SearchConfig(sessions_dir=str(self.sessions_dir),
+                                                 final_tokens=DEFAULT_FINAL_TOKENS)
         self.defaults.sessions_dir = str(self.sessions_dir)
         self.open_session, self.browse = open_session, browse
         # The last resident model: a second search on it skips loading (and, same data, calibration).
         self._bench_key: tuple | None = None
         self._bench = None
         self._bench_lock = threading.Lock()
+        self.throughput: Throughput | None = None  # measured in the last search that evaluated anything
 
     def on_mount(self) -> None:
         self.push_screen(StartScreen(self.defaults))
@@ -81,7 +101,30 @@ class SelfPrunerApp(App):
                 self._bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
                                               data=cfg.data, bos=cfg.bos, bus=bus, lm=lm)
                 self._bench_key = key
-            return self._bench
+            bench = self._bench
+        self._measure(cfg, bench, bus)
+        return bench
+
+    def _measure(self, cfg: SearchConfig, bench, bus) -> None:
+        """Time this search's evaluations (a cached one costs nothing and is left out)."""
+        from selfpruner.core.events import CandidateEvaluated
+        try:
+            per_eval = bench.windows("search", cfg.budget_tokens).numel()
+        except ValueError:  # a stream too short for one window: the search will say so itself
+            return
+        meter = Throughput(cfg.model, cfg.seq_len)
+
+        def seen(ev) -> None:
+            if isinstance(ev, CandidateEvaluated) and not ev.cached and ev.eval_s > 0:
+                meter.tokens += per_eval
+                meter.seconds += ev.eval_s
+                self.throughput = meter
+        bus.subscribe(seen)
+
+    def resident(self, model: str | None, data: str):
+        """The resident workbench if it holds `model` with `data`'s WikiText-2 (what the form would reuse)."""
+        key, bench = self._bench_key, self._bench
+        return bench if key is not None and bench is not None and key[0] == model and key[3] == data else None
 
     def use_workbench(self, cfg: SearchConfig, bench) -> None:
         """Adopt an already built workbench for searches with cfg's model and data settings."""
@@ -119,7 +162,7 @@ def workbench_settings(cfg: SearchConfig) -> tuple:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     defaults = SearchConfig(model=args.model, beta=args.ratio, proposer=args.proposer, data=args.data,
-                            sessions_dir=args.sessions_dir)
+                            final_tokens=DEFAULT_FINAL_TOKENS, sessions_dir=args.sessions_dir)
     app = SelfPrunerApp(args.sessions_dir, defaults, open_session=args.open_session, browse=args.browse)
     app.run()
     return app.return_code or 0

@@ -1,12 +1,13 @@
 """The start screen: a SearchConfig as a form. Bad input and anything the core refuses (ConfigError,
 ProposerError, ModelLoadError, StoreError) is shown inline; a proposer that cannot start (no API key)
-gets a one-key switch to an offline proposer (llama-cpp or numeric)."""
+gets a one-key switch to an offline proposer (llama-cpp or numeric). Under the final-evaluation budget the
+form says how many test tokens that evaluation scores and about how long it takes."""
 from __future__ import annotations
 
 import os
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -30,7 +31,17 @@ DATA = [("auto (hub, else the local copy)", "auto"), ("local copy (offline)", "l
 NUMBERS = [("population", "population K", int), ("mutations", "mutations M", int),
            ("crossovers", "crossovers S", int), ("generations", "generations N", int)]
 ADVANCED = [("seq_len", "context (seq len)", int), ("calib_tokens", "calibration tokens", int),
-            ("final_tokens", "final eval tokens", int), ("seed", "seed", int)]
+            ("seed", "seed", int)]
+FINAL = ("final_tokens", "final eval tokens", int)  # empty = the whole test stream
+
+# Before a model has loaded, the final evaluation's size and speed are known only for the bundled
+# gemma-3-270m, roughly: its tokenizer makes 292,281 tokens of the WikiText-2 test text (the local copy; the
+# hub's test split is the same text), and on the 2-core CPU this is developed on, its whole offline test
+# stream (137,728 tokens at β = 0.3) took ~20 min alongside other jobs, ~120 tokens/s (idle, bench/RESULTS.md
+# fitness_cost measures ~190). Once a search has run, the app's own measurement replaces the speed, and a
+# resident model its real test stream.
+BUNDLED_TEST_TOKENS = 292_281
+BUNDLED_TOKENS_PER_S = 120.0
 
 # CLI flag in the core's messages -> (form label, input id).
 FLAGS = {"--ratio": ("ratio β", "beta"), "--budget-tokens": ("tokens / fitness", "budget_tokens"),
@@ -94,10 +105,12 @@ class StartScreen(Screen):
                     yield _input(key, getattr(d, key), classes="small-input", tooltip=label)
             yield Static("", id="kmsn-help")
             yield from _row("tokens / fitness", _input("budget_tokens", d.budget_tokens))
+            yield from _row(FINAL[1], _input("final_tokens", d.final_tokens,
+                                             placeholder="empty = the whole test stream"))
+            yield Static("", id="final-help")
             with Collapsible(title="advanced", id="advanced"):
                 for key, label, _ in ADVANCED:
-                    yield from _row(label, _input(key, getattr(d, key), placeholder="whole test stream"
-                                                  if key == "final_tokens" else ""))
+                    yield from _row(label, _input(key, getattr(d, key)))
                 yield from _row("WikiText-2", Select(DATA, value=d.data, allow_blank=False, compact=True, id="data"))
                 yield Checkbox("random initial population (paper ablation)", d.init == "random", compact=True,
                                id="init_random")
@@ -111,8 +124,12 @@ class StartScreen(Screen):
     def on_mount(self) -> None:
         self.sub_title = "new search"
         self._explain_budget()
+        self._explain_final()
         self._proposer_changed(self.query_one("#proposer", Select).value)
         self.query_one("#model", Input).focus()
+
+    def on_screen_resume(self, event: events.ScreenResume) -> None:
+        self._explain_final()  # back from a search: the model may be resident now, its speed measured
 
     # ---- proposer hints -----------------------------------------------------------------------
     @on(Select.Changed, "#proposer")
@@ -147,6 +164,30 @@ class StartScreen(Screen):
     def _edited(self, event: Input.Changed) -> None:
         event.input.remove_class("-bad")  # an edited field is no longer the one the error was about
         self._explain_budget()
+        self._explain_final()
+
+    @on(Select.Changed, "#data")
+    @on(Checkbox.Changed, "#final_eval")
+    def _final_settings_changed(self) -> None:
+        self._explain_final()
+
+    def _explain_final(self) -> None:
+        """How many test tokens the final evaluation scores, and about how long that takes."""
+        def value(key):
+            text = self.query_one(f"#{key}", Input).value.strip()
+            return int(text) if text else None
+        try:
+            final_tokens, seq_len, calib = value("final_tokens"), value("seq_len"), value("calib_tokens")
+        except ValueError:
+            final_tokens = seq_len = calib = -1
+        model = self.query_one("#model", Input).value.strip() or None
+        data = str(self.query_one("#data", Select).value)
+        app = self.app
+        bench = app.resident(model, data) if hasattr(app, "resident") else None
+        lines = final_estimate(enabled=self.query_one("#final_eval", Checkbox).value, model=model, data=data,
+                               seq_len=seq_len, calib_tokens=calib, final_tokens=final_tokens, bench=bench,
+                               measured=getattr(app, "throughput", None))
+        self.query_one("#final-help", Static).update(Text("\n".join(lines), style="dim"))
 
     def _explain_budget(self) -> None:
         """K, M, S, N in words, with the number of fitness evaluations they cost."""
@@ -169,7 +210,7 @@ class StartScreen(Screen):
         cfg.proposer = str(self.query_one("#proposer", Select).value)
         cfg.proposer_model = self.query_one("#proposer_model", Input).value.strip() or None
         cfg.beta = self._number("beta", "ratio β", float)
-        for key, label, typ in NUMBERS + [("budget_tokens", "tokens / fitness", int)] + ADVANCED:
+        for key, label, typ in NUMBERS + [("budget_tokens", "tokens / fitness", int), FINAL] + ADVANCED:
             setattr(cfg, key, self._number(key, label, typ, optional=key == "final_tokens"))
         cfg.init = "random" if self.query_one("#init_random", Checkbox).value else "llm"
         cfg.final_eval = self.query_one("#final_eval", Checkbox).value
@@ -238,3 +279,77 @@ class StartScreen(Screen):
     @on(Button.Pressed, "#browse")
     def action_browse(self) -> None:
         self.app.show_browser()
+
+
+# ---- the final evaluation's estimate -------------------------------------------------------------------
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 600:
+        m, s = divmod(round(seconds), 60)
+        return f"{m} min {s} s" if s else f"{m} min"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m} min" if m else f"{h} h"
+
+
+def window_tokens(stream: int, seq_len: int, bos: bool, final_tokens: int | None) -> int:
+    """Tokens the final evaluation scores from a `stream`-token test text: TokenData.windows' count."""
+    n = stream // (seq_len - bos)
+    if final_tokens is not None:
+        n = min(n, max(1, final_tokens // seq_len))
+    return n * seq_len
+
+
+def final_estimate(*, enabled: bool, model: str | None, data: str, seq_len: int | None, calib_tokens: int | None,
+                   final_tokens: int | None, bench=None, measured=None) -> list[str]:
+    """The form's lines about the final evaluation. Test tokens come from the resident model's test stream
+    (`bench`), else for the bundled model from BUNDLED_TEST_TOKENS; speed from `measured` (the app's last
+    search, if on this model and context), else for the bundled model BUNDLED_TOKENS_PER_S."""
+    if not enabled:
+        return ["no final evaluation: switched off under advanced"]
+    if seq_len is None or calib_tokens is None or min(seq_len, calib_tokens) < 2 or (final_tokens or 0) < 0:
+        return ["final evaluation: no estimate until the token counts and context are whole numbers"]
+    # the test text's length in tokens: [offline copy, hub] when 'auto' may end up on either
+    if bench is not None:
+        td = bench.data
+        test = len(td.test)
+        if td.source.startswith("local:") and len(td.calib) != calib_tokens:  # the form moves the cut
+            test = (len(td.test) + len(td.search) + len(td.calib) - calib_tokens) // 2
+        streams, bos, exact = [max(0, test)], td.bos is not None, True
+    elif model is None:
+        local = max(0, BUNDLED_TEST_TOKENS - calib_tokens) // 2  # the offline copy's final half (core/data.py)
+        streams = {"hub": [BUNDLED_TEST_TOKENS], "auto": [local, BUNDLED_TEST_TOKENS]}.get(data, [local])
+        bos, exact = True, False
+    else:
+        streams, bos, exact = None, False, False
+    if measured is not None and measured.rate and measured.model == model and measured.seq_len == seq_len:
+        rate, why = measured.rate, "measured in this app's last search"
+    elif model is None:
+        rate, why = BUNDLED_TOKENS_PER_S, "a rough CPU figure for gemma-3-270m"
+    else:
+        rate, why = None, ""
+
+    def say(ft: int | None) -> str:
+        """'N tokens ≈ T', with ' (hub: N ≈ T)' when that source would score a different count."""
+        cap = None if ft is None else max(1, ft // seq_len) * seq_len
+        counts = [cap] if streams is None else list(dict.fromkeys(window_tokens(n, seq_len, bos, ft)
+                                                                  for n in streams))
+        said = []
+        for i, t in enumerate(counts):
+            approx = not exact and t != cap
+            said.append((f"~{round(t, -3):,}" if approx and t >= 10_000 else f"{t:,}") + (" tokens" * (i == 0))
+                        + (f" ≈ {duration(t / rate)}" if rate else ""))
+        return said[0] + (f" (hub: {said[1]})" if len(said) > 1 else "")
+
+    if streams is None and final_tokens is None:
+        first = "final evaluation: the whole test stream, its size unknown until the model loads"
+    else:
+        first = f"final evaluation: {say(final_tokens)}"
+    speed = f"at ~{rate:,.0f} tok/s, {why}" if rate else "time unknown until a search has run on this model"
+    if final_tokens is None:
+        return [first, speed, "empty = the whole test stream; a number of tokens caps it"]
+    whole = "the whole test stream, its size unknown until the model loads" if streams is None else \
+        "all " + say(None).replace(" tokens", " test tokens", 1)
+    return [first, speed, f"empty = {whole}"]

@@ -1,5 +1,10 @@
-"""Per-layer pruning rates of one candidate: a bar per layer with its value, against uniform β."""
+"""Per-layer pruning rates of one candidate: a bar per layer with its value, against uniform β.
+
+The bars fill the widget's width, and their scale runs from 0 to a round tenth at or above both 2β and the
+largest rate, so β sits mid-scale and a layer's difference from β is drawn as long as the width allows."""
 from __future__ import annotations
+
+import math
 
 from rich.text import Text
 from textual.reactive import reactive
@@ -9,6 +14,7 @@ from ..state import Candidate, fmt_fitness
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 HEADER_LINES = 3
+LABEL, VALUES = 6, 15  # "L12   " before a bar, " 0.3479 +0.048" after it
 
 
 def bar(value: float, width: int) -> str:
@@ -16,6 +22,12 @@ def bar(value: float, width: int) -> str:
     eighths = round(max(0.0, min(1.0, value)) * width * 8)
     full, part = divmod(eighths, 8)
     return ("█" * full + (BLOCKS[part] if part else "")).ljust(width)
+
+
+def scale_top(rates: list[float], beta: float) -> float:
+    """The rate a full bar stands for: the first tenth at or above 2β and every rate, at most 1."""
+    top = max([2 * beta, 0.1, *rates])
+    return min(1.0, math.ceil(round(top * 10, 6)) / 10)
 
 
 class RateBars(Widget):
@@ -36,20 +48,29 @@ class RateBars(Widget):
     def get_content_height(self, container, viewport, width: int) -> int:
         return len(self.rates) + HEADER_LINES if self.candidate else 1
 
+    def on_resize(self) -> None:
+        self.refresh()  # the bars are as wide as the widget
+
+    def bar_width(self) -> int:
+        return max(10, self.size.width - LABEL - VALUES)
+
     def render(self) -> Text:
         c = self.candidate
         if c is None:
             return Text("no candidate selected", style="dim")
-        width = max(10, self.size.width - 24)
-        mark = min(width - 1, round(self.beta * width))
+        width = self.bar_width()
+        top = scale_top(c.rates, self.beta)
+        mark = min(width - 1, round(self.beta / top * width))
         title = Text.assemble(("candidate ", "dim"), (f"#{c.id}", "bold"), f" · {c.origin} · gen {c.generation}"
                               " · ppl ", (fmt_fitness(c.fitness), "bold"))
         legend = Text.assemble(f"mean rate {c.mean_rate:.4f} · ", ("┆", "yellow"),
                                f" uniform β = {self.beta:g} · ", ("below", "green"), " / ", ("above", "red"), " β")
-        axis = Text("layer".ljust(6) + "0".ljust(width - 1) + "1" + "    rate     Δβ", style="dim")
+        top_label = f"{top:g}"
+        axis = Text("layer".ljust(LABEL) + "0".ljust(width - len(top_label)) + top_label + "    rate     Δβ",
+                    style="dim")
         lines = [title, legend, axis]
         for i, r in enumerate(c.rates):
-            cells = bar(r, width)
+            cells = bar(r / top, width)
             line = Text(f"L{i:<4} ", style="dim")
             colour = "green" if r < self.beta - 1e-9 else "red" if r > self.beta + 1e-9 else "white"
             line.append(cells[:mark], style=colour)

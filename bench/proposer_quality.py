@@ -1,0 +1,120 @@
+"""Does an LLM earn its time as the proposer? Each proposer runs the same search (same model, β, budget,
+K/M/S/N) and is scored on what its offspring did:
+
+- kept:    share of offspring (generations >= 1) that entered the top K of their generation
+- Δppl:    mean relative change of an offspring's search ppl against its parents' mean (negative = better)
+- repair:  share of the LLM's candidates that repair had to change; fallback: share the numeric GA wrote
+- s/prop:  seconds spent proposing (wall time minus evaluation time) per candidate
+- final:   final ppl of the best candidate on held-out test tokens
+
+Proposers: llama-cpp with gemma-3-270m (base model, template decoding), llama-cpp with SmolLM2-135M-Instruct,
+the numeric GA, and pure random search (every offspring a fresh random vector). Default model SmolLM2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import tempfile
+import time
+
+from selfpruner.core.config import SearchConfig
+from selfpruner.core.events import Control, EventBus
+from selfpruner.core.proposers.numeric import NumericProposer, phase_rng
+from selfpruner.core.session import start_search
+from selfpruner.core.session_summary import proposal_shares
+from selfpruner.core.types import Proposal
+from selfpruner.core.workbench import Workbench
+
+PROPOSERS = {
+    "llama-cpp gemma": dict(proposer="llama-cpp"),
+    "llama-cpp smollm2": dict(proposer="llama-cpp", proposer_model="smollm2"),
+    "numeric GA": dict(proposer="numeric"),
+    "random": dict(proposer="numeric"),  # its operators are replaced by RandomSearch below
+}
+
+
+class RandomSearch(NumericProposer):
+    """Every offspring is a fresh random vector (no parents): the floor any proposer must beat."""
+
+    def mutate(self, problem, population, m, generation, seen=frozenset()):
+        return self._random(problem, m, generation, "mutation", seen, population)
+
+    def crossover(self, problem, population, s, generation, seen=frozenset()):
+        return self._random(problem, s, generation, "crossover", seen, population)
+
+    def _random(self, problem, count, generation, phase, seen, population):
+        out = self.fill(problem, [], count, "init", phase_rng(self.seed, f"random-{phase}", generation),
+                        self._taken(problem, population, seen), phase)
+        return [Proposal(p.rates, phase) for p in out]
+
+
+def offspring_stats(store) -> dict:
+    fit = store.fitness_by_candidate()
+    cands = store.candidates()
+    kept = {i for g in store.generations() for i in g["population"]}
+    kids = [c for c in cands if c["generation"] > 0]
+    deltas = []
+    for c in kids:
+        ps = [fit[p] for p in c["parents"] if p in fit and math.isfinite(fit[p])]
+        if ps and math.isfinite(fit.get(c["id"], math.inf)):
+            deltas.append(fit[c["id"]] / statistics.mean(ps) - 1)
+    llm = [c for c in cands if c["call_id"] is not None]
+    evals = store.evaluations()
+    s = store.session()
+    propose_s = (s["updated"] - s["created"]) - sum(e["eval_s"] or 0 for e in evals if e["kind"] == "search")
+    sh = proposal_shares(store)
+    return {"kept": sum(c["id"] in kept for c in kids) / max(1, len(kids)),
+            "dppl": statistics.mean(deltas) if deltas else float("nan"),
+            "repair": sum(c["repaired"] for c in llm) / len(llm) if llm else float("nan"),
+            "fallback": sh["fallback"] / sh["asked"] if sh else float("nan"),
+            "s_per_prop": propose_s / max(1, len(cands))}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("-K", type=int, default=10)
+    ap.add_argument("-M", type=int, default=5)
+    ap.add_argument("-S", type=int, default=5)
+    ap.add_argument("-N", type=int, default=6)
+    ap.add_argument("--budget-tokens", type=int, default=512)
+    ap.add_argument("--final-tokens", type=int, default=4096)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--proposers", default=",".join(PROPOSERS))
+    ap.add_argument("--sessions-dir", default=None)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
+    sessions = args.sessions_dir or tempfile.mkdtemp(prefix="selfpruner-pq-")
+    evals = args.K + args.N * (args.M + args.S)
+    print(f"model {bench.lm.name}, β={args.ratio}, K={args.K} M={args.M} S={args.S} N={args.N} ({evals} "
+          f"evaluations of {args.budget_tokens} tokens), final ppl on "
+          f"{bench.windows('test', args.final_tokens).numel()} test tokens, seed {args.seed}")
+    print(f"{'proposer':<20} {'search ppl':>10} {'final ppl':>10} {'kept':>6} {'Δppl':>7} {'repair':>7} "
+          f"{'fallbk':>7} {'s/prop':>7} {'time s':>7}")
+    for name in args.proposers.split(","):
+        random.seed(args.seed)
+        cfg = SearchConfig(model=args.model, beta=args.ratio, population=args.K, mutations=args.M,
+                           crossovers=args.S, generations=args.N, budget_tokens=args.budget_tokens,
+                           seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
+                           data="local", seed=args.seed, sessions_dir=sessions, **PROPOSERS[name])
+        t = time.perf_counter()
+        search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
+        if name == "random":
+            search.proposer = RandomSearch(args.seed)
+        res = search.run()
+        st = offspring_stats(search.store)
+        pct = lambda x: "-" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
+        print(f"{name:<20} {res.best_fitness:>10.2f} {res.final_ppl:>10.2f} {pct(st['kept']):>6} "
+              f"{pct(st['dppl']):>7} {pct(st['repair']):>7} {pct(st['fallback']):>7} "
+              f"{st['s_per_prop']:>7.2f} {time.perf_counter() - t:>7.0f}", flush=True)
+    print(f"sessions in {sessions}; total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
