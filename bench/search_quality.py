@@ -29,7 +29,7 @@ from selfpruner.core.workbench import Workbench
 SEARCHES = {
     "numeric GA": dict(proposer="numeric"),
     "Self-Pruner (LLM)": dict(),
-    "Self-Pruner, inline parents": dict(selection="inline"),
+    "Self-Pruner (inline parents)": dict(selection="inline"),
     "ablation: random init": dict(init="random"),
     "ablation: no mutation": dict(ablation="no-mutation"),
     "ablation: no crossover": dict(ablation="no-crossover"),
