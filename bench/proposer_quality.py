@@ -63,7 +63,7 @@ def offspring_stats(store) -> dict:
     llm = [c for c in cands if c["call_id"] is not None]
     evals = store.evaluations()
     s = store.session()
-    propose_s = (s["updated"] - s["created"]) - sum(e["eval_s"] or 0 for e in evals if e["kind"] == "search")
+    propose_s = (s["updated"] - s["created"]) - sum(e["eval_s"] or 0 for e in evals)
     sh = proposal_shares(store)
     return {"kept": sum(c["id"] in kept for c in kids) / max(1, len(kids)),
             "dppl": statistics.mean(deltas) if deltas else float("nan"),
