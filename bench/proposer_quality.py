@@ -2,7 +2,8 @@
 K/M/S/N) and is scored on what its offspring did:
 
 - kept:    share of offspring (generations >= 1) that entered the top K of their generation
-- Δppl:    mean relative change of an offspring's search ppl against its parents' mean (negative = better)
+- Δppl:    median relative change of an offspring's search ppl against its parents' mean (negative =
+           better; the median, because one broken child can be 50x its parents)
 - repair:  share of the LLM's candidates that repair had to change; fallback: share the numeric GA wrote
 - s/prop:  seconds spent proposing (wall time minus evaluation time) per candidate
 - final:   final ppl of the best candidate on held-out test tokens
@@ -66,7 +67,7 @@ def offspring_stats(store) -> dict:
     propose_s = (s["updated"] - s["created"]) - sum(e["eval_s"] or 0 for e in evals)
     sh = proposal_shares(store)
     return {"kept": sum(c["id"] in kept for c in kids) / max(1, len(kids)),
-            "dppl": statistics.mean(deltas) if deltas else float("nan"),
+            "dppl": statistics.median(deltas) if deltas else float("nan"),
             "repair": sum(c["repaired"] for c in llm) / len(llm) if llm else float("nan"),
             "fallback": sh["fallback"] / sh["asked"] if sh else float("nan"),
             "s_per_prop": propose_s / max(1, len(cands))}
@@ -87,7 +88,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--proposers", default=",".join(PROPOSERS))
     ap.add_argument("--sessions-dir", default=None)
+    ap.add_argument("--report", metavar="DIR", help="print the table from the sessions a run left in DIR")
     args = ap.parse_args(argv)
+    if args.report:
+        return report(args.report)
     t0 = time.perf_counter()
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
     sessions = args.sessions_dir or tempfile.mkdtemp(prefix="selfpruner-pq-")
@@ -97,6 +101,9 @@ def main(argv=None):
           f"{bench.windows('test', args.final_tokens).numel()} test tokens, seed {args.seed}")
     print(f"{'proposer':<20} {'search ppl':>10} {'final ppl':>10} {'kept':>6} {'Δppl':>7} {'repair':>7} "
           f"{'fallbk':>7} {'s/prop':>7} {'time s':>7}")
+    uniform = [args.ratio] * bench.lm.arch.n_layers
+    print(f"{'uniform':<20} {bench.fitness(uniform, args.budget_tokens)[0]:>10.2f} "
+          f"{bench.fitness(uniform, args.final_tokens, which='test')[0]:>10.2f}")
     for name in args.proposers.split(","):
         random.seed(args.seed)
         cfg = SearchConfig(model=args.model, beta=args.ratio, population=args.K, mutations=args.M,
@@ -107,13 +114,33 @@ def main(argv=None):
         search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
         if name == "random":
             search.proposer = RandomSearch(args.seed)
+        search.store.add_result("bench", "proposer_quality", {"name": name})
         res = search.run()
-        st = offspring_stats(search.store)
-        pct = lambda x: "-" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
-        print(f"{name:<20} {res.best_fitness:>10.2f} {res.final_ppl:>10.2f} {pct(st['kept']):>6} "
-              f"{pct(st['dppl']):>7} {pct(st['repair']):>7} {pct(st['fallback']):>7} "
-              f"{st['s_per_prop']:>7.2f} {time.perf_counter() - t:>7.0f}", flush=True)
+        print(row(name, search.store, res.best_fitness, res.final_ppl, time.perf_counter() - t), flush=True)
     print(f"sessions in {sessions}; total {time.perf_counter() - t0:.0f} s")
+
+
+def row(name: str, store, best: float, final: float, secs: float) -> str:
+    st = offspring_stats(store)
+    pct = lambda x: "-" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
+    return (f"{name:<20} {best:>10.2f} {final:>10.2f} {pct(st['kept']):>6} {pct(st['dppl']):>7} "
+            f"{pct(st['repair']):>7} {pct(st['fallback']):>7} {st['s_per_prop']:>7.2f} {secs:>7.0f}")
+
+
+def report(directory: str) -> None:
+    """The table again from stored sessions (in creation order, as a run writes them)."""
+    from pathlib import Path
+
+    from selfpruner.core.store import Store
+
+    print(f"{'proposer':<20} {'search ppl':>10} {'final ppl':>10} {'kept':>6} {'Δppl':>7} {'repair':>7} "
+          f"{'fallbk':>7} {'s/prop':>7} {'time s':>7}")
+    for path in sorted(Path(directory).glob("*.db")):
+        st = Store(path, readonly=True)
+        s = st.session()
+        tag = [r["payload"]["name"] for r in st.results("bench")]
+        name = tag[0] if tag else f"{s['proposer']} {s['config'].get('proposer_model') or ''}".strip()
+        print(row(name, st, s["best_fitness"], s["final_ppl"], s["updated"] - s["created"]))
 
 
 if __name__ == "__main__":
