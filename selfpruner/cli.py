@@ -524,8 +524,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _show_core_warnings() -> None:
+    """The core logs what the user should know but need not act on (e.g. WikiText-2 falling back to the
+    local copy): show its WARNING-and-up records as one line each on stderr, above any progress bar."""
+    import logging
+
+    from rich.text import Text
+
+    class OneLine(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage().strip()
+            msg = msg.splitlines()[0] if msg else record.name
+            style = "red" if record.levelno >= logging.ERROR else "yellow"
+            console.print(Text.assemble((f"{record.levelname.lower()}: ", style), msg))
+
+    logger = logging.getLogger("selfpruner")
+    if not any(type(h).__name__ == "OneLine" for h in logger.handlers):
+        logger.addHandler(OneLine(logging.WARNING))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _show_core_warnings()
     try:
         return args.fn(args)
     except _user_errors() as e:
