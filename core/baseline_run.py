@@ -23,8 +23,8 @@ def baseline_rates(bench: Workbench, method: str, beta: float, *, lam: float = 0
 def run_baseline(cfg: SearchConfig, method: str, *, bus: EventBus | None = None, bench: Workbench | None = None,
                  lam: float = 0.08, m: float = 5.0) -> dict:
     bus = bus or EventBus()
-    bench = bench or Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
-                                     data=cfg.data, bus=bus)
+    bench = bench or Workbench.from_config(cfg, bus)
+    bench.pin_dtype(cfg)
     rates = baseline_rates(bench, method, cfg.beta, lam=lam, m=m, lo=cfg.lo, hi=cfg.hi)
     sid = new_session_id("baseline")
     store = Store(Path(cfg.sessions_dir) / f"{sid}.db", create=True)

@@ -5,6 +5,10 @@ attention projections (q/k/v share it), o_proj, the MLP (gate/up share it) and d
 of these are the ||X_j||_2 of Wanda / Wanda-sp. Statistics are cached on disk under a key that covers the
 checkpoint's fingerprint, the head/channel order the model is in, and the exact token windows (shape
 and bytes), so a resumed or repeated run skips the pass and no entry can be read for another model state.
+
+The sums accumulate in float64 whatever the model's dtype, on the device of the layer they belong to (with
+--device-map auto, spread like the layers); the disk cache holds them on the CPU and a load puts each
+layer's back on that layer's device.
 """
 from __future__ import annotations
 
@@ -34,10 +38,33 @@ def _module_for(parts, point):
     return {"attn_in": parts.q, "o_in": parts.o, "mlp_in": parts.gate, "down_in": parts.down}[point]
 
 
+def layer_device(arch: ModelArch, layer: int) -> torch.device:
+    return arch.layers[layer].q.weight.device
+
+
+def to_layers(arch: ModelArch, per_layer: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """Each layer's tensors on that layer's device (a no-op where they already are)."""
+    return [{k: v.to(layer_device(arch, i)) for k, v in d.items()} for i, d in enumerate(per_layer)]
+
+
+def to_cpu(per_layer: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.cpu() for k, v in d.items()} for d in per_layer]
+
+
+def _decoder_only(model):
+    """The decoder without the LM head when the model is a plain head-on-decoder (the hooks are all inside
+    the decoder: the head's logits would only cost time and memory), else the model."""
+    from .evaluate import _plain_head
+    split = _plain_head(model)
+    return split[0] if split else model
+
+
 @torch.no_grad()
-def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None) -> CalibrationStats:
-    """Forward `windows` ([n, seq]) once through the model with input hooks on the projections."""
-    from .models import order_digest
+def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None,
+                  batch_size: int = 1) -> CalibrationStats:
+    """Forward `windows` ([n, seq]) once through the model with input hooks on the projections,
+    `batch_size` windows at a time."""
+    from .models import input_device, order_digest
 
     sqsum = [dict() for _ in range(arch.n_layers)]
     hooks = []
@@ -49,11 +76,12 @@ def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None) 
                 sq = (x * x).sum(0)
                 sqsum[i][point] = sq if acc is None else acc + sq
             hooks.append(_module_for(parts, point).register_forward_pre_hook(hook))
+    forward, device, n = _decoder_only(model), input_device(model), windows.shape[0]
     try:
-        for b in range(windows.shape[0]):
-            model(input_ids=windows[b : b + 1])
+        for b in range(0, n, batch_size):
+            forward(input_ids=windows[b : b + batch_size].to(device), use_cache=False)
             if progress:
-                progress(b + 1, windows.shape[0])
+                progress(min(b + batch_size, n), n)
     finally:
         for h in hooks:
             h.remove()
@@ -74,7 +102,7 @@ def cached(kind: str, key: str, compute, pack, unpack):
     path = cache_root() / kind / f"{key}.pt"
     if path.exists():
         try:
-            return unpack(torch.load(path, weights_only=True)), True
+            return unpack(torch.load(path, weights_only=True, map_location="cpu")), True
         except Exception:
             pass
     value = compute()
@@ -89,13 +117,14 @@ def cached(kind: str, key: str, compute, pack, unpack):
 
 
 def load_or_collect(model, arch: ModelArch, fingerprint: str, windows: torch.Tensor,
-                    progress=None) -> tuple[CalibrationStats, bool, str]:
-    """Returns (stats, from_cache, key). The statistics are in the model's current head/channel order."""
+                    progress=None, batch_size: int = 1) -> tuple[CalibrationStats, bool, str]:
+    """Returns (stats, from_cache, key). The statistics are in the model's current head/channel order, each
+    layer's on that layer's device."""
     from .models import order_digest
 
     order = order_digest(model)
     key = cache_key(fingerprint, order, windows)
-    stats, hit = cached("calibration", key, lambda: collect_stats(model, arch, windows, progress),
-                        lambda st: {"sqsum": st.sqsum, "n_tokens": st.n_tokens},
-                        lambda d: CalibrationStats(d["sqsum"], d["n_tokens"], order))
+    stats, hit = cached("calibration", key, lambda: collect_stats(model, arch, windows, progress, batch_size),
+                        lambda st: {"sqsum": to_cpu(st.sqsum), "n_tokens": st.n_tokens},
+                        lambda d: CalibrationStats(to_layers(arch, d["sqsum"]), d["n_tokens"], order))
     return stats, hit, key

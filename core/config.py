@@ -8,6 +8,28 @@ class ConfigError(ValueError):
     """Bad user input; the message is one line."""
 
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's spreading strategies
+
+
+def valid_device(device: str) -> bool:
+    return device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+
+
+def check_placement(device: str, dtype: str, device_map: str | None, batch_size: int | None) -> None:
+    """The --device/--dtype/--device-map/--batch-size values, checked without touching torch or a GPU."""
+    if not valid_device(device):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise ConfigError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {device_map!r}")
+    if device_map is not None and device not in ("auto", "cuda"):
+        raise ConfigError(f"--device-map {device_map} places the layers itself; leave --device at auto")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (or auto), got {batch_size}")
+
+
 @dataclass
 class SearchConfig:
     model: str | None = None  # None = bundled gemma-3-270m GGUF
@@ -40,6 +62,15 @@ class SearchConfig:
     seed: int = 0
     data: str = "auto"  # auto | hub | local
     sessions_dir: str = "sessions"
+    # Where the model runs. device: auto | cpu | cuda | cuda:N (auto: CUDA when visible, else the CPU).
+    # dtype: auto | bfloat16 | float16 | float32; a new session stores the dtype it actually ran in, since the
+    # dtype changes every fitness (auto: bfloat16 on CUDA, float32 on the CPU). device_map: accelerate's
+    # 'auto' spreads a model larger than one GPU over all visible ones. batch_size: windows per forward,
+    # None = auto (from free memory on a GPU, evaluate.CPU_BATCH on the CPU).
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+    batch_size: int | None = None
 
     def __post_init__(self):
         if self.budget_tokens is None:
@@ -73,6 +104,7 @@ class SearchConfig:
             raise ConfigError("--selection must be llm or inline")
         if self.bos not in ("auto", "on", "off"):
             raise ConfigError("--bos must be auto, on or off")
+        check_placement(self.device, self.dtype, self.device_map, self.batch_size)
         if self.proposer == "replay" and not self.replay_from:
             raise ConfigError("the replay proposer needs a source session")
         return self

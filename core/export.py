@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -59,26 +60,28 @@ def pruned_config(dense_config, arch: ModelArch, sizes: dict[str, list[int]], re
     return cfg
 
 
-def _kept_tensors(model: nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """Contiguous copies of the (prefix-view) state dict; tied tensors stay one tensor."""
+def _kept_tensors(model: nn.Module, dtype: torch.dtype | None, device=None) -> dict[str, torch.Tensor]:
+    """Contiguous copies of the (prefix-view) state dict, on `device` (None: where each tensor is); tied
+    tensors stay one tensor."""
     out, copies = {}, {}
     for name, t in model.state_dict().items():
-        key = (t.data_ptr(), tuple(t.shape), t.stride())
+        key = (t.device, t.data_ptr(), tuple(t.shape), t.stride())
         if key not in copies:
-            copies[key] = torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device).copy_(t)
+            copies[key] = torch.empty(t.shape, dtype=dtype or t.dtype, device=device or t.device).copy_(t)
         out[name] = copies[key]
     return out
 
 
 def build_pruned(lm: LoadedModel, pruner: StructuredPruner, rates, *, meta: dict | None = None,
-                 dtype: torch.dtype | None = None) -> nn.Module:
-    """The physically pruned model for `rates`, in memory. Leaves the resident model restored (dense)."""
+                 dtype: torch.dtype | None = None, device=None) -> nn.Module:
+    """The physically pruned model for `rates`, in memory, on `device` (None: each tensor where the resident
+    model's is, e.g. spread over GPUs like it). Leaves the resident model restored (dense)."""
     model, arch = lm.model, pruner.arch
     with pruner.applied(rates) as plans:
         sizes = resident_sizes(model, arch)
         record = _record(lm, pruner, rates, plans, meta or {})
         cfg = pruned_config(model.config, arch, sizes, record)
-        state = _kept_tensors(model, dtype)
+        state = _kept_tensors(model, dtype, device)
     _, model_cls = pruned_modeling.classes_for(cfg.model_type)
     with torch.device("meta"):  # shapes only; every tensor is assigned below
         new = model_cls(cfg)
@@ -89,7 +92,7 @@ def build_pruned(lm: LoadedModel, pruner: StructuredPruner, rates, *, meta: dict
     for name, buf in model.named_buffers():
         if name in new_buffers:
             mod_name, _, buf_name = name.rpartition(".")
-            new.get_submodule(mod_name)._buffers[buf_name] = buf.detach().clone()
+            new.get_submodule(mod_name)._buffers[buf_name] = buf.detach().to(device or buf.device, copy=True)
     new.tie_weights()
     left = [n for n, t in [*new.named_parameters(), *new.named_buffers()] if t.is_meta]
     if left:
@@ -119,11 +122,12 @@ def _record(lm, pruner: StructuredPruner, rates, plans: list[LayerPlan], meta: d
 
 def export_pruned(lm: LoadedModel, pruner: StructuredPruner, rates, out_dir, *, meta: dict | None = None,
                   dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
-    """Save the pruned model + tokenizer to `out_dir` (written to a temp dir, then renamed)."""
+    """Save the pruned model + tokenizer to `out_dir` (written to a temp dir, then renamed). The copy is
+    built on the CPU: a GPU holding the resident model need not hold the pruned one beside it."""
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"export directory is not empty: {out} (pass overwrite=True)")
-    new = build_pruned(lm, pruner, rates, meta=meta, dtype=dtype)
+    new = build_pruned(lm, pruner, rates, meta=meta, dtype=dtype, device="cpu")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     new.save_pretrained(tmp)
@@ -135,12 +139,32 @@ def export_pruned(lm: LoadedModel, pruner: StructuredPruner, rates, out_dir, *, 
     return out
 
 
-def load_pruned(path, *, dtype: torch.dtype | None = None, device: str | None = None):
-    """(model, tokenizer) of an exported directory (or any HF directory), offline."""
+def saved_size(path) -> tuple[int, int]:
+    """(parameters, bytes) of a saved model directory read from its safetensors headers, without loading a
+    tensor (tied tensors are saved, and so counted, once; non-persistent buffers are not saved)."""
+    import struct
+
+    params = nbytes = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        for name, t in header.items():
+            if name != "__metadata__":
+                params += math.prod(t["shape"])
+                nbytes += t["data_offsets"][1] - t["data_offsets"][0]
+    return params, nbytes
+
+
+def load_pruned(path, *, dtype: str | torch.dtype | None = None, device: str | None = None,
+                device_map: str | None = None):
+    """(model, tokenizer) of an exported directory (or any HF directory), offline, loaded straight into
+    `dtype` (None: the saved one; 'auto': bfloat16 on CUDA, float32 on the CPU) on `device` (None: the CPU;
+    'auto': CUDA when visible) or spread by `device_map` over the visible GPUs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if device:
-        model.to(device)
+    from .models import placement, resolve_device, resolve_dtype
+
+    dev = resolve_device("cuda" if device_map else (device or "cpu"))
+    kwargs = {"dtype": resolve_dtype(dtype, dev)} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **placement(dev, device_map))
     return model.eval().requires_grad_(False), AutoTokenizer.from_pretrained(path)

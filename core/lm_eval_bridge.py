@@ -113,9 +113,10 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence, *, limit: int | float | No
     return {name: _metrics(res["results"][name]) for name in loaded if name in res["results"]}
 
 
-def evaluate_dir(path, tasks: Sequence, **kwargs) -> dict[str, dict[str, float]]:
-    """Metrics of a saved (exported or stock) model directory."""
+def evaluate_dir(path, tasks: Sequence, *, device: str | None = None, dtype: str | None = None,
+                 device_map: str | None = None, **kwargs) -> dict[str, dict[str, float]]:
+    """Metrics of a saved (exported or stock) model directory, loaded as export.load_pruned places it."""
     from .export import load_pruned
 
-    model, tokenizer = load_pruned(path)
+    model, tokenizer = load_pruned(path, dtype=dtype, device=device, device_map=device_map)
     return evaluate_tasks(model, tokenizer, tasks, **kwargs)

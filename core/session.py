@@ -33,9 +33,19 @@ def build_init_proposer(cfg: SearchConfig) -> Proposer | None:
     return make_proposer("random", seed=cfg.seed)
 
 
-# What a resumed search may change: how long it runs, how it ends, how the proposer's process runs. Every
-# other setting would give another search, so a resume that asks for one is refused.
-RESUMABLE = {"generations", "final_tokens", "final_eval", "llm_threads", "max_retries"}
+# What a resumed search may change: how long it runs, how it ends, how the proposer's process runs, and where
+# the model runs (device, device map, windows per forward: the same numbers within floating-point tolerance).
+# Every other setting would give another search, so a resume that asks for one is refused. The dtype above
+# all: bfloat16 weights are another model (another fingerprint) and move every fitness.
+RESUMABLE = {"generations", "final_tokens", "final_eval", "llm_threads", "max_retries", "device", "device_map",
+             "batch_size"}
+
+
+def stored_config(s: dict) -> SearchConfig:
+    """A session's SearchConfig. Sessions from before devices existed all ran in float32 on the CPU."""
+    d = dict(s["config"])
+    d.setdefault("dtype", "float32")
+    return SearchConfig.from_dict(d)
 
 
 def resume_config(ref: str, sessions_dir: str = "sessions", overrides: dict | None = None
@@ -50,11 +60,17 @@ def resume_config(ref: str, sessions_dir: str = "sessions", overrides: dict | No
         st.close()
     if s["kind"] != "layer":
         raise StoreError(f"session {s['id']} is a {s['kind']} search, not a layer-rate search")
-    stored = SearchConfig.from_dict(s["config"])
+    stored = stored_config(s)
     d = stored.to_dict()
-    for k, v in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    if "device" in overrides:  # a device given on its own replaces the stored placement, device map included
+        overrides.setdefault("device_map", None)
+    for k, v in overrides.items():
         if k == "sessions_dir" or d.get(k) == v:
             continue
+        if k == "dtype":
+            raise ConfigError(f"--dtype cannot change when resuming session {s['id']}: it ran in {stored.dtype}, "
+                              f"and {v} weights give other fitness values; start a new search instead")
         if k not in RESUMABLE:
             raise ConfigError(f"--{k.replace('_', '-')} cannot change when resuming session {s['id']} "
                               f"(stored {d.get(k)!r}, given {v!r}); start a new search instead")
@@ -70,6 +86,9 @@ def check_same_setup(s: dict, bench: Workbench) -> None:
     """A session continued, replayed or exported on another model, data or calibration would silently give
     another pruned model (the head/channel order comes from the calibration): refuse in one line."""
     if s["model_fingerprint"] != bench.lm.fingerprint:
+        ran_in = stored_config(s).dtype if s.get("config") else None
+        if ran_in not in (None, "auto", bench.dtype):
+            raise ConfigError(f"session {s['id']} ran in {ran_in}, this run loaded {s['model_name']} in {bench.dtype}")
         raise ConfigError(f"session {s['id']} was run on another model ({s['model_name']})")
     if s.get("data_source") and s["data_source"] != bench.data.source:
         raise ConfigError(f"session {s['id']} used data {s['data_source']}, this run gets {bench.data.source} "
@@ -87,10 +106,16 @@ def data_choice(s: dict, cfg_data: str) -> str:
 
 def session_workbench(cfg: SearchConfig, s: dict, bus: EventBus | None = None) -> Workbench:
     """The workbench a stored session ran on, rebuilt from its config and checked against it."""
-    bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
-                            data=data_choice(s, cfg.data), bos=cfg.bos, bus=bus)
+    import torch
+
+    if (cfg.device.startswith("cuda") or cfg.device_map) and not torch.cuda.is_available():
+        where = cfg.device if cfg.device.startswith("cuda") else f"--device-map {cfg.device_map}"
+        raise ConfigError(f"session {s['id']} ran on {where} and no CUDA device is visible here: pass --device cpu "
+                          f"(or auto) to continue it on the CPU, in its stored dtype {cfg.dtype}")
+    bench = Workbench.from_config(cfg, bus, data_choice(s, cfg.data))
     check_same_setup(s, bench)
     return bench
+
 
 
 def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: Path | None = None,
@@ -109,8 +134,8 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
         sid = s["id"]
     else:
         if bench is None:
-            bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens, data=cfg.data,
-                                    bos=cfg.bos, bus=bus)
+            bench = Workbench.from_config(cfg, bus)
+        bench.pin_dtype(cfg)
         sid = new_session_id("layer")
         store = Store(Path(cfg.sessions_dir) / f"{sid}.db", create=True)
         store.create_session(sid, "layer", cfg.to_dict(), model_name=bench.lm.name,
@@ -122,10 +147,11 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
 
 
 def replay_session(ref: str, sessions_dir: str = "sessions", *, bus: EventBus, control: Control,
-                   final_eval: bool = True) -> tuple[SelfPrunerSearch, Path]:
+                   final_eval: bool = True, overrides: dict | None = None) -> tuple[SelfPrunerSearch, Path]:
     """A new session that re-runs a stored one from its stored replies (re-parsed and re-repaired) on the
-    same model, data and calibration; compare_trajectories(source, search.store) tells whether it matched."""
-    cfg, path = resume_config(ref, sessions_dir)
+    same model, data and calibration; compare_trajectories(source, search.store) tells whether it matched.
+    `overrides`: what resume may change (device, batch size), e.g. to replay a GPU session on the CPU."""
+    cfg, path = resume_config(ref, sessions_dir, overrides)
     src = Store(path)
     try:
         s = src.session()

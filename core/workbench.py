@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from .calibration import CalibrationStats, load_or_collect
+from .config import ConfigError
 from .data import TokenData, load_token_data
-from .evaluate import perplexity
+from .evaluate import auto_batch_size, perplexity
 from .events import EventBus, Stage
-from .models import LoadedModel, load_model
+from .models import LoadedModel, dtype_name, load_model
 from .structured import StructuredPruner, reset_order
 
 
@@ -18,34 +19,68 @@ from .structured import StructuredPruner, reset_order
 class Workbench:
     lm: LoadedModel
     data: TokenData
-    stats: CalibrationStats  # in the resident model's (permuted) order
+    stats: CalibrationStats  # in the resident model's (permuted) order, each layer's on that layer's device
     pruner: StructuredPruner
     seq_len: int
     calib_key: str  # identifies checkpoint, order and calibration windows; stored with every session
+    batch_size: int = 1  # windows per forward in every perplexity (resolved from 'auto' at build)
 
     @classmethod
     def build(cls, model: str | None, *, seq_len: int = 512, calib_tokens: int = 16384, data: str = "auto",
-              bos: str = "auto", bus: EventBus | None = None, lm: LoadedModel | None = None) -> "Workbench":
+              bos: str = "auto", bus: EventBus | None = None, lm: LoadedModel | None = None,
+              device: str = "auto", dtype: str = "auto", device_map: str | None = None,
+              batch_size: int | None = None) -> "Workbench":
+        """Load `model` onto `device` in `dtype` (or spread it with `device_map`; see models.load_model),
+        tokenise WikiText-2 and calibrate. A given `lm` is used as it is, wherever it sits."""
         emit = bus.emit if bus else (lambda e: None)
         torch.manual_seed(0)
         if lm is None:
             emit(Stage("load", f"loading {model or 'bundled gemma-3-270m'}"))
-            lm = load_model(model)
+            lm = load_model(model, device=device, dtype=dtype, device_map=device_map)
+        emit(Stage("data", "tokenising WikiText-2"))
+        td = load_token_data(lm.tokenizer, calib_tokens=calib_tokens, source=data, bos=bos)
+        return cls.from_parts(lm, td, seq_len=seq_len, bus=bus, batch_size=batch_size)
+
+    @classmethod
+    def from_parts(cls, lm: LoadedModel, td: TokenData, *, seq_len: int = 512, bus: EventBus | None = None,
+                   batch_size: int | None = None) -> "Workbench":
+        """Calibrate an in-memory model on token data it was given (e.g. random ids, bench/scale.py). Every
+        tensor made from here on is made on the device of the layer it belongs to."""
+        emit = bus.emit if bus else (lambda e: None)
         # A reused model may carry an earlier pruner's permutation: statistics, keys and the new order are
         # all taken from the checkpoint order, exactly as for a fresh load.
         reset_order(lm.model, lm.arch)
-        emit(Stage("data", "tokenising WikiText-2"))
-        td = load_token_data(lm.tokenizer, calib_tokens=calib_tokens, source=data, bos=bos)
         windows = td.windows("calib", seq_len)
+        batch = batch_size or auto_batch_size(lm.model, td.windows("search", seq_len))
         emit(Stage("calibrate", f"calibration pass over {windows.numel()} tokens", 0, windows.shape[0]))
         stats, cached, key = load_or_collect(lm.model, lm.arch, lm.fingerprint, windows,
-                                             progress=lambda d, t: emit(Stage("calibrate", "", d, t)))
+                                             progress=lambda d, t: emit(Stage("calibrate", "", d, t)),
+                                             batch_size=batch)
         emit(Stage("calibrate", "calibration statistics " + ("read from cache" if cached else "collected"),
                    windows.shape[0], windows.shape[0]))
         pruner = StructuredPruner(lm.model, lm.arch, stats)
-        return cls(lm, td, pruner.stats, pruner, seq_len, key)
+        return cls(lm, td, pruner.stats, pruner, seq_len, key, batch)
+
+    @classmethod
+    def from_config(cls, cfg, bus: EventBus | None = None, data: str | None = None) -> "Workbench":
+        """The model, data and calibration of a SearchConfig, on its device, in its dtype."""
+        return cls.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens, data=data or cfg.data,
+                         bos=cfg.bos, bus=bus, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map,
+                         batch_size=cfg.batch_size)
+
+    @property
+    def dtype(self) -> str:
+        """The resident model's dtype by name, as a session stores it."""
+        return dtype_name(self.lm.dtype)
+
+    def pin_dtype(self, cfg) -> None:
+        """Write the dtype this workbench runs in into `cfg` ('auto' resolves per box; a resume must not)."""
+        if cfg.dtype not in ("auto", self.dtype):
+            raise ConfigError(f"--dtype {cfg.dtype} asked, but the model given to the search is in {self.dtype}")
+        cfg.dtype = self.dtype
 
     def windows(self, which: str, max_tokens: int | None) -> torch.Tensor:
+        """Token windows on the CPU; each perplexity moves its batch to the model's input device."""
         return self.data.windows(which, self.seq_len, max_tokens)
 
     def fitness(self, rates, budget_tokens: int, *, which: str = "search", should_stop=None,
@@ -54,8 +89,9 @@ class Workbench:
         windows = self.windows(which, budget_tokens)
         t0 = time.perf_counter()
         with self.pruner.applied(rates):
-            ppl = perplexity(self.lm.model, windows, should_stop=should_stop, progress=progress)
+            ppl = perplexity(self.lm.model, windows, should_stop=should_stop, progress=progress,
+                             batch_size=self.batch_size)
         return ppl, time.perf_counter() - t0
 
     def dense_ppl(self, budget_tokens: int | None, which: str = "search") -> float:
-        return perplexity(self.lm.model, self.windows(which, budget_tokens))
+        return perplexity(self.lm.model, self.windows(which, budget_tokens), batch_size=self.batch_size)

@@ -134,7 +134,17 @@ def _search_settings(args) -> dict:
                 final_tokens=args.final_tokens, final_eval=not args.no_final, init=args.init,
                 ablation="no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none",
                 selection=args.selection, max_retries=args.max_retries, temperature=args.temperature,
-                llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos)
+                llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, **_placement(args))
+
+
+def _placement(args) -> dict:
+    """--device/--dtype/--device-map/--batch-size as SearchConfig / MetricRun fields."""
+    return dict(device=args.device, dtype=args.dtype, device_map=args.device_map, batch_size=args.batch_size)
+
+
+def _typed_placement(args) -> dict:
+    """The placement options the user gave (what a replay or export may take over the session's)."""
+    return {k: v for k, v in _placement(args).items() if v not in ("auto", None)}
 
 
 def _print_shares(store) -> None:
@@ -164,7 +174,7 @@ def cmd_baseline(args) -> int:
 
     cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", budget_tokens=args.budget_tokens,
                        seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
-                       lo=args.lo, hi=args.hi, data=args.data, bos=args.bos,
+                       lo=args.lo, hi=args.hi, data=args.data, bos=args.bos, **_placement(args),
                        sessions_dir=args.sessions_dir).validate()
     bus = EventBus()
     with ProgressRenderer() as renderer:
@@ -245,7 +255,7 @@ def cmd_replay(args) -> int:
     with ProgressRenderer(args.verbose) as renderer:
         bus.subscribe(renderer)
         search, path = replay_session(args.session, args.sessions_dir, bus=bus, control=control,
-                                      final_eval=not args.no_final)
+                                      final_eval=not args.no_final, overrides=_typed_placement(args))
         result = _run_with_signals(search.run, control)
     diffs = compare_trajectories(Store(path), search.store)
     _print_result(search.store, result)
@@ -261,8 +271,11 @@ def cmd_export(args) -> int:
     from selfpruner.core.session_export import export_session_candidate
 
     with ProgressRenderer():
+        where = _typed_placement(args)
         info = export_session_candidate(args.session, args.out, sessions_dir=args.sessions_dir,
-                                        candidate=args.candidate, dtype=args.dtype, overwrite=args.overwrite)
+                                        candidate=args.candidate, dtype=args.dtype, overwrite=args.overwrite,
+                                        device=args.device if {"device", "device_map"} & set(where) else None,
+                                        device_map=args.device_map)
     out.print(f"exported candidate #{info['candidate']} of {info['session']} to {info['out_dir']}: "
               f"{info['params']:,} parameters (dense {info['dense_params']:,}), prunable sparsity "
               f"{info['achieved_sparsity']:.4f}")
@@ -277,8 +290,9 @@ def cmd_eval(args) -> int:
 
     tasks = args.tasks.split(",") if args.tasks else list(PAPER_TASKS)
     try:
-        res = evaluate_dir(args.model_dir, tasks, limit=args.limit, batch_size=args.batch_size,
-                           num_fewshot=args.num_fewshot, include_path=args.include_path)
+        res = evaluate_dir(args.model_dir, tasks, limit=args.limit, batch_size=args.batch_size or _auto_batch(args),
+                           num_fewshot=args.num_fewshot, include_path=args.include_path, device=args.device,
+                           dtype=args.dtype, device_map=args.device_map)
     except TaskUnavailable as e:
         raise UserError(str(e)) from None
     t = Table("task", "metric", "value")
@@ -303,10 +317,11 @@ def cmd_speed(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dense = load_model(args.dense).model
-    pruned, _ = load_pruned(args.model_dir)
+    dense = load_model(args.dense, device=args.device, dtype=args.dtype, device_map=args.device_map).model
+    pruned, _ = load_pruned(args.model_dir, dtype=args.dtype, device=args.device, device_map=args.device_map)
     report = compare({"dense": dense, "pruned": pruned}, baseline="dense", repeats=args.repeats,
-                     clock=args.clock, prefill_len=args.prefill_len, decode_tokens=args.decode_tokens)
+                     clock=args.clock, prefill_len=args.prefill_len, decode_tokens=args.decode_tokens,
+                     batch=args.batch_size or 1)
     out.print(to_markdown(report))
     if args.vllm:
         ok, why = vllm_status()
@@ -325,7 +340,8 @@ def cmd_lora(args) -> int:
     from selfpruner.core.lora import recover_dir
     from selfpruner.core.session_summary import record_for_model_dir
 
-    res = recover_dir(args.model_dir, args.out, steps=args.steps, seq_len=args.seq_len, lr=args.lr)
+    res = recover_dir(args.model_dir, args.out, steps=args.steps, seq_len=args.seq_len, lr=args.lr,
+                      device=args.device, dtype=args.dtype, device_map=args.device_map, batch_size=args.batch_size or 1)
     out.print(f"LoRA r=8, {res.steps} steps: ppl {res.ppl_before:.3f} → {res.ppl_after:.3f}; saved to {args.out}")
     record_for_model_dir(args.model_dir, args.sessions_dir, "lora", str(args.out), res.to_dict())
     return 0
@@ -343,7 +359,7 @@ def cmd_metric_search(args) -> int:
                              operands=("W", "X") if args.no_gradients else ("W", "G", "X"),
                              llm_every=args.llm_every, seed=args.seed)
     run = MetricRun(calib_tokens=args.calib_tokens, final_tokens=args.final_tokens, data=args.data,
-                    sessions_dir=args.sessions_dir, proposer=args.proposer)
+                    sessions_dir=args.sessions_dir, proposer=args.proposer, **_placement(args))
     bus, control = EventBus(), Control()
     with ProgressRenderer(args.verbose) as renderer:
         bus.subscribe(renderer)
@@ -365,7 +381,7 @@ def cmd_prune(args) -> int:
     try:
         r = prune_with_metric(args.model, args.metric, args.sparsity, tokens=args.tokens,
                               calib_tokens=args.calib_tokens, seq_len=args.seq_len, data=args.data,
-                              out_dir=args.out)
+                              out_dir=args.out, **_placement(args))
     except ParseError as e:
         raise UserError(f"bad metric {args.metric!r}: {e}") from None
     out.print(f"{r['metric']} at sparsity {r['sparsity']:.4f}: ppl {r['dense_ppl']:.3f} → {r['pruned_ppl']:.3f} "
@@ -388,6 +404,35 @@ def _common(p):
     _bos(p)
 
 
+def _auto_batch(args):
+    """lm-eval's batch size for --batch-size auto: its own search on a GPU, one sequence on the CPU."""
+    import torch
+    return "auto" if args.device != "cpu" and (args.device_map or torch.cuda.is_available()) else 1
+
+
+def _batch(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, not {text!r}")
+    return int(text)
+
+
+def _device_options() -> argparse.ArgumentParser:
+    """Every command that loads a model: where it runs, in what precision, how many windows per forward."""
+    from selfpruner.core.config import DEVICE_MAPS, DTYPES
+
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when visible, else CPU)")
+    g.add_argument("--dtype", choices=DTYPES, default="auto", help="weights (auto: bfloat16 on CUDA, float32 on CPU)")
+    g.add_argument("--device-map", choices=DEVICE_MAPS, default=None,
+                   help="spread a model larger than one GPU over all visible GPUs (accelerate)")
+    g.add_argument("--batch-size", type=_batch, default=None, metavar="N|auto",
+                   help="windows per forward (auto: as many as free GPU memory holds; 1 on the CPU)")
+    return p
+
+
 def _bos(p):
     p.add_argument("--bos", choices=["auto", "on", "off"], default="auto",
                    help="BOS token at the start of every window (auto: as the model's tokenizer does)")
@@ -397,9 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="selfpruner", description="LLM-driven structured pruning search")
     sessions = argparse.ArgumentParser(add_help=False)  # every command that reads or writes sessions
     sessions.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
+    device = _device_options()
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("search", parents=[sessions], help="Self-Pruner layer-rate search")
+    p = sub.add_parser("search", parents=[sessions, device], help="Self-Pruner layer-rate search")
     _common(p)
     p.add_argument("--proposer", default="llama-cpp", choices=["openai", "llama-cpp", "vllm", "numeric", "replay"])
     p.add_argument("--proposer-model", default=None, help="GGUF / OpenAI model / vLLM model for the proposer")
@@ -423,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_search)
 
-    p = sub.add_parser("baseline", parents=[sessions], help="evaluate uniform or OWL layer rates")
+    p = sub.add_parser("baseline", parents=[sessions, device], help="evaluate uniform or OWL layer rates")
     _common(p)
     p.add_argument("--method", choices=["uniform", "owl"], default="uniform")
     p.add_argument("--owl-lambda", type=float, default=0.08)
@@ -439,14 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_show)
 
-    p = sub.add_parser("replay", parents=[sessions],
+    p = sub.add_parser("replay", parents=[sessions, device],
                        help="re-run a session with its stored proposer answers and compare")
     p.add_argument("session")
     p.add_argument("--no-final", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_replay)
 
-    p = sub.add_parser("metric-search", parents=[sessions],
+    p = sub.add_parser("metric-search", parents=[sessions, device],
                        help="Pruner-Zero: evolve a symbolic pruning metric")
     p.add_argument("--model", default=None)
     p.add_argument("--sparsity", type=float, default=0.5)
@@ -470,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_metric_search)
 
-    p = sub.add_parser("prune", help="apply any metric as unstructured pruning")
+    p = sub.add_parser("prune", parents=[device], help="apply any metric as unstructured pruning")
     p.add_argument("--metric", required=True, help='e.g. "mul(abs(W), X)" or "|W| * X"')
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--model", default=None)
@@ -481,27 +527,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="save the pruned (same-shape, zeroed) model here")
     p.set_defaults(fn=cmd_prune)
 
-    p = sub.add_parser("export", parents=[sessions],
-                       help="save the physically smaller model of a session's best candidate")
+    p = sub.add_parser("export", parents=[sessions, device],
+                       help="save the physically smaller model of a session's best candidate",
+                       description="The model loads in the session's dtype, where it ran (or --device); --dtype "
+                                   "is that of the saved weights (auto: the session's).")
     p.add_argument("session")
     p.add_argument("--out", required=True)
     p.add_argument("--candidate", type=int, default=None, help="candidate id (default: the best)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("eval", parents=[sessions],
+    p = sub.add_parser("eval", parents=[sessions, device],
                        help="zero-shot accuracy of a saved model through lm-eval")
     p.add_argument("model_dir")
     p.add_argument("--tasks", default=None, help="comma list of lm-eval tasks or task YAML files "
                                                  "(default: the paper's seven)")
     p.add_argument("--limit", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--include-path", default=None)
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("speed", parents=[sessions],
+    p = sub.add_parser("speed", parents=[sessions, device],
                        help="parameters, memory and tokens/s of a saved model vs dense")
     p.add_argument("model_dir")
     p.add_argument("--dense", default=None, help="the dense model spec (default: bundled)")
@@ -513,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vllm", action="store_true", help="also measure with vLLM (GPU box, .[gpu] extra)")
     p.set_defaults(fn=cmd_speed)
 
-    p = sub.add_parser("lora", parents=[sessions],
+    p = sub.add_parser("lora", parents=[sessions, device],
                        help="optional LoRA (r=8) recovery of a saved model on local text")
     p.add_argument("model_dir")
     p.add_argument("--out", required=True)

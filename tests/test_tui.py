@@ -364,14 +364,19 @@ def test_live_events_and_db_give_the_same_view(tmp_path, tiny_bench, tiny_llama_
     ("beta", "abc", "ratio β must be a number"),
     ("population", "x", "population K must be a whole number"),
     ("budget_tokens", "16", "tokens / fitness (16) must be at least context (seq len) (512)"),
+    ("device", "tpu", "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ("batch_size", "0", "windows / forward must be at least 1"),
 ])
 async def test_start_screen_shows_validation_errors_inline(tmp_path, field, value, needle):
     app = SelfPrunerApp(tmp_path / "s", SearchConfig(proposer="numeric"))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
+        app.screen.query_one("#advanced").collapsed = False  # device and batch size are folded there
+        await pilot.pause()
         inp = app.screen.query_one(f"#{field}", Input)
         inp.value = ""
-        await pilot.click(f"#{field}")
+        inp.focus()  # folded-out fields can sit below the visible region, where a click cannot reach
+        await pilot.pause()
         await pilot.press(*value)
         await pilot.press("ctrl+r")
         await pilot.pause()
@@ -380,6 +385,25 @@ async def test_start_screen_shows_validation_errors_inline(tmp_path, field, valu
         assert err.display and needle in str(err.render())
         assert app.screen.query_one(f"#{field}", Input).has_class("-bad")
     assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("*.db"))
+
+
+async def test_start_form_reads_the_placement(tmp_path):
+    """device, dtype, device map and windows per forward go from the form into the SearchConfig."""
+    app = SelfPrunerApp(tmp_path / "s", SearchConfig(proposer="numeric", device="cpu", dtype="bfloat16"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        cfg = screen.read_config()
+        assert (cfg.device, cfg.dtype, cfg.device_map, cfg.batch_size) == ("cpu", "bfloat16", None, None)
+        screen.query_one("#device", Input).value = "cuda:1"
+        screen.query_one("#dtype", Select).value = "float16"
+        screen.query_one("#batch_size", Input).value = "8"
+        cfg = screen.read_config()
+        assert (cfg.device, cfg.dtype, cfg.batch_size) == ("cuda:1", "float16", 8)
+        screen.query_one("#device", Input).value = ""
+        screen.query_one("#device_map", Select).value = "auto"
+        cfg = screen.read_config()
+        assert (cfg.device, cfg.device_map) == ("auto", "auto")
 
 
 async def test_missing_api_key_offers_the_offline_proposer(tmp_path, monkeypatch):

@@ -95,11 +95,12 @@ class SelfPrunerApp(App):
         key = workbench_settings(cfg)
         with self._bench_lock:
             if key != self._bench_key:
-                same_model = self._bench is not None and self._bench_key[0] == cfg.model
+                same_model = self._bench is not None and self._bench_key[0] == key[0]
                 lm = self._bench.lm if same_model else None
                 self._bench = self._bench_key = None  # let a different model go before loading the next
                 self._bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
-                                              data=cfg.data, bos=cfg.bos, bus=bus, lm=lm)
+                                              data=cfg.data, bos=cfg.bos, bus=bus, lm=lm, device=cfg.device,
+                                              dtype=cfg.dtype, device_map=cfg.device_map, batch_size=cfg.batch_size)
                 self._bench_key = key
             bench = self._bench
         self._measure(cfg, bench, bus)
@@ -124,7 +125,7 @@ class SelfPrunerApp(App):
     def resident(self, model: str | None, data: str):
         """The resident workbench if it holds `model` with `data`'s WikiText-2 (what the form would reuse)."""
         key, bench = self._bench_key, self._bench
-        return bench if key is not None and bench is not None and key[0] == model and key[3] == data else None
+        return bench if key is not None and bench is not None and key[0][0] == model and key[3] == data else None
 
     def use_workbench(self, cfg: SearchConfig, bench) -> None:
         """Adopt an already built workbench for searches with cfg's model and data settings."""
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ratio", "--beta", dest="ratio", type=float, default=d.beta)
     ap.add_argument("--proposer", default=d.proposer, choices=["openai", "llama-cpp", "vllm", "numeric"])
     ap.add_argument("--data", choices=["auto", "hub", "local"], default=d.data)
+    ap.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (the form's default)")
+    ap.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default=d.dtype)
     ap.add_argument("--open", dest="open_session", default=None, metavar="SESSION",
                     help="open a stored session (path, id or id prefix) in the replay view")
     ap.add_argument("--browse", action="store_true", help="start in the session browser")
@@ -155,13 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def workbench_settings(cfg: SearchConfig) -> tuple:
-    """The settings a workbench depends on; the first is the model (a model change reloads it)."""
-    return (cfg.model, cfg.seq_len, cfg.calib_tokens, cfg.data, cfg.bos)
+    """The settings a workbench depends on; the first is the model (a model change, or a change of where and in
+    what precision it runs, reloads it)."""
+    return ((cfg.model, cfg.device, cfg.dtype, cfg.device_map), cfg.seq_len, cfg.calib_tokens, cfg.data, cfg.bos,
+            cfg.batch_size)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     defaults = SearchConfig(model=args.model, beta=args.ratio, proposer=args.proposer, data=args.data,
+                            device=args.device, dtype=args.dtype,
                             final_tokens=DEFAULT_FINAL_TOKENS, sessions_dir=args.sessions_dir)
     app = SelfPrunerApp(args.sessions_dir, defaults, open_session=args.open_session, browse=args.browse)
     app.run()

@@ -2,7 +2,8 @@
 (following GBLM-Pruner) uses, G = sqrt(sum_windows (dL_w/dW)^2), with L_w the mean next-token loss of
 window w. Only the decoder projections get gradients: the 168M-parameter (tied) embedding of
 gemma-3-270m never has requires_grad, so memory is the model plus two projection-sized float32 buffers
-(~0.4 GB each for the 100M projection weights). Cached on disk per model fingerprint and windows.
+(~0.4 GB each for the 100M projection weights). Cached on disk per model fingerprint and windows; the sums of
+squares are float32 on each projection's own device, the cache holds them on the CPU.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..calibration import cached
+from ..calibration import cached, to_cpu, to_layers
 from ..models import ModelArch
 from .unstructured import PROJECTIONS
 
@@ -29,12 +30,14 @@ def _window_loss(model, window: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=window[None], use_cache=False).logits[0]
     targets = torch.full_like(window, -100)
     targets[:-1] = window[1:]  # shift targets, not the [T, vocab] logits (no copy of a 262k-wide tensor)
-    return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+    return F.cross_entropy(logits.float(), targets.to(logits.device), ignore_index=-100)
 
 
 def collect_gradients(model, arch: ModelArch, windows: torch.Tensor, progress=None,
                       should_stop=None) -> GradientStats:
     """One forward+backward per window ([n, seq]); restores every requires_grad flag afterwards."""
+    from ..models import input_device
+
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     lins = {(i, n): getattr(parts, n) for i, parts in enumerate(arch.layers) for n in PROJECTIONS}
@@ -49,7 +52,7 @@ def collect_gradients(model, arch: ModelArch, windows: torch.Tensor, progress=No
             for b in range(windows.shape[0]):
                 if should_stop is not None and should_stop():
                     raise InterruptedError("gradient collection stopped")
-                _window_loss(model, windows[b]).backward()
+                _window_loss(model, windows[b].to(input_device(model))).backward()
                 for k, lin in lins.items():
                     g = lin.weight.grad.float()
                     sq[k].addcmul_(g, g)
@@ -75,5 +78,5 @@ def load_or_collect_gradients(model, arch: ModelArch, fingerprint: str, windows:
 
     return cached("gradients", cache_key(fingerprint, order_digest(model), windows),
                   lambda: collect_gradients(model, arch, windows, progress, should_stop),
-                  lambda g: {"norms": g.norms, "n_windows": g.n_windows},
-                  lambda d: GradientStats(d["norms"], d["n_windows"]))
+                  lambda g: {"norms": to_cpu(g.norms), "n_windows": g.n_windows},
+                  lambda d: GradientStats(to_layers(arch, d["norms"]), d["n_windows"]))

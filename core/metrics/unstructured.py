@@ -40,7 +40,7 @@ def prune_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     index first, as Wanda's stable sort)."""
     k = int(scores.shape[1] * sparsity)
     if k <= 0:
-        return torch.zeros(scores.shape, dtype=torch.bool)
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     s = torch.nan_to_num(scores.float(), nan=float("-inf"))  # a NaN score never protects a weight
     # Same set as the first k of a stable sort, ~4x cheaper: everything below the k-th value, then the
     # lowest-index ties at it until each row has k.

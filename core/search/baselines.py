@@ -20,7 +20,7 @@ def outlier_ratios(arch: ModelArch, stats: CalibrationStats, m: float = 5.0) -> 
     m times the layer's mean score."""
     out = []
     for i, parts in enumerate(arch.layers):
-        scores = [(getattr(parts, name).weight.abs() * stats.norm(i, point)).flatten()
+        scores = [(getattr(parts, name).weight.abs() * stats.norm(i, point).to(parts.q.weight.device)).flatten()
                   for name, point in _POINT_OF.items()]
         s = torch.cat(scores)
         out.append(float((s > m * s.mean()).float().mean()))
@@ -30,7 +30,7 @@ def outlier_ratios(arch: ModelArch, stats: CalibrationStats, m: float = 5.0) -> 
 def owl_rates(arch: ModelArch, stats: CalibrationStats, beta: float, lam: float = 0.08, m: float = 5.0,
               lo: float = 0.0, hi: float = 1.0) -> list[float]:
     """Layers with more outliers are pruned less: rates span beta ± lam, with mean exactly beta."""
-    d = torch.tensor(outlier_ratios(arch, stats, m), dtype=torch.float64)
+    d = torch.tensor(outlier_ratios(arch, stats, m), dtype=torch.float64, device="cpu")  # one number per layer
     span = d.max() - d.min()
     scaled = (d - d.min()) / span * 2 * lam if span > 0 else torch.zeros_like(d)
     rates = beta - (scaled - scaled.mean())

@@ -27,6 +27,10 @@ PROPOSER_HELP = {
     "vllm": "needs vllm and a GPU",
 }
 DATA = [("auto (hub, else the local copy)", "auto"), ("local copy (offline)", "local"), ("hub", "hub")]
+DTYPE_CHOICES = [("auto (bfloat16 on a GPU, float32 on the CPU)", "auto"), ("bfloat16", "bfloat16"),
+                 ("float16", "float16"), ("float32", "float32")]
+DEVICE_MAP_CHOICES = [("none (one device)", ""), ("auto (spread over all GPUs)", "auto"),
+                      ("balanced", "balanced"), ("sequential", "sequential")]
 # (SearchConfig field = input id, label, type)
 NUMBERS = [("population", "population K", int), ("mutations", "mutations M", int),
            ("crossovers", "crossovers S", int), ("generations", "generations N", int)]
@@ -47,7 +51,8 @@ BUNDLED_TOKENS_PER_S = 120.0
 FLAGS = {"--ratio": ("ratio β", "beta"), "--budget-tokens": ("tokens / fitness", "budget_tokens"),
          "--seq-len": ("context (seq len)", "seq_len"), "--population": ("population K", "population"),
          "--generations": ("generations N", "generations"), "mutation and crossover": (None, "mutations"),
-         "bounds": (None, "beta")}
+         "bounds": (None, "beta"), "--device-map": ("device map", "device"), "--device": ("device", "device"),
+         "--batch-size": ("windows / forward", "batch_size")}
 
 
 def _input(key: str, value, **kw) -> Input:
@@ -112,6 +117,13 @@ class StartScreen(Screen):
                 for key, label, _ in ADVANCED:
                     yield from _row(label, _input(key, getattr(d, key)))
                 yield from _row("WikiText-2", Select(DATA, value=d.data, allow_blank=False, compact=True, id="data"))
+                yield from _row("device", _input("device", d.device, placeholder="auto | cpu | cuda | cuda:N"))
+                yield from _row("dtype", Select(DTYPE_CHOICES, value=d.dtype, allow_blank=False, compact=True,
+                                                id="dtype"))
+                yield from _row("device map", Select(DEVICE_MAP_CHOICES, value=d.device_map or "",
+                                                     allow_blank=False, compact=True, id="device_map"))
+                yield from _row("windows / forward", _input("batch_size", d.batch_size,
+                                                            placeholder="auto (free GPU memory; 1 on the CPU)"))
                 yield Checkbox("random initial population (paper ablation)", d.init == "random", compact=True,
                                id="init_random")
                 yield Checkbox("final evaluation on the test stream", d.final_eval, compact=True, id="final_eval")
@@ -215,6 +227,10 @@ class StartScreen(Screen):
         cfg.init = "random" if self.query_one("#init_random", Checkbox).value else "llm"
         cfg.final_eval = self.query_one("#final_eval", Checkbox).value
         cfg.data = str(self.query_one("#data", Select).value)
+        cfg.device = self.query_one("#device", Input).value.strip() or "auto"
+        cfg.dtype = str(self.query_one("#dtype", Select).value)
+        cfg.device_map = str(self.query_one("#device_map", Select).value) or None
+        cfg.batch_size = self._number("batch_size", "windows / forward", int, optional=True)
         return cfg.validate()
 
     def _number(self, key: str, label: str, typ, optional: bool = False):
