@@ -59,6 +59,9 @@ class SearchConfig:
     max_retries: int = 3
     temperature: float = 0.8
     llm_threads: int | None = None  # llama-cpp threads; None = as many as torch uses
+    base_url: str | None = None  # openai: an OpenAI-compatible server (vllm serve, llama-cpp-python, Ollama)
+    llm_concurrency: int = 4  # openai: requests in flight at once
+    vllm_gpu_share: float = 0.3  # vllm: its gpu_memory_utilization, so the pruned model fits beside it
     seed: int = 0
     data: str = "auto"  # auto | hub | local
     sessions_dir: str = "sessions"
@@ -96,6 +99,10 @@ class SearchConfig:
             raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be at least --seq-len ({self.seq_len})")
         if self.llm_threads is not None and self.llm_threads < 1:
             raise ConfigError(f"--llm-threads must be at least 1, got {self.llm_threads}")
+        if self.llm_concurrency < 1:
+            raise ConfigError(f"--llm-concurrency must be at least 1, got {self.llm_concurrency}")
+        if not 0.0 < self.vllm_gpu_share < 1.0:
+            raise ConfigError(f"--vllm-gpu-share must be in (0, 1), got {self.vllm_gpu_share}")
         if self.init not in ("llm", "random"):
             raise ConfigError("--init must be llm or random")
         if self.ablation not in ("none", "no-mutation", "no-crossover"):

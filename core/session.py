@@ -23,6 +23,10 @@ def build_proposer(cfg: SearchConfig) -> Proposer:
         opts["model"] = cfg.proposer_model
     if cfg.proposer == "llama-cpp" and cfg.llm_threads:
         opts["n_threads"] = cfg.llm_threads
+    if cfg.proposer == "openai":
+        opts.update(base_url=cfg.base_url, concurrency=cfg.llm_concurrency)
+    if cfg.proposer == "vllm":
+        opts["gpu_share"] = cfg.vllm_gpu_share
     return make_proposer(cfg.proposer, **opts)
 
 
@@ -38,7 +42,7 @@ def build_init_proposer(cfg: SearchConfig) -> Proposer | None:
 # Every other setting would give another search, so a resume that asks for one is refused. The dtype above
 # all: bfloat16 weights are another model (another fingerprint) and move every fitness.
 RESUMABLE = {"generations", "final_tokens", "final_eval", "llm_threads", "max_retries", "device", "device_map",
-             "batch_size"}
+             "batch_size", "base_url", "llm_concurrency", "vllm_gpu_share"}
 
 
 def stored_config(s: dict) -> SearchConfig:

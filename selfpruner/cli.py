@@ -134,7 +134,8 @@ def _search_settings(args) -> dict:
                 final_tokens=args.final_tokens, final_eval=not args.no_final, init=args.init,
                 ablation="no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none",
                 selection=args.selection, max_retries=args.max_retries, temperature=args.temperature,
-                llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, **_placement(args))
+                llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, base_url=args.base_url,
+                llm_concurrency=args.llm_concurrency, vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
 
 
 def _placement(args) -> dict:
@@ -464,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--llm-threads", type=int, default=None, metavar="N",
                    help="llama-cpp threads (default: as many as torch uses; 1 on a box busy with other jobs)")
+    p.add_argument("--base-url", default=None, metavar="URL",
+                   help="--proposer openai against any OpenAI-compatible server (vllm serve, llama-cpp-python's "
+                        "server, Ollama), e.g. http://127.0.0.1:8000/v1; no API key needed")
+    p.add_argument("--llm-concurrency", type=int, default=4, metavar="N",
+                   help="openai: requests in flight at once (a generation's mutation and crossover calls)")
+    p.add_argument("--vllm-gpu-share", type=float, default=0.3, metavar="F",
+                   help="vllm: fraction of the GPU's memory the proposer takes (the pruned model shares the rest)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, metavar="SESSION", help="continue a stopped or killed session")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -285,9 +285,11 @@ def test_openai_rejected_key_is_one_clear_error(fake_openai):
 
 def test_openai_missing_key(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ProposerError) as e:
         make_proposer("openai")
-    assert str(e.value) == "OPENAI_API_KEY is not set; use --proposer llama-cpp for the offline proposer"
+    assert str(e.value) == ("OPENAI_API_KEY is not set; use --proposer llama-cpp for the offline proposer "
+                            "(or --base-url for a local OpenAI-compatible server)")
 
 
 # ---- vLLM -----------------------------------------------------------------------------------------------

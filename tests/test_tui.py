@@ -408,6 +408,7 @@ async def test_start_form_reads_the_placement(tmp_path):
 
 async def test_missing_api_key_offers_the_offline_proposer(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     app = SelfPrunerApp(tmp_path / "s", SearchConfig(proposer="numeric"))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
@@ -864,6 +865,7 @@ async def test_snapshot_start(request, demo_dir):
 
 async def test_snapshot_start_missing_key(request, demo_dir, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     app = SelfPrunerApp(demo_dir, SearchConfig(proposer="openai"))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+r")

@@ -142,6 +142,7 @@ class LLMProposer:
         self.on_call: CallSink | None = None
         self.numeric = NumericProposer(rng_seed, sigma=sigma)
         self.stats = {"calls": 0, "failed_calls": 0, "kept": 0, "repaired": 0, "fallback": 0}
+        self._ahead: dict[tuple[int, str], tuple[str, tuple]] = {}  # (generation, phase) -> prompt, answer
 
     # ---- prompts --------------------------------------------------------------------------------------
     def _fields(self, problem: Problem, count: int) -> dict:
@@ -182,31 +183,63 @@ class LLMProposer:
     def _emit(self, rec: CallRecord) -> int | None:
         return self.on_call(rec) if self.on_call else None
 
-    def _ask(self, phase: str, problem: Problem, pop: list[Scored], count: int, attempt: int,
-             generation: int, n_numbers: int, n_parents: int) -> tuple[CallRecord, str | None]:
-        """One backend call, recorded in the returned record (not yet stored); text None: it failed."""
-        prompt = self.build_prompt(phase, problem, pop, count)
+    def _request(self, phase: str, problem: Problem, pop: list[Scored], count: int, n_numbers: int,
+                 n_parents: int) -> tuple[str, dict]:
+        """The prompt and the backend's keywords of one call."""
         limit = getattr(self.backend, "max_population", None)
         listed = [s.id for s in (pop[:limit] if limit else pop)]
+        max_tokens = count * tokens_per_list(n_numbers) + 32 if n_numbers else 8 * count + 32
+        return self.build_prompt(phase, problem, pop, count), dict(
+            n_numbers=n_numbers, n_lists=count if n_numbers else 1, max_tokens=max_tokens, n_parents=n_parents,
+            parent_ids=listed or None)
+
+    def _ask(self, phase: str, problem: Problem, pop: list[Scored], count: int, attempt: int,
+             generation: int, n_numbers: int, n_parents: int) -> tuple[CallRecord, str | None]:
+        """One backend call (or its answer fetched ahead by prefetch), recorded in the returned record (not
+        yet stored); text None: it failed."""
+        prompt, kw = self._request(phase, problem, pop, count, n_numbers, n_parents)
         rec = CallRecord(proposer=self.name, phase=phase, attempt=attempt, prompt=prompt, response="",
                          generation=generation, asked=count)
         self.stats["calls"] += 1
-        max_tokens = count * tokens_per_list(n_numbers) + 32 if n_numbers else 8 * count + 32
-        t0 = time.perf_counter()
-        try:
-            text, rec.tokens_in, rec.tokens_out = self.backend.complete(
-                prompt, n_numbers=n_numbers, n_lists=count if n_numbers else 1, max_tokens=max_tokens,
-                n_parents=n_parents, parent_ids=listed or None)
-        except ProposerError as e:  # the backend cannot work at all (bad key, missing model): tell the user
-            rec.latency_s, rec.error = time.perf_counter() - t0, str(e)
+        ahead = self._ahead.pop((generation, phase), None) if attempt == 1 else None
+        if ahead is not None and ahead[0] == prompt:
+            outcome, rec.latency_s = ahead[1]
+        else:
+            t0 = time.perf_counter()
+            try:
+                outcome = self.backend.complete(prompt, **kw)
+            except Exception as e:
+                outcome = e
+            rec.latency_s = time.perf_counter() - t0
+        if isinstance(outcome, ProposerError):  # the backend cannot work at all (bad key, missing model)
+            rec.error = str(outcome)
             self._emit(rec)
-            raise
-        except Exception as e:  # a failed request is a failed attempt, never the end of the search
-            rec.latency_s, rec.error = time.perf_counter() - t0, f"{type(e).__name__}: {e}"
+            raise outcome
+        if isinstance(outcome, Exception):  # a failed request is a failed attempt, never the end of the search
+            rec.error = f"{type(outcome).__name__}: {outcome}"
             self.stats["failed_calls"] += 1
             return rec, None
-        rec.latency_s, rec.response = time.perf_counter() - t0, text or ""
+        text, rec.tokens_in, rec.tokens_out = outcome
+        rec.response = text or ""
         return rec, rec.response
+
+    def prefetch(self, problem: Problem, parents: list[Scored], counts: dict[str, int], generation: int) -> None:
+        """Send the first call of each phase in `counts` ({"mutation": M, "crossover": S}) at once, where the
+        backend can (complete_many: OpenAI's async client, vLLM's batched generate). The answers wait until
+        mutate()/crossover() ask for them, so calls are stored, parsed and repaired in the same fixed order as
+        without prefetching, whatever order they finished in: replay stays exact."""
+        many = getattr(self.backend, "complete_many", None)
+        self._ahead.clear()
+        if many is None:
+            return
+        pop = ranked(parents)
+        per_call = getattr(self.backend, "max_lists", None)
+        phases = [(ph, min(c, per_call or c)) for ph, c in counts.items() if c > 0]
+        if len(phases) < 2:
+            return
+        requests = [self._request(ph, problem, pop, c, problem.n_layers, N_PARENTS[ph]) for ph, c in phases]
+        for (ph, _), (prompt, _), outcome in zip(phases, requests, many(requests)):
+            self._ahead[(generation, ph)] = (prompt, outcome)
 
     def _call(self, phase: str, problem: Problem, pop: list[Scored], count: int, attempt: int, generation: int,
               taken: set) -> list[Proposal]:

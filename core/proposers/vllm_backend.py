@@ -1,6 +1,13 @@
 """vLLM offline backend for a GPU box: an instruction model through LLM.chat with JSON-schema guided decoding
-(the same schema as the OpenAI backend). vllm is imported only when this backend is built."""
+(the same schema as the OpenAI backend). vllm is imported only when this backend is built.
+
+It can share the GPU with the model being pruned: `gpu_share` is vLLM's gpu_memory_utilization, the fraction
+of the GPU's memory it takes for weights and KV cache (default 0.3 here, not vLLM's 0.9, so that a 7B model
+in bf16 and its calibration statistics still fit beside it on an 80 GB GPU). One generation's mutation and
+crossover prompts go to the engine as one batched chat call (complete_many)."""
 from __future__ import annotations
+
+import time
 
 from .base import ProposerError
 from .openai_backend import schema_for
@@ -22,7 +29,7 @@ class VLLMBackend:
     max_lists = None
 
     def __init__(self, model: str = "Qwen/Qwen2.5-7B-Instruct", *, temperature: float = 0.8, seed: int = 0,
-                 max_model_len: int = 16384, **llm_kwargs):
+                 max_model_len: int = 16384, gpu_share: float = 0.3, **llm_kwargs):
         try:
             import vllm
         except ImportError:
@@ -30,17 +37,34 @@ class VLLMBackend:
         self.model, self.temperature, self.seed = model, temperature, seed
         self._vllm = vllm
         try:
-            self._llm = vllm.LLM(model=model, seed=seed, max_model_len=max_model_len, **llm_kwargs)
+            self._llm = vllm.LLM(model=model, seed=seed, max_model_len=max_model_len,
+                                 gpu_memory_utilization=gpu_share, **llm_kwargs)
         except Exception as e:  # no GPU, unknown model, out of memory: one line for the user
             first = (str(e).splitlines() or [""])[0][:200]
             raise ProposerError(f"vLLM cannot load {model}: {type(e).__name__}: {first}") from None
         self._calls = 0
 
+    def _params(self, n_numbers: int, max_tokens: int):
+        self._calls += 1  # a new seed per call, in request order, so retries differ and batches replay
+        return _structured_params(self._vllm.SamplingParams, schema_for(n_numbers)[1], temperature=self.temperature,
+                                  max_tokens=max_tokens, seed=self.seed + self._calls)
+
+    @staticmethod
+    def _reply(out) -> tuple[str, int | None, int | None]:
+        return out.outputs[0].text, len(out.prompt_token_ids or []), len(out.outputs[0].token_ids)
+
     def complete(self, prompt: str, *, n_numbers: int, n_lists: int, max_tokens: int, n_parents: int = 0,
                  parent_ids: list[int] | None = None) -> tuple[str, int | None, int | None]:
-        self._calls += 1  # a new seed per call, so retries differ
-        params = _structured_params(self._vllm.SamplingParams, schema_for(n_numbers)[1], temperature=self.temperature,
-                                    max_tokens=max_tokens, seed=self.seed + self._calls)
-        out = self._llm.chat([{"role": "user", "content": prompt}], params, use_tqdm=False)[0]
-        text = out.outputs[0].text
-        return text, len(out.prompt_token_ids or []), len(out.outputs[0].token_ids)
+        params = self._params(n_numbers, max_tokens)
+        return self._reply(self._llm.chat([{"role": "user", "content": prompt}], params, use_tqdm=False)[0])
+
+    def complete_many(self, requests: list[tuple[str, dict]]) -> list[tuple[object, float]]:
+        """One batched generate for all requests; answers in request order, each with the batch's time."""
+        params = [self._params(kw["n_numbers"], kw["max_tokens"]) for _, kw in requests]
+        t0 = time.perf_counter()
+        try:
+            outs = self._llm.chat([[{"role": "user", "content": p}] for p, _ in requests], params, use_tqdm=False)
+        except Exception as e:  # one failed batch: every call in it is a failed attempt
+            return [(e, time.perf_counter() - t0)] * len(requests)
+        secs = time.perf_counter() - t0
+        return [(self._reply(o), secs) for o in outs]

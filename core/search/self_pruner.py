@@ -82,6 +82,19 @@ class SelfPrunerSearch:
             self.bus.emit(CandidateProposed(cid, generation, p.origin, p.rates, p.parents))
         return self._stored_phase(generation, phase)
 
+    def _prefetch(self, generation: int, parents: list[Scored]) -> None:
+        """Let a proposer that can send mutation and crossover requests at once do so (not on a resume that
+        already stored one of them)."""
+        prefetch = getattr(self.proposer, "prefetch", None)
+        if prefetch is None or self._stored_phase(generation, "mutation") or \
+                self._stored_phase(generation, "crossover"):
+            return
+        if self.control.checkpoint():
+            raise Stopped
+        self._generation = generation
+        prefetch(self.problem, parents, {"mutation": self.cfg.mutations, "crossover": self.cfg.crossovers},
+                 generation)
+
     def _evaluate(self, rows: list[dict], known: dict[int, float]) -> list[Scored]:
         cfg, out = self.cfg, []
         for r in rows:
@@ -153,6 +166,7 @@ class SelfPrunerSearch:
             for g in range(1, cfg.generations + 1):
                 self.bus.emit(GenerationStarted(g, cfg.mutations + cfg.crossovers))
                 parents = self._parents(g, pop)
+                self._prefetch(g, parents)
                 rows = self._propose(g, "mutation", cfg.mutations, parents)
                 rows += self._propose(g, "crossover", cfg.crossovers, parents)
                 pop = self._select(g, pop + self._evaluate(rows, known))

@@ -68,7 +68,7 @@ def _row(label: str, widget) -> ComposeResult:
 
 def missing_key(proposer: str) -> str | None:
     """What the proposer is missing from the environment, said before anything loads."""
-    if proposer == "openai" and not os.environ.get("OPENAI_API_KEY"):
+    if proposer == "openai" and not os.environ.get("OPENAI_API_KEY") and not os.environ.get("OPENAI_BASE_URL"):
         return "OPENAI_API_KEY is not set, so the OpenAI proposer cannot start."
     return None
 
