@@ -9,7 +9,8 @@ K/M/S/N) and is scored on what its offspring did:
 - final:   final ppl of the best candidate on held-out test tokens
 
 Proposers: llama-cpp with gemma-3-270m (base model, template decoding), llama-cpp with SmolLM2-135M-Instruct,
-the numeric GA, and pure random search (every offspring a fresh random vector). Default model SmolLM2.
+the numeric GA, pure random search (every offspring a fresh random vector), and either LLM for the initial
+population only with the numeric GA writing every offspring ("init + GA"). Default model SmolLM2.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import time
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
 from selfpruner.core.proposers.numeric import NumericProposer, phase_rng
-from selfpruner.core.session import start_search
+from selfpruner.core.session import build_proposer, start_search
 from selfpruner.core.session_summary import proposal_shares
 from selfpruner.core.types import Proposal
 from selfpruner.core.workbench import Workbench
@@ -33,7 +34,12 @@ PROPOSERS = {
     "llama-cpp smollm2": dict(proposer="llama-cpp", proposer_model="smollm2"),
     "numeric GA": dict(proposer="numeric"),
     "random": dict(proposer="numeric"),  # its operators are replaced by RandomSearch below
+    # the LLM for the initial population only, the numeric GA for every offspring
+    "gemma init + GA": dict(proposer="numeric"),
+    "smollm2 init + GA": dict(proposer="numeric"),
 }
+LLM_INIT = {"gemma init + GA": dict(proposer="llama-cpp"),
+            "smollm2 init + GA": dict(proposer="llama-cpp", proposer_model="smollm2")}
 
 
 class RandomSearch(NumericProposer):
@@ -111,7 +117,10 @@ def main(argv=None):
                            seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
                            data="local", seed=args.seed, sessions_dir=sessions, **PROPOSERS[name])
         t = time.perf_counter()
-        search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
+        init = None
+        if name in LLM_INIT:
+            init = build_proposer(SearchConfig(**{**cfg.to_dict(), **LLM_INIT[name]}))
+        search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench, init_proposer=init)
         if name == "random":
             search.proposer = RandomSearch(args.seed)
         search.store.add_result("bench", "proposer_quality", {"name": name})

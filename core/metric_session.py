@@ -77,6 +77,7 @@ class Workspace:
         self.lm = load_model(cfg.model, device=run.device, dtype=run.dtype, device_map=run.device_map)
         bus.emit(Stage("data", "tokenising WikiText-2"))
         self.data = load_token_data(self.lm.tokenizer, calib_tokens=run.calib_tokens, source=run.data)
+        self.seq_len = cfg.seq_len
         windows = self.data.windows("calib", cfg.seq_len)
         bus.emit(Stage("calibrate", f"calibration pass over {windows.numel()} tokens"))
         self.stats, _, _ = load_or_collect(self.lm.model, self.lm.arch, self.lm.fingerprint, windows,
@@ -106,8 +107,12 @@ class Workspace:
                 return self.ppl(windows, should_stop=should_stop)
         return fitness
 
+    def test_windows(self, tokens: int | None):
+        """`tokens` of held-out test text (None: the whole stream) in seq_len windows."""
+        return self.data.windows("test", self.seq_len, tokens and max(tokens, 1))
+
     def test_ppl(self, tree, sparsity: float, tokens: int | None, should_stop=None) -> float:
-        windows = self.data.windows("test", tokens and max(tokens, 1))
+        windows = self.test_windows(tokens)
         with self.pruner.pruned_with(tree, sparsity):
             return self.ppl(windows, should_stop=should_stop)
 
@@ -174,7 +179,7 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
         for name, text in (("best", res.best.canonical), ("wanda", "mul(abs(W), X)"), ("magnitude", "abs(W)")):
             finals[name] = {"metric": text, "ppl": ws.test_ppl(parse(text), cfg.sparsity, run.final_tokens)}
         out["final"] = finals
-        store.add_result("final", "metric", {**finals, "tokens": ws.data.windows("test", run.final_tokens).numel()})
+        store.add_result("final", "metric", {**finals, "tokens": ws.test_windows(run.final_tokens).numel()})
     store.update_session(status=res.status, best_fitness=out["best_fitness"],
                          final_ppl=out.get("final", {}).get("best", {}).get("ppl"))
     bus.emit(SearchFinished(res.status, None, out["best_fitness"], None, out.get("final", {}).get("best", {})
@@ -193,12 +198,12 @@ def prune_with_metric(model_spec: str | None, metric: str, sparsity: float, *, t
     run = MetricRun(calib_tokens=calib_tokens, data=data, device=device, dtype=dtype, device_map=device_map,
                     batch_size=batch_size)
     ws = Workspace(cfg, run, EventBus())
-    dense = ws.ppl(ws.data.windows("test", tokens))
+    dense = ws.ppl(ws.test_windows(tokens))
     achieved = ws.pruner.apply(tree, sparsity)
-    pruned = ws.ppl(ws.data.windows("test", tokens))
+    pruned = ws.ppl(ws.test_windows(tokens))
     if out_dir:
         ws.lm.model.save_pretrained(out_dir)
         ws.lm.tokenizer.save_pretrained(out_dir)
     ws.pruner.restore()
     return {"metric": metric, "sparsity": achieved, "dense_ppl": dense, "pruned_ppl": pruned,
-            "tokens": ws.data.windows("test", tokens).numel(), "out_dir": out_dir}
+            "tokens": ws.test_windows(tokens).numel(), "out_dir": out_dir}

@@ -30,6 +30,8 @@ def test_metric_search_stores_candidates_and_resumes(tmp_path, tiny_llama_dir):
     best = min(rows, key=lambda r: (r["fitness"], r["id"]))
     assert f"best metric: {best['canonical']}  (search ppl {best['fitness']:.3f})" in r.stdout
     assert st.session()["best_fitness"] == best["fitness"]
+    # the final evaluation scores --final-tokens test tokens in --seq-len windows, not the whole stream
+    assert st.results("final")[0]["payload"]["tokens"] == 256
     n = len(rows)
     st.close()
     # resuming a finished session evaluates nothing again
@@ -40,6 +42,6 @@ def test_metric_search_stores_candidates_and_resumes(tmp_path, tiny_llama_dir):
 def test_prune_with_any_metric_and_reject_bad_ones(tmp_path, tiny_llama_dir):
     r = cli("prune", "--model", tiny_llama_dir, "--metric", "|W| * X", "--sparsity", "0.5", "--tokens", "256",
             "--calib-tokens", "256", "--seq-len", "32", "--data", "local")
-    assert "at sparsity 0.5" in r.stdout
+    assert "at sparsity 0.5" in r.stdout and "(256 test tokens)" in r.stdout
     bad = cli("prune", "--model", tiny_llama_dir, "--metric", "__import__('os')", "--data", "local", ok=False)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: bad metric")

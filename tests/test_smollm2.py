@@ -97,3 +97,24 @@ def test_lm_eval_bridge_scores_dense_above_heavily_pruned(smol):
     with smol.pruner.applied([0.9] * smol.lm.arch.n_layers):
         pruned = evaluate_tasks(smol.lm.model, smol.lm.tokenizer, [task], batch_size=8)["selfpruner_tiny_facts"]
     assert dense["acc"] > pruned["acc"]
+
+
+def test_metric_search_on_smollm2_finds_wanda_better_than_magnitude(tmp_path):
+    """Pruner-Zero on the GQA model, through the CLI (the final evaluation scores --final-tokens only)."""
+    import subprocess
+    import sys
+
+    from selfpruner.core.store import Store
+
+    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", "metric-search", "--model", "smollm2",
+                        "--population", "3", "--iterations", "1", "--top-k", "3", "--no-gradients",
+                        "--budget-tokens", "256", "--seq-len", "256", "--calib-tokens", "1024",
+                        "--final-tokens", "256", "--data", "local", "--sessions-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    (db,) = tmp_path.glob("*.db")
+    st = Store(db)
+    rows = {c["canonical"]: c["fitness"] for c in st.metric_candidates()}
+    assert rows["mul(abs(W), X)"] < rows["abs(W)"]  # activations matter on SmolLM2 as on gemma
+    final = st.results("final")[0]["payload"]
+    assert final["tokens"] == 256 and final["wanda"]["ppl"] < final["magnitude"]["ppl"]
