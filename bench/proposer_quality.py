@@ -9,8 +9,9 @@ K/M/S/N) and is scored on what its offspring did:
 - final:   final ppl of the best candidate on held-out test tokens
 
 Proposers: llama-cpp with gemma-3-270m (base model, template decoding), llama-cpp with SmolLM2-135M-Instruct,
-the numeric GA, pure random search (every offspring a fresh random vector), and either LLM for the initial
-population only with the numeric GA writing every offspring ("init + GA"). Default model SmolLM2.
+the numeric GA, pure random search (every offspring a fresh random vector); prompt designs (the population's
+ranks instead of its ppl, 2 decimals instead of 5); and either LLM for the initial population only with the
+numeric GA writing every offspring ("init + GA"). Default model SmolLM2.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ PROPOSERS = {
     "llama-cpp smollm2": dict(proposer="llama-cpp", proposer_model="smollm2"),
     "numeric GA": dict(proposer="numeric"),
     "random": dict(proposer="numeric"),  # its operators are replaced by RandomSearch below
+    # prompt designs: ranks instead of raw ppl; 2 decimals instead of 5 (a third of the output tokens)
+    "smollm2 rank view": dict(proposer="llama-cpp", proposer_model="smollm2", prompt_fitness="rank"),
+    "smollm2 2 decimals": dict(proposer="llama-cpp", proposer_model="smollm2", decimals=2),
+    "gemma 2 decimals": dict(proposer="llama-cpp", decimals=2),
     # the LLM for the initial population only, the numeric GA for every offspring
     "gemma init + GA": dict(proposer="numeric"),
     "smollm2 init + GA": dict(proposer="numeric"),

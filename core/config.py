@@ -59,6 +59,8 @@ class SearchConfig:
     max_retries: int = 3
     temperature: float = 0.8
     llm_threads: int | None = None  # llama-cpp threads; None = as many as torch uses
+    decimals: int = 5  # of every rate: what prompts show and ask for, and repair's unit (10**-decimals)
+    prompt_fitness: str = "ppl"  # ppl | rank: what the LLM sees of each population member's fitness
     base_url: str | None = None  # openai: an OpenAI-compatible server (vllm serve, llama-cpp-python, Ollama)
     llm_concurrency: int = 4  # openai: requests in flight at once
     vllm_gpu_share: float = 0.3  # vllm: its gpu_memory_utilization, so the pruned model fits beside it
@@ -99,6 +101,10 @@ class SearchConfig:
             raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be at least --seq-len ({self.seq_len})")
         if self.llm_threads is not None and self.llm_threads < 1:
             raise ConfigError(f"--llm-threads must be at least 1, got {self.llm_threads}")
+        if not 1 <= self.decimals <= 6:
+            raise ConfigError(f"--decimals must be 1 to 6, got {self.decimals}")
+        if self.prompt_fitness not in ("ppl", "rank"):
+            raise ConfigError("--prompt-fitness must be ppl or rank")
         if self.llm_concurrency < 1:
             raise ConfigError(f"--llm-concurrency must be at least 1, got {self.llm_concurrency}")
         if not 0.0 < self.vllm_gpu_share < 1.0:

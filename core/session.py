@@ -23,6 +23,8 @@ def build_proposer(cfg: SearchConfig) -> Proposer:
         opts["model"] = cfg.proposer_model
     if cfg.proposer == "llama-cpp" and cfg.llm_threads:
         opts["n_threads"] = cfg.llm_threads
+    if cfg.proposer in ("openai", "llama-cpp", "vllm"):
+        opts["fitness_view"] = cfg.prompt_fitness
     if cfg.proposer == "openai":
         opts.update(base_url=cfg.base_url, concurrency=cfg.llm_concurrency)
     if cfg.proposer == "vllm":

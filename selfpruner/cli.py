@@ -135,7 +135,7 @@ def _search_settings(args) -> dict:
                 ablation="no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none",
                 selection=args.selection, max_retries=args.max_retries, temperature=args.temperature,
                 llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, base_url=args.base_url,
-                llm_concurrency=args.llm_concurrency, vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
+                llm_concurrency=args.llm_concurrency, decimals=args.decimals, prompt_fitness=args.prompt_fitness, vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
 
 
 def _placement(args) -> dict:
@@ -465,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--llm-threads", type=int, default=None, metavar="N",
                    help="llama-cpp threads (default: as many as torch uses; 1 on a box busy with other jobs)")
+    p.add_argument("--decimals", type=int, default=5, help="decimals of every rate (prompts and repair)")
+    p.add_argument("--prompt-fitness", choices=["ppl", "rank"], default="ppl",
+                   help="what the LLM sees of each population member: its ppl or its rank")
     p.add_argument("--base-url", default=None, metavar="URL",
                    help="--proposer openai against any OpenAI-compatible server (vllm serve, llama-cpp-python's "
                         "server, Ollama), e.g. http://127.0.0.1:8000/v1; no API key needed")

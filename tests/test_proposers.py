@@ -446,3 +446,21 @@ def test_llama_cpp_grammar_decoding_gives_the_same_format():
     assert text.startswith("parents: [") and n_out > 0
     cand = parse_reply(text, 4).candidates
     assert len(cand) == 1 and cand[0].parents[0] in (3, 12) and len(cand[0].values) == 4
+
+
+def test_rank_view_shows_ranks_not_ppl():
+    pop = population()
+    p = proposer(Scripted(), fitness_view="rank")
+    text = p.build_prompt("mutation", PROB, pop, 2)
+    assert "rank 1 |" in text and "rank 5 |" in text and "ppl 20" not in text
+    assert "id 100 | rank 1 |" in text  # 100 has the lowest ppl
+    plain = proposer(Scripted()).build_prompt("mutation", PROB, pop, 2)
+    assert "id 100 | ppl 20" in plain
+
+
+def test_two_decimals_prompt_and_repair():
+    prob = Problem("tiny-llama", 6, 0.3, decimals=2)
+    p = proposer(Scripted(lists([0.111, 0.222, 0.333, 0.444, 0.3, 0.4])), max_retries=0)
+    (out,) = p.mutate(prob, population(prob=prob), 1, 1)
+    assert all(round(r, 2) == r for r in out.rates) and abs(sum(out.rates) - 1.8) < 1e-9
+    assert "has 2 decimals" in p.records[0].prompt and "0.30" in p.records[0].prompt

@@ -135,8 +135,10 @@ def interpret_selection(text: str | None, pop: list[Scored], count: int) -> list
 
 
 class LLMProposer:
-    def __init__(self, backend, name: str, max_retries: int = 3, rng_seed: int = 0, *, sigma: float = 0.05):
+    def __init__(self, backend, name: str, max_retries: int = 3, rng_seed: int = 0, *, sigma: float = 0.05,
+                 fitness_view: str = "ppl"):
         self.backend, self.name = backend, name
+        self.fitness_view = fitness_view  # ppl | rank: what the population rows show
         self.max_retries = max(0, int(max_retries))  # retries after the first call of a phase
         self.seed = rng_seed
         self.on_call: CallSink | None = None
@@ -161,13 +163,13 @@ class LLMProposer:
             # the best `limit` members, listed worst to best: a base model mostly continues from the last
             # lines it read (measured: it cited the last-listed id in nearly every mutation), so the best
             # member sits right above the answer
-            rows = "\n".join(f"id: {s.id} ppl: {fmt_ppl(s.fitness)} rates: {fmt_rates(s.rates, problem.decimals)}"
+            rows = "\n".join(f"id: {s.id} {self._score(s, pop, ': ')} rates: {fmt_rates(s.rates, problem.decimals)}"
                              for s in reversed(shown))
             examples = "\n".join(f"rates: {fmt_rates(v, problem.decimals)}" for v in example_shapes(problem))
             return template(f"completion_{phase}.txt").substitute(f, rows=rows, examples=examples)
         population_block = ""
         if phase != "init":
-            rows = "\n".join(f"id {s.id} | ppl {fmt_ppl(s.fitness)} | {fmt_rates(s.rates, problem.decimals)}"
+            rows = "\n".join(f"id {s.id} | {self._score(s, pop, ' ')} | {fmt_rates(s.rates, problem.decimals)}"
                              for s in shown)
             population_block = template("population.txt").substitute(shown=len(shown), size=len(pop), rows=rows) + "\n"
         example_ids = ", ".join(str(s.id) for s in pop[:N_PARENTS.get(phase, 2)])
@@ -178,6 +180,12 @@ class LLMProposer:
             population=population_block,
             task=template(f"task_{phase}.txt").substitute(f).strip(),
             output=template(output).substitute(f, parents_example=example_ids).strip())
+
+    def _score(self, s: Scored, ranked_pop: list[Scored], sep: str) -> str:
+        """How a member's fitness is shown: its ppl, or (fitness_view 'rank') its rank, 1 = best."""
+        if self.fitness_view == "rank":
+            return f"rank{sep}{next(i for i, x in enumerate(ranked_pop, 1) if x.id == s.id)}"
+        return f"ppl{sep}{fmt_ppl(s.fitness)}"
 
     # ---- one backend call -----------------------------------------------------------------------------
     def _emit(self, rec: CallRecord) -> int | None:

@@ -34,4 +34,4 @@ def make_proposer(name: str, *, model: str | None = None, max_retries: int = 3, 
     else:
         raise ProposerError(f"unknown proposer {name!r}; choose one of {', '.join(NAMES)} or replay")
     from .llm import LLMProposer
-    return LLMProposer(backend, name, max_retries=max_retries, rng_seed=seed)
+    return LLMProposer(backend, name, max_retries=max_retries, rng_seed=seed, fitness_view=fitness_view)

@@ -40,7 +40,7 @@ class SelfPrunerSearch:
     def __post_init__(self):
         a = self.bench.lm.arch
         self.problem = Problem(self.bench.lm.name, a.n_layers, self.cfg.beta, self.cfg.lo, self.cfg.hi,
-                               grain=a.grain)
+                               decimals=self.cfg.decimals, grain=a.grain)
         self._generation = 0
         for p in {id(x): x for x in (self.proposer, self.init_proposer) if x is not None}.values():
             p.on_call = self._record_call
