@@ -25,6 +25,7 @@ def run_baseline(cfg: SearchConfig, method: str, *, bus: EventBus | None = None,
     bus = bus or EventBus()
     bench = bench or Workbench.from_config(cfg, bus)
     bench.pin_dtype(cfg)
+    bench.pruner.compensate = cfg.compensate
     rates = baseline_rates(bench, method, cfg.beta, lam=lam, m=m, lo=cfg.lo, hi=cfg.hi)
     sid = new_session_id("baseline")
     store = Store(Path(cfg.sessions_dir) / f"{sid}.db", create=True)

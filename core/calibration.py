@@ -23,15 +23,23 @@ from .models import ModelArch, cache_root
 POINTS = ("attn_in", "o_in", "mlp_in", "down_in")
 
 
+SUM_POINTS = ("o_in", "down_in")  # inputs whose mean a removed unit's output is compensated with (FLAP)
+
+
 @dataclass
 class CalibrationStats:
     sqsum: list[dict[str, torch.Tensor]]  # per layer: point -> [in_features] float64 sum of x_j^2
     n_tokens: int
     order: str = "dense"  # the model's head/channel order the o_in/down_in entries are in (models.order_digest)
+    xsum: list[dict[str, torch.Tensor]] | None = None  # per layer: SUM_POINTS -> [in_features] float64 sum of x_j
 
     def norm(self, layer: int, point: str) -> torch.Tensor:
         """||X_j||_2 over the calibration tokens, float32."""
         return self.sqsum[layer][point].sqrt().float()
+
+    def mean(self, layer: int, point: str) -> torch.Tensor:
+        """E[x_j] over the calibration tokens, float64 (o_in and down_in only)."""
+        return self.xsum[layer][point] / self.n_tokens
 
 
 def _module_for(parts, point):
@@ -67,6 +75,7 @@ def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None,
     from .models import input_device, order_digest
 
     sqsum = [dict() for _ in range(arch.n_layers)]
+    xsum = [dict() for _ in range(arch.n_layers)]
     hooks = []
     for i, parts in enumerate(arch.layers):
         for point in POINTS:
@@ -75,6 +84,9 @@ def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None,
                 acc = sqsum[i].get(point)
                 sq = (x * x).sum(0)
                 sqsum[i][point] = sq if acc is None else acc + sq
+                if point in SUM_POINTS:
+                    xs = x.sum(0)
+                    xsum[i][point] = xs if point not in xsum[i] else xsum[i][point] + xs
             hooks.append(_module_for(parts, point).register_forward_pre_hook(hook))
     forward, device, n = _decoder_only(model), input_device(model), windows.shape[0]
     try:
@@ -85,7 +97,7 @@ def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None,
     finally:
         for h in hooks:
             h.remove()
-    return CalibrationStats(sqsum, int(windows.numel()), order_digest(model))
+    return CalibrationStats(sqsum, int(windows.numel()), order_digest(model), xsum)
 
 
 def cache_key(fingerprint: str, order: str, windows: torch.Tensor) -> str:
@@ -125,6 +137,8 @@ def load_or_collect(model, arch: ModelArch, fingerprint: str, windows: torch.Ten
     order = order_digest(model)
     key = cache_key(fingerprint, order, windows)
     stats, hit = cached("calibration", key, lambda: collect_stats(model, arch, windows, progress, batch_size),
-                        lambda st: {"sqsum": to_cpu(st.sqsum), "n_tokens": st.n_tokens},
-                        lambda d: CalibrationStats(to_layers(arch, d["sqsum"]), d["n_tokens"], order))
+                        lambda st: {"sqsum": to_cpu(st.sqsum), "xsum": to_cpu(st.xsum), "n_tokens": st.n_tokens},
+                        # an entry from before xsum was kept raises KeyError here and is collected again
+                        lambda d: CalibrationStats(to_layers(arch, d["sqsum"]), d["n_tokens"], order,
+                                                   to_layers(arch, d["xsum"])))
     return stats, hit, key

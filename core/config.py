@@ -59,6 +59,8 @@ class SearchConfig:
     max_retries: int = 3
     temperature: float = 0.8
     llm_threads: int | None = None  # llama-cpp threads; None = as many as torch uses
+    # FLAP's bias compensation: removed heads/channels leave their mean output as a bias of o_proj/down_proj
+    compensate: bool = False
     decimals: int = 5  # of every rate: what prompts show and ask for, and repair's unit (10**-decimals)
     prompt_fitness: str = "ppl"  # ppl | rank: what the LLM sees of each population member's fitness
     base_url: str | None = None  # openai: an OpenAI-compatible server (vllm serve, llama-cpp-python, Ollama)

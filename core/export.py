@@ -32,7 +32,7 @@ pruned_modeling.register()
 
 # Keys of the dense config that must not leak into the pruned one.
 _DROP_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path",
-              "quantization_config", "selfpruner", *pruned_modeling.PER_LAYER_KEYS)
+              "quantization_config", "selfpruner", "compensation_bias", *pruned_modeling.PER_LAYER_KEYS)
 
 
 def resident_sizes(model: nn.Module, arch: ModelArch) -> dict[str, list[int]]:
@@ -81,6 +81,7 @@ def build_pruned(lm: LoadedModel, pruner: StructuredPruner, rates, *, meta: dict
         sizes = resident_sizes(model, arch)
         record = _record(lm, pruner, rates, plans, meta or {})
         cfg = pruned_config(model.config, arch, sizes, record)
+        cfg.compensation_bias = pruner.compensate  # o_proj / down_proj (and empty attention) carry a bias
         state = _kept_tensors(model, dtype, device)
     _, model_cls = pruned_modeling.classes_for(cfg.model_type)
     with torch.device("meta"):  # shapes only; every tensor is assigned below
@@ -114,6 +115,7 @@ def _record(lm, pruner: StructuredPruner, rates, plans: list[LayerPlan], meta: d
         "rates": [round(float(r), 6) for r in rates],
         "mean_rate": round(sum(float(r) for r in rates) / len(rates), 6),
         "plans": [[p.attn_units, p.channels] for p in plans],
+        "compensation": pruner.compensate,
         "achieved_sparsity": round(pruner.achieved_sparsity(plans), 6),
         "kept_prunable_params": kept,
         "meta": json.loads(json.dumps(meta, default=str)),  # must be JSON: it lives in config.json

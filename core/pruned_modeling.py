@@ -55,24 +55,28 @@ class ZeroHeadAttention(nn.Module):
     layer's cache stayed empty).
     """
 
-    def __init__(self, layer_idx: int):
+    def __init__(self, layer_idx: int, hidden: int | None = None):
         super().__init__()
         self.layer_idx = layer_idx
+        # with bias compensation, the removed heads' mean output (config.compensation_bias)
+        self.bias = nn.Parameter(torch.zeros(hidden)) if hidden else None
 
     def forward(self, hidden_states, *args, past_key_values=None, **kwargs):
         if past_key_values is not None:
             b, t = hidden_states.shape[:2]
             stub = hidden_states.new_zeros(b, 1, t, 1)
             past_key_values.update(stub, stub, self.layer_idx)
-        return torch.zeros_like(hidden_states), None
+        out = torch.zeros_like(hidden_states)
+        return (out if self.bias is None else out + self.bias), None
 
 
-def _linear(old: nn.Linear, n_in: int, n_out: int) -> nn.Linear:
-    """A Linear of the new shape on the old one's device/dtype (meta during from_pretrained: no memory)."""
+def _linear(old: nn.Linear, n_in: int, n_out: int, bias: bool = False) -> nn.Linear:
+    """A Linear of the new shape on the old one's device/dtype (meta during from_pretrained: no memory);
+    `bias` adds one where the checkpoint's has none (bias compensation)."""
     w = old.weight
     with warnings.catch_warnings():  # a fully pruned MLP has 0-channel projections; their init is a no-op
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        return nn.Linear(n_in, n_out, bias=old.bias is not None, device=w.device, dtype=w.dtype)
+        return nn.Linear(n_in, n_out, bias=bias or old.bias is not None, device=w.device, dtype=w.dtype)
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:
@@ -86,11 +90,12 @@ def shrink_layers(model: nn.Module, config) -> None:
     layers = _layers(model)
     if not (len(heads) == len(kv_heads) == len(channels) == len(layers)):
         raise ValueError(f"per-layer sizes do not match the {len(layers)} decoder layers")
+    comp = bool(getattr(config, "compensation_bias", False))
     for i, layer in enumerate(layers):
         nq, nkv, ch = int(heads[i]), int(kv_heads[i]), int(channels[i])
         attn = layer.self_attn
         if nq == 0:
-            layer.self_attn = ZeroHeadAttention(i)
+            layer.self_attn = ZeroHeadAttention(i, attn.o_proj.out_features if comp else None)
         else:
             if nkv == 0 or nq % nkv:
                 raise ValueError(f"layer {i}: {nq} query heads cannot share {nkv} KV heads")
@@ -98,13 +103,13 @@ def shrink_layers(model: nn.Module, config) -> None:
             attn.q_proj = _linear(attn.q_proj, hidden, nq * hd)
             attn.k_proj = _linear(attn.k_proj, hidden, nkv * hd)
             attn.v_proj = _linear(attn.v_proj, hidden, nkv * hd)
-            attn.o_proj = _linear(attn.o_proj, nq * hd, attn.o_proj.out_features)
+            attn.o_proj = _linear(attn.o_proj, nq * hd, attn.o_proj.out_features, comp)
             attn.num_key_value_groups = nq // nkv
         mlp = layer.mlp
         hidden = mlp.gate_proj.in_features
         mlp.gate_proj = _linear(mlp.gate_proj, hidden, ch)
         mlp.up_proj = _linear(mlp.up_proj, hidden, ch)
-        mlp.down_proj = _linear(mlp.down_proj, ch, mlp.down_proj.out_features)
+        mlp.down_proj = _linear(mlp.down_proj, ch, mlp.down_proj.out_features, comp)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = ch
 

@@ -148,6 +148,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
                              model_fingerprint=bench.lm.fingerprint, model_arch=json.dumps(bench.lm.arch.describe()),
                              data_source=bench.data.source, beta=cfg.beta, proposer=proposer.name,
                              calib_key=bench.calib_key, bos_token=bench.data.bos)
+    bench.pruner.compensate = cfg.compensate  # a shared workbench serves searches with and without it
     bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
     return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer)
 

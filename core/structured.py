@@ -27,10 +27,16 @@ from .plans import LayerPlan, plans
 
 
 class ZeroAttention(nn.Module):
-    """Stands in for an attention block whose every head was removed."""
+    """Stands in for an attention block whose every head was removed; with compensation it still adds its
+    removed heads' mean output (a constant bias)."""
+
+    def __init__(self, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, hidden_states, *args, **kwargs):
-        return torch.zeros_like(hidden_states), None
+        out = torch.zeros_like(hidden_states)
+        return (out if self.bias is None else out + self.bias), None
 
 
 def _rows(w: torch.Tensor, perm: torch.Tensor, block: int) -> torch.Tensor:
@@ -62,13 +68,16 @@ def _permute_layer(arch: ModelArch, i: int, unit_perm: torch.Tensor, chan_perm: 
 def _permuted_stats(arch: ModelArch, stats: CalibrationStats, perms, order: str) -> CalibrationStats:
     """A copy of `stats` with the o_proj / down_proj inputs in the permuted order (the others are per hidden
     feature, which no permutation touches)."""
-    sqsum = []
-    for s, (up, cp) in zip(stats.sqsum, perms):
-        s = dict(s)
-        s["o_in"] = _rows(s["o_in"], up.to(s["o_in"].device), arch.q_heads_per_unit * arch.head_dim)
-        s["down_in"] = s["down_in"][cp.to(s["down_in"].device)]
-        sqsum.append(s)
-    return CalibrationStats(sqsum, stats.n_tokens, order)
+    def permuted(per_layer):
+        out = []
+        for s, (up, cp) in zip(per_layer, perms):
+            s = dict(s)
+            s["o_in"] = _rows(s["o_in"], up.to(s["o_in"].device), arch.q_heads_per_unit * arch.head_dim)
+            s["down_in"] = s["down_in"][cp.to(s["down_in"].device)]
+            out.append(s)
+        return out
+    return CalibrationStats(permuted(stats.sqsum), stats.n_tokens, order,
+                            permuted(stats.xsum) if stats.xsum is not None else None)
 
 
 def reset_order(model: nn.Module, arch: ModelArch) -> None:
@@ -88,7 +97,7 @@ class StructuredPruner:
     and the composed permutation is recorded). `self.stats` holds them in the new model order.
     """
 
-    def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats):
+    def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, compensate: bool = False):
         if stats.order != order_digest(model):
             raise ValueError(f"calibration statistics are in head/channel order {stats.order}, the model is in "
                              f"{order_digest(model)}")
@@ -114,6 +123,23 @@ class StructuredPruner:
                         for p in arch.layers]
         self._layers = list(decoder_layers(model))
         self.current: list[LayerPlan] | None = None
+        # FLAP's bias compensation: a removed head's or channel's output is replaced by its mean over the
+        # calibration tokens, W[:, removed] @ E[x_removed], added as a bias of o_proj / down_proj.
+        self._orig_bias = [(p.o.bias, p.down.bias) for p in arch.layers]
+        self._means = None
+        self.compensate = compensate
+
+    @property
+    def compensate(self) -> bool:
+        return self._means is not None
+
+    @compensate.setter
+    def compensate(self, on: bool) -> None:
+        """Switch bias compensation (takes effect at the next apply)."""
+        if on and self.stats.xsum is None:
+            raise ValueError("bias compensation needs the calibration's input means (collect them again)")
+        self._means = [(self.stats.mean(i, "o_in"), self.stats.mean(i, "down_in"))
+                       for i in range(self.arch.n_layers)] if on else None
 
     # ---- rates -> counts -------------------------------------------------------------------
     def plan(self, rates) -> list[LayerPlan]:
@@ -141,8 +167,10 @@ class StructuredPruner:
 
     def restore(self) -> None:
         full = LayerPlan(self.arch.n_attn_units, self.arch.intermediate)
-        for i in range(self.arch.n_layers):
+        for i, parts in enumerate(self.arch.layers):
             self._apply_layer(i, full)
+            _set_bias(parts.o, self._orig_bias[i][0])  # the dense model has no compensation bias
+            _set_bias(parts.down, self._orig_bias[i][1])
         self.current = None
 
     @contextmanager
@@ -157,21 +185,38 @@ class StructuredPruner:
         hd = a.head_dim
         nq = pl.attn_units * a.q_heads_per_unit
         nkv = pl.attn_units if a.attn_unit_is_group else (a.n_kv_heads if nq else 0)
+        o_bias, down_bias = self._out_bias(i, full["o"], nq * hd, 0), self._out_bias(i, full["down"], pl.channels, 1)
         if nq == 0:
-            if not isinstance(layer.self_attn, ZeroAttention):
-                layer.self_attn = ZeroAttention()
+            if not isinstance(layer.self_attn, ZeroAttention) or self.compensate:
+                layer.self_attn = ZeroAttention(o_bias)
         else:
             layer.self_attn = parts.attn
             _set(parts.q, full["q"][: nq * hd], full["_bias"]["q"], nq * hd)
             _set(parts.k, full["k"][: nkv * hd], full["_bias"]["k"], nkv * hd)
             _set(parts.v, full["v"][: nkv * hd], full["_bias"]["v"], nkv * hd)
             _set(parts.o, full["o"][:, : nq * hd], None, None)
+            _set_bias(parts.o, o_bias)
             if self._groups[i] is not None:
                 parts.attn.num_key_value_groups = nq // nkv
         c = pl.channels
         _set(parts.gate, full["gate"][:c], full["_bias"]["gate"], c)
         _set(parts.up, full["up"][:c], full["_bias"]["up"], c)
         _set(parts.down, full["down"][:, :c], None, None)
+        _set_bias(parts.down, down_bias)
+
+    def _out_bias(self, i: int, w: torch.Tensor, kept: int, which: int) -> torch.Tensor | None:
+        """o_proj's (which 0) or down_proj's (1) bias with `kept` input columns: the checkpoint's own, plus
+        with compensation W[:, kept:] @ E[x[kept:]] (a matrix-vector product: nothing next to a forward)."""
+        orig = self._orig_bias[i][which]
+        if not self.compensate:
+            return orig  # (with it, a layer that keeps everything gets zeros: every layer has the bias)
+        mu = self._means[i][which]
+        comp = (w[:, kept:].float() @ mu[kept:].to(w.device, torch.float32)).to(w.dtype)
+        return comp if orig is None else orig + comp
+
+
+def _set_bias(lin: nn.Linear, bias: torch.Tensor | None) -> None:
+    lin.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
 
 def _set(lin: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None, n_out: int | None) -> None:

@@ -135,7 +135,7 @@ def _search_settings(args) -> dict:
                 ablation="no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none",
                 selection=args.selection, max_retries=args.max_retries, temperature=args.temperature,
                 llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, base_url=args.base_url,
-                llm_concurrency=args.llm_concurrency, decimals=args.decimals, prompt_fitness=args.prompt_fitness, vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
+                llm_concurrency=args.llm_concurrency, decimals=args.decimals, compensate=args.compensate, prompt_fitness=args.prompt_fitness, vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
 
 
 def _placement(args) -> dict:
@@ -175,8 +175,8 @@ def cmd_baseline(args) -> int:
 
     cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", budget_tokens=args.budget_tokens,
                        seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
-                       lo=args.lo, hi=args.hi, data=args.data, bos=args.bos, **_placement(args),
-                       sessions_dir=args.sessions_dir).validate()
+                       lo=args.lo, hi=args.hi, data=args.data, bos=args.bos, compensate=args.compensate,
+                       **_placement(args), sessions_dir=args.sessions_dir).validate()
     bus = EventBus()
     with ProgressRenderer() as renderer:
         bus.subscribe(renderer)
@@ -399,6 +399,8 @@ def _common(p):
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--calib-tokens", type=int, default=16384)
     p.add_argument("--final-tokens", type=int, default=None, help="final evaluation tokens (default: all)")
+    p.add_argument("--compensate", action="store_true",
+                   help="FLAP bias compensation: removed heads/channels leave their mean output as a bias")
     p.add_argument("--lo", type=float, default=0.0, help="lowest per-layer rate")
     p.add_argument("--hi", type=float, default=1.0, help="highest per-layer rate")
     p.add_argument("--data", choices=["auto", "hub", "local"], default="auto")

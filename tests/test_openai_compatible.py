@@ -111,6 +111,16 @@ def test_prefetched_answers_equal_sequential_ones(scripted):
     assert [r.prompt for r in a.records] == [r.prompt for r in b.records]
 
 
+def test_search_config_reaches_the_openai_proposer(scripted):
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.session import build_proposer
+
+    _, url = scripted
+    p = build_proposer(SearchConfig(proposer="openai", base_url=url, llm_concurrency=2, prompt_fitness="rank"))
+    assert p.fitness_view == "rank" and p.backend.concurrency == 2
+    assert str(p.backend._client.base_url).startswith(url)
+
+
 def test_rate_limits_and_5xx_are_retried_with_backoff(scripted):
     server, url = scripted
     server.statuses = [429, 503]

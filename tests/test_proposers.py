@@ -448,6 +448,18 @@ def test_llama_cpp_grammar_decoding_gives_the_same_format():
     assert len(cand) == 1 and cand[0].parents[0] in (3, 12) and len(cand[0].values) == 4
 
 
+def test_search_config_reaches_the_llama_cpp_proposer(monkeypatch):
+    """SearchConfig -> build_proposer -> make_proposer -> LLMProposer, without loading a GGUF."""
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.proposers import llama_cpp_backend
+    from selfpruner.core.session import build_proposer
+
+    made = {}
+    monkeypatch.setattr(llama_cpp_backend, "LlamaCppBackend", lambda model, **kw: made.update(kw) or Scripted())
+    p = build_proposer(SearchConfig(proposer="llama-cpp", prompt_fitness="rank", llm_threads=1, seed=4))
+    assert p.fitness_view == "rank" and made["n_threads"] == 1 and made["seed"] == 4
+
+
 def test_rank_view_shows_ranks_not_ppl():
     pop = population()
     p = proposer(Scripted(), fitness_view="rank")

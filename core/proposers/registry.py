@@ -8,7 +8,7 @@ NAMES = ("openai", "llama-cpp", "vllm", "numeric", "random")
 
 
 def make_proposer(name: str, *, model: str | None = None, max_retries: int = 3, seed: int = 0,
-                  temperature: float = 0.8, **backend_opts) -> Proposer:
+                  temperature: float = 0.8, fitness_view: str = "ppl", **backend_opts) -> Proposer:
     """`model`: GGUF path (llama-cpp), model name (openai, vllm); None = the backend's default.
     `backend_opts` go to the backend (e.g. n_ctx, decoding for llama-cpp; base_url for openai)."""
     if name == "numeric":

@@ -127,6 +127,8 @@ class StartScreen(Screen):
                 yield Checkbox("random initial population (paper ablation)", d.init == "random", compact=True,
                                id="init_random")
                 yield Checkbox("final evaluation on the test stream", d.final_eval, compact=True, id="final_eval")
+                yield Checkbox("bias compensation (FLAP: removed units leave their mean output)", d.compensate,
+                               compact=True, id="compensate")
             yield Static("", id="error")
             with Horizontal(id="buttons"):
                 yield Button("Start search", id="start", variant="primary")
@@ -226,6 +228,7 @@ class StartScreen(Screen):
             setattr(cfg, key, self._number(key, label, typ, optional=key == "final_tokens"))
         cfg.init = "random" if self.query_one("#init_random", Checkbox).value else "llm"
         cfg.final_eval = self.query_one("#final_eval", Checkbox).value
+        cfg.compensate = self.query_one("#compensate", Checkbox).value
         cfg.data = str(self.query_one("#data", Select).value)
         cfg.device = self.query_one("#device", Input).value.strip() or "auto"
         cfg.dtype = str(self.query_one("#dtype", Select).value)
