@@ -27,6 +27,8 @@ import torch
 # The calibration cache would turn a repeated run's calibration time into a file read.
 os.environ.setdefault("SELFPRUNER_CACHE", tempfile.mkdtemp(prefix="selfpruner-scale-"))
 
+from fitness_cost import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+from search_memory import rss_bytes  # noqa: E402
 from selfpruner.core.data import TokenData  # noqa: E402
 from selfpruner.core.evaluate import HEAD_CHUNK, perplexity  # noqa: E402
 from selfpruner.core.export import build_pruned  # noqa: E402
@@ -75,14 +77,6 @@ def random_tokens(vocab: int, calib: int, search: int, test: int, seed: int = 0)
     return TokenData(draw(calib), draw(search), draw(test), f"random ids, seed {seed + 1}", None)
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def available_bytes() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -103,15 +97,6 @@ def rates_for(n: int, ratio: float) -> list[float]:
     rates = [ratio + 0.1 * ((i % 3) - 1) for i in range(n)]
     shift = ratio - sum(rates) / n
     return [min(max(r + shift, 0.0), 1.0) for r in rates]
-
-
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def activation_bytes(model, seq_len: int, batch: int, elem: int) -> int:

@@ -124,6 +124,18 @@ def session_workbench(cfg: SearchConfig, s: dict, bus: EventBus | None = None) -
 
 
 
+def store_references(store: Store, bench: Workbench, cfg: SearchConfig) -> None:
+    """Uniform and OWL rates at the session's β, for reports to draw the searched profile against."""
+    from .search.baselines import owl_rates
+
+    n = bench.lm.arch.n_layers
+    try:
+        owl = owl_rates(bench.lm.arch, bench.stats, cfg.beta, lo=cfg.lo, hi=cfg.hi)
+    except RuntimeError:  # out of memory on a huge model: the report goes without
+        owl = None
+    store.add_result("reference", "rates", {"uniform": [cfg.beta] * n, "owl": owl})
+
+
 def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: Path | None = None,
                  bench: Workbench | None = None, init_proposer: Proposer | None = None) -> SelfPrunerSearch:
     """init_proposer overrides the config's, e.g. to start an ablation from another run's initial population."""
@@ -148,6 +160,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
                              model_fingerprint=bench.lm.fingerprint, model_arch=json.dumps(bench.lm.arch.describe()),
                              data_source=bench.data.source, beta=cfg.beta, proposer=proposer.name,
                              calib_key=bench.calib_key, bos_token=bench.data.bos)
+        store_references(store, bench, cfg)
     bench.pruner.compensate = cfg.compensate  # a shared workbench serves searches with and without it
     bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
     return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer)

@@ -285,7 +285,8 @@ def list_sessions(directory: Path | str = DEFAULT_DIR) -> list[dict]:
             rows.append({"id": s["id"], "path": str(path), "kind": s["kind"], "status": s["status"],
                          "model": s["model_name"], "beta": s["beta"], "proposer": s["proposer"],
                          "best_fitness": _from_db(s["best_fitness"]), "final_ppl": s["final_ppl"],
-                         "created": s["created"], "generations": n_gen, "candidates": n_cand, "error": None})
+                         "created": s["created"], "generations": n_gen, "candidates": n_cand, "error": None,
+                         "compensate": bool((s.get("config") or {}).get("compensate"))})
         except (StoreError, sqlite3.DatabaseError) as e:
             rows.append({"id": path.stem, "path": str(path), "kind": "?", "status": "unreadable",
                          "error": str(e).splitlines()[0]})

@@ -220,6 +220,8 @@ def cmd_show(args) -> int:
         out.print(f"calibration {s['calib_key']}, " + (f"BOS token {bos} at every window" if bos is not None
                                                         else "no BOS token"))
     cfg = s["config"]
+    if s["kind"] in ("layer", "baseline"):
+        out.print(f"fitness ppl, importance Wanda-sp, bias compensation {'on' if cfg.get('compensate') else 'off'}")
     out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     gens = st.generations()
     if gens:
@@ -243,6 +245,15 @@ def cmd_show(args) -> int:
     if args.json:
         out.print_json(json.dumps({"session": s, "generations": gens}, default=str))
     st.close()
+    return 0
+
+
+def cmd_report(args) -> int:
+    from selfpruner.core.report import build_report
+    from selfpruner.core.store import resolve_session
+
+    page = build_report([resolve_session(ref, args.sessions_dir) for ref in args.session], args.out)
+    out.print(f"report of {len(args.session)} session(s): {page}")
     return 0
 
 
@@ -497,6 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("report", parents=[sessions],
+                       help="an HTML page with plots (PNG and SVG) of one or more sessions, offline")
+    p.add_argument("session", nargs="+")
+    p.add_argument("--out", required=True, help="directory for index.html and its figures")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("replay", parents=[sessions, device],
                        help="re-run a session with its stored proposer answers and compare")

@@ -27,7 +27,8 @@ def _cells(r: dict) -> tuple:
         return (r["id"], status, "", r.get("kind") or "?", Text(err[:40], style="red"), "", "", "", "", "")
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])) if r.get("created") else ""
     return (r["id"], status, created, r["kind"], (r["model"] or "")[:36],
-            f"{r['beta']:g}" if r["beta"] is not None else "", r["proposer"] or "",
+            f"{r['beta']:g}" if r["beta"] is not None else "",
+            (r["proposer"] or "") + (" +comp" if r.get("compensate") else ""),  # FLAP bias compensation
             fmt_fitness(r["best_fitness"]) if r["best_fitness"] is not None else "",
             fmt_fitness(r["final_ppl"]) if r["final_ppl"] is not None else "", str(r["generations"]))
 

@@ -95,6 +95,8 @@ class SearchScreen(Screen):
         if cfg:
             t.append(f" · K={cfg.get('population')} M={cfg.get('mutations')} S={cfg.get('crossovers')} "
                      f"N={cfg.get('generations')} · {cfg.get('budget_tokens')} tok/fitness")
+            if cfg.get("compensate"):
+                t.append(" · bias compensation")
         t.append("\n")
         colour = {"running": "green", "paused": "yellow", "stopping": "yellow", "stopped": "yellow",
                   "finished": "bold green", "failed": "bold red", "unreadable": "red"}.get(st.status, "")

@@ -1,0 +1,81 @@
+"""FLAP's bias compensation on the LLaMA-family model: final ppl with and without it for uniform Wanda-sp, OWL and a
+numeric-GA search (searched without it, then searched with it), and what it costs per fitness evaluation.
+
+Each search spends K + N·(M+S) evaluations (defaults: the paper's K:(M+S) = 30:20 at K=6, M=S=2, N=6). Final ppl
+on --final-tokens held-out test tokens. The per-candidate cost is the median of --repeats fitness calls on one
+rate vector with compensation against without, interleaved.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from selfpruner.core.baseline_run import baseline_rates
+from selfpruner.core.config import SearchConfig
+from selfpruner.core.events import Control, EventBus
+from selfpruner.core.session import start_search
+from selfpruner.core.workbench import Workbench
+
+
+def final(bench, rates, tokens, compensate: bool) -> float:
+    bench.pruner.compensate = compensate
+    return bench.fitness(rates, tokens, which="test")[0]
+
+
+def search(bench, args, beta: float, compensate: bool, sessions: str):
+    cfg = SearchConfig(model=args.model, beta=beta, proposer="numeric", population=args.K, mutations=args.M,
+                       crossovers=args.S, generations=args.N, budget_tokens=args.budget_tokens, seq_len=args.seq_len,
+                       calib_tokens=args.calib_tokens, final_eval=False, data="local", seed=args.seed,
+                       sessions_dir=sessions, compensate=compensate)
+    return start_search(cfg, bus=EventBus(), control=Control(), bench=bench).run().best_rates
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--ratios", default="0.3,0.5")
+    ap.add_argument("-K", type=int, default=6)
+    ap.add_argument("-M", type=int, default=2)
+    ap.add_argument("-S", type=int, default=2)
+    ap.add_argument("-N", type=int, default=6)
+    ap.add_argument("--budget-tokens", type=int, default=512)
+    ap.add_argument("--final-tokens", type=int, default=4096)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
+    sessions = tempfile.mkdtemp(prefix="selfpruner-comp-")
+    evals = args.K + args.N * (args.M + args.S)
+    print(f"model {bench.lm.name}; searches: numeric GA, {evals} evaluations of {args.budget_tokens} tokens, seed "
+          f"{args.seed}; final ppl on {bench.windows('test', args.final_tokens).numel()} test tokens")
+    print(f"{'β':>4} {'rates':<32} {'plain':>10} {'compensated':>12} {'ratio':>7}")
+    for beta in [float(x) for x in args.ratios.split(",")]:
+        rows = {"uniform Wanda-sp": baseline_rates(bench, "uniform", beta),
+                "OWL": baseline_rates(bench, "owl", beta),
+                "GA searched without": search(bench, args, beta, False, sessions)}
+        with_comp = search(bench, args, beta, True, sessions)
+        for name, rates in rows.items():
+            p, c = final(bench, rates, args.final_tokens, False), final(bench, rates, args.final_tokens, True)
+            print(f"{beta:>4} {name:<32} {p:>10.2f} {c:>12.2f} {c / p:>7.3f}", flush=True)
+        c = final(bench, with_comp, args.final_tokens, True)
+        p = final(bench, rows["GA searched without"], args.final_tokens, False)
+        print(f"{beta:>4} {'GA searched with (vs without)':<32} {p:>10.2f} {c:>12.2f} {c / p:>7.3f}", flush=True)
+    rates = baseline_rates(bench, "uniform", 0.3)
+    times = {False: [], True: []}
+    for _ in range(args.repeats):
+        for comp in (False, True):
+            bench.pruner.compensate = comp
+            times[comp].append(bench.fitness(rates, args.budget_tokens)[1])
+    ratio = statistics.median(times[True]) / statistics.median(times[False])
+    print(f"fitness time with / without compensation (median of {args.repeats}, {args.budget_tokens} tokens): "
+          f"{ratio:.3f}")
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
