@@ -896,3 +896,26 @@ async def test_snapshot_metric(request, demo_dir):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert_snapshot(request, app, "metric")
+
+
+async def test_fitness_plot_when_there_is_room(demo_dir):
+    """A tall terminal gets the braille plot (every evaluation a dot, best/mean lines, following the scrubber);
+    the 44-row one of the snapshots keeps the sparklines alone."""
+    from selfpruner.tui.widgets.plot import FitnessPlot, render_plot
+
+    for size, shown in (((150, 60), True), (SIZE, False)):
+        app = SelfPrunerApp(demo_dir, open_session="20231114-221320-layer-demo")
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            plot = app.screen.query_one(FitnessPlot)
+            assert plot.display is shown
+            if not shown:
+                continue
+            st = Store(demo_dir / "20231114-221320-layer-demo.db")
+            assert len(plot.points) == len(st.evaluations()) and len(plot.best) == 4
+            text = "\n".join(t.plain for t in render_plot(plot.best, plot.mean, plot.points, 80, 10))
+            assert sum(0x2800 < ord(ch) <= 0x28FF for ch in text) > 20 and "gen 3" in text
+            app.screen.query_one(GenerationScrubber).focus()
+            await pilot.press("home")
+            await pilot.pause()
+            assert max(g for g, _ in plot.points) == 0 and len(plot.best) == 1  # follows the scrubbed generation

@@ -2,6 +2,7 @@
 the `SearchState` comes from (events vs the DB) and which generation `current_view` shows."""
 from __future__ import annotations
 
+import math
 import time
 
 from rich.text import Text
@@ -71,7 +72,10 @@ class SearchScreen(Screen):
             self.query_one(PopulationTable).sync(view.rows)
             self._show_rates()
         if "fitness" in parts:
-            self.query_one(FitnessPanel).show_series(view.best, view.mean)
+            upto = view.generation if view.generation is not None else math.inf
+            points = [(c.generation, c.fitness) for c in self.state.cands.values()
+                      if c.fitness is not None and c.generation <= upto]
+            self.query_one(FitnessPanel).show_series(view.best, view.mean, points)
         if "progress" in parts:
             self.show_progress(view)
         if "calls" in parts:

@@ -1,4 +1,5 @@
-"""Best and mean fitness per generation (sparklines) and the current generation's progress."""
+"""Best and mean fitness per generation (sparklines; a braille plot with every evaluation when the terminal has
+room) and the current generation's progress."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, Sparkline
 
 from ..state import fmt_fitness
+from .plot import PLOT_MIN_COLUMNS, PLOT_MIN_ROWS, FitnessPlot
 
 
 CELLS_PER_GENERATION = 3
@@ -34,9 +36,22 @@ class FitnessPanel(Vertical):
             yield Label("generation", id="gen-label", classes="spark-label")
             yield ProgressBar(total=None, show_eta=False, id="gen-progress")
             yield Label("", id="gen-count", classes="spark-value")
+        yield FitnessPlot(id="fitness-plot")
 
-    def show_series(self, best: list[float], mean: list[float]) -> None:
+    def on_mount(self) -> None:
+        self._fit_plot()
+
+    def on_resize(self) -> None:
+        self._fit_plot()
+
+    def _fit_plot(self) -> None:
+        size = self.app.size
+        self.query_one(FitnessPlot).display = size.height >= PLOT_MIN_ROWS and size.width >= PLOT_MIN_COLUMNS
+
+    def show_series(self, best: list[float], mean: list[float], points: list[tuple[int, float]] = ()) -> None:
+        """`points`: (generation, fitness) of every evaluation so far, for the plot."""
         self.best, self.mean = list(best), list(mean)
+        self.query_one(FitnessPlot).plot(best, mean, list(points))
         for key, values in (("best", best), ("mean", mean)):
             spark = self.query_one(f"#{key}-spark", Sparkline)
             spark.data = _plottable(values)

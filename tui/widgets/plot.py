@@ -1,0 +1,115 @@
+"""A real fitness plot on a braille canvas (2×4 dots per cell): best and mean ppl per generation as lines, every
+evaluation as a dot, log-scaled ppl. The fitness panel shows it when the terminal has room for it
+(PLOT_MIN_ROWS × PLOT_MIN_COLUMNS); narrower or shorter terminals keep the sparklines alone."""
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+from textual.widget import Widget
+
+from ..state import fmt_fitness
+
+PLOT_MIN_ROWS, PLOT_MIN_COLUMNS = 52, 100
+AXIS = 9  # cells of y labels on the left
+# braille dot bits by (row 0..3, column 0..1) within a cell
+BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
+LAYERS = (("points", "grey50"), ("mean", "yellow"), ("best", "bold green"))  # later layers win a shared cell
+
+
+def _finite(xs) -> list[float]:
+    return [x for x in xs if x is not None and math.isfinite(x) and x > 0]
+
+
+class Canvas:
+    """Dots on a width×height cell grid, each dot in one named layer."""
+
+    def __init__(self, width: int, height: int):
+        self.w, self.h = width, height
+        self.bits = {name: [[0] * width for _ in range(height)] for name, _ in LAYERS}
+
+    def dot(self, layer: str, x: float, y: float) -> None:
+        """(x, y) in dot coordinates, y = 0 at the top."""
+        xi, yi = int(round(x)), int(round(y))
+        if 0 <= xi < 2 * self.w and 0 <= yi < 4 * self.h:
+            self.bits[layer][yi // 4][xi // 2] |= BITS[yi % 4][xi % 2]
+
+    def line(self, layer: str, x0: float, y0: float, x1: float, y1: float) -> None:
+        steps = max(1, int(max(abs(x1 - x0), abs(y1 - y0))))
+        for k in range(steps + 1):
+            t = k / steps
+            self.dot(layer, x0 + (x1 - x0) * t, y0 + (y1 - y0) * t)
+
+    def rows(self) -> list[Text]:
+        out = []
+        for r in range(self.h):
+            line = Text()
+            for c in range(self.w):
+                bits, style = 0, ""
+                for name, colour in LAYERS:
+                    if self.bits[name][r][c]:
+                        bits |= self.bits[name][r][c]
+                        style = colour
+                line.append(chr(0x2800 + bits) if bits else " ", style=style)
+            out.append(line)
+        return out
+
+
+def render_plot(best: list[float], mean: list[float], points: list[tuple[int, float]], width: int,
+                height: int) -> list[Text]:
+    """The plot as `height` lines of `width` cells (y labels included)."""
+    values = _finite([*best, *mean, *(f for _, f in points)])
+    if not values or width <= AXIS + 4 or height < 3:
+        return [Text("no evaluations yet", style="dim")]
+    lo, hi = math.log(min(values)), math.log(max(values))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    gens = max(len(best), 1 + max((g for g, _ in points), default=0), 2)
+    canvas = Canvas(width - AXIS, height - 2)
+    dx = (2 * canvas.w - 1) / (gens - 1)
+    dy = 4 * canvas.h - 1
+
+    def y_of(f: float) -> float:
+        return (hi - math.log(f)) / (hi - lo) * dy
+
+    # A generation's offspring are drawn in evaluation order between the previous generation and theirs.
+    per_gen: dict[int, list[float]] = {}
+    for g, f in points:
+        per_gen.setdefault(g, []).append(f)
+    for g, fs in per_gen.items():
+        for k, f in enumerate(fs):
+            if f is not None and math.isfinite(f) and f > 0:
+                canvas.dot("points", (g - 1 + (k + 1) / len(fs)) * dx if g else 0, y_of(f))
+    for name, series in (("mean", mean), ("best", best)):
+        pts = [(g * dx, y_of(f)) for g, f in enumerate(series) if f is not None and math.isfinite(f) and f > 0]
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            canvas.line(name, x0, y0, x1, y1)
+        for x, y in pts[:1]:
+            canvas.dot(name, x, y)
+    lines = []
+    for r, row in enumerate(canvas.rows()):
+        label = fmt_fitness(math.exp(hi)) if r == 0 else fmt_fitness(math.exp(lo)) if r == canvas.h - 1 else ""
+        lines.append(Text(label.rjust(AXIS - 1)[: AXIS - 1] + "│", style="dim") + row)
+    axis = Text(" " * (AXIS - 1) + "└" + "gen 0".ljust(canvas.w - len(f"gen {gens - 1}")) + f"gen {gens - 1}",
+                style="dim")
+    legend = Text("  ")
+    for name, colour in LAYERS[::-1]:
+        legend.append(f"⣿ {name if name != 'points' else 'every evaluation'}  ", style=colour)
+    return lines + [axis, legend]
+
+
+class FitnessPlot(Widget):
+    DEFAULT_CSS = "FitnessPlot { height: 12; }"
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.best: list[float] = []
+        self.mean: list[float] = []
+        self.points: list[tuple[int, float]] = []
+
+    def plot(self, best: list[float], mean: list[float], points: list[tuple[int, float]]) -> None:
+        self.best, self.mean, self.points = list(best), list(mean), list(points)
+        self.refresh()
+
+    def render(self) -> Text:
+        return Text("\n").join(render_plot(self.best, self.mean, self.points, self.size.width, self.size.height))
