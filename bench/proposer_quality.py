@@ -10,7 +10,7 @@ K/M/S/N) and is scored on what its offspring did:
 
 Proposers: llama-cpp with gemma-3-270m (base model, template decoding), llama-cpp with SmolLM2-135M-Instruct,
 the numeric GA, pure random search (every offspring a fresh random vector); prompt designs (the population's
-ranks instead of its ppl, 2 decimals instead of 5); and either LLM for the initial population only with the
+ranks instead of its ppl, 2 decimals instead of 5, a per-layer sensitivity table measured once); and either LLM for the initial population only with the
 numeric GA writing every offspring ("init + GA"). Default model SmolLM2.
 """
 from __future__ import annotations
@@ -39,6 +39,9 @@ PROPOSERS = {
     "smollm2 rank view": dict(proposer="llama-cpp", proposer_model="smollm2", prompt_fitness="rank"),
     "smollm2 2 decimals": dict(proposer="llama-cpp", proposer_model="smollm2", decimals=2),
     "gemma 2 decimals": dict(proposer="llama-cpp", decimals=2),
+    # a per-layer sensitivity table in every prompt (n_layers more evaluations, before the search)
+    "smollm2 sensitivity": dict(proposer="llama-cpp", proposer_model="smollm2", prompt_sensitivity=True),
+    "gemma sensitivity": dict(proposer="llama-cpp", prompt_sensitivity=True),
     # the LLM for the initial population only, the numeric GA for every offspring
     "gemma init + GA": dict(proposer="numeric"),
     "smollm2 init + GA": dict(proposer="numeric"),

@@ -63,6 +63,8 @@ class SearchConfig:
     compensate: bool = False
     decimals: int = 5  # of every rate: what prompts show and ask for, and repair's unit (10**-decimals)
     prompt_fitness: str = "ppl"  # ppl | rank: what the LLM sees of each population member's fitness
+    # prompts carry a per-layer sensitivity table, measured once (n_layers extra evaluations)
+    prompt_sensitivity: bool = False
     base_url: str | None = None  # openai: an OpenAI-compatible server (vllm serve, llama-cpp-python, Ollama)
     llm_concurrency: int = 4  # openai: requests in flight at once
     vllm_gpu_share: float = 0.3  # vllm: its gpu_memory_utilization, so the pruned model fits beside it

@@ -18,6 +18,11 @@ class Problem:
     # How coarse a layer is. With it, two vectors that give the same pruned model (the same layer plans)
     # count as the same candidate; without it (unit tests of the operators), their 5-decimal strings do.
     grain: LayerGrain | None = None
+    # A prompt design (--prompt-sensitivity): per layer, the ppl with only that layer pruned at
+    # `sensitivity_rate` (measured once per session; `dense_ppl` beside it). None: not shown.
+    sensitivity: tuple[float, ...] | None = None
+    sensitivity_rate: float | None = None
+    dense_ppl: float | None = None
 
 
 @dataclass

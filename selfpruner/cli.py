@@ -135,7 +135,9 @@ def _search_settings(args) -> dict:
                 ablation="no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none",
                 selection=args.selection, max_retries=args.max_retries, temperature=args.temperature,
                 llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, base_url=args.base_url,
-                llm_concurrency=args.llm_concurrency, decimals=args.decimals, compensate=args.compensate, prompt_fitness=args.prompt_fitness, vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
+                llm_concurrency=args.llm_concurrency, decimals=args.decimals, compensate=args.compensate,
+                prompt_sensitivity=args.prompt_sensitivity, prompt_fitness=args.prompt_fitness,
+                vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
 
 
 def _placement(args) -> dict:
@@ -481,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decimals", type=int, default=5, help="decimals of every rate (prompts and repair)")
     p.add_argument("--prompt-fitness", choices=["ppl", "rank"], default="ppl",
                    help="what the LLM sees of each population member: its ppl or its rank")
+    p.add_argument("--prompt-sensitivity", action="store_true",
+                   help="measure each layer's sensitivity once (n_layers evaluations) and show it in the prompts")
     p.add_argument("--base-url", default=None, metavar="URL",
                    help="--proposer openai against any OpenAI-compatible server (vllm serve, llama-cpp-python's "
                         "server, Ollama), e.g. http://127.0.0.1:8000/v1; no API key needed")

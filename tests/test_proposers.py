@@ -476,3 +476,38 @@ def test_two_decimals_prompt_and_repair():
     (out,) = p.mutate(prob, population(prob=prob), 1, 1)
     assert all(round(r, 2) == r for r in out.rates) and abs(sum(out.rates) - 1.8) < 1e-9
     assert "has 2 decimals" in p.records[0].prompt and "0.30" in p.records[0].prompt
+
+
+def test_sensitivity_table_in_both_prompt_styles():
+    from dataclasses import replace
+
+    prob = replace(PROB, sensitivity=(40.0, 90.5, 35.25, 33.0, 34.0, 60.0), sensitivity_rate=0.6, dense_ppl=30.0)
+    chat = proposer(Scripted()).build_prompt("mutation", prob, population(), 2)
+    assert "pruned at rate 0.6" in chat and "0: 40.00, 1: 90.50, 2: 35.25" in chat and "is 30.00" in chat
+
+    class Completion(Scripted):
+        style = "completion"
+    assert "1: 90.50" in proposer(Completion()).build_prompt("mutation", prob, population(), 2)
+    assert "pruned at rate" not in proposer(Scripted()).build_prompt("mutation", PROB, population(), 2)
+
+
+def test_search_measures_the_sensitivity_table_once(tmp_path, tiny_llama_dir):
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.events import Control, EventBus
+    from selfpruner.core.session import start_search
+    from selfpruner.core.workbench import Workbench
+
+    bench = Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
+    cfg = SearchConfig(model=str(tiny_llama_dir), beta=0.3, proposer="numeric", population=3, mutations=1,
+                       crossovers=1, generations=1, budget_tokens=64, seq_len=32, calib_tokens=256,
+                       final_eval=False, data="local", sessions_dir=str(tmp_path), prompt_sensitivity=True)
+    s = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
+    backend = Scripted()  # nothing useful: the numeric fallback writes, the prompts are what is checked
+    s.proposer = LLMProposer(backend, "scripted", max_retries=0)
+    s.proposer.on_call = s._record_call
+    s.run()
+    (res,) = s.store.results("sensitivity")
+    table = res["payload"]
+    assert table["rate"] == 0.6 and len(set(table["ppl"])) == 4 and table["dense"] == bench.dense_ppl(64)
+    assert bench.fitness([0.6, 0, 0, 0], 64)[0] == table["ppl"][0]
+    assert all("0: " + f"{table['ppl'][0]:.2f}" in c["prompt"] for c in backend.calls)

@@ -81,6 +81,20 @@ def grain_text(problem: Problem) -> str:
                                             channel_rate=f"{g.channel_rate:.5f}").strip()
 
 
+def layer_facts(problem: Problem) -> str:
+    """What the prompts say about the layers: their grain and, where measured, their sensitivity."""
+    return "\n".join(t for t in (grain_text(problem), sensitivity_text(problem)) if t)
+
+
+def sensitivity_text(problem: Problem) -> str:
+    """The measured per-layer sensitivity table, for the prompts (empty when not measured)."""
+    if problem.sensitivity is None:
+        return ""
+    rows = ", ".join(f"{i}: {fmt_ppl(f)}" for i, f in enumerate(problem.sensitivity))
+    return template("sensitivity.txt").substitute(rate=f"{problem.sensitivity_rate:g}",
+                                                  dense=fmt_ppl(problem.dense_ppl), rows=rows).strip()
+
+
 def parents_for(phase: str, cited: list[int] | None, rates: list[float], pop: list[Scored]) -> list[int]:
     """The cited ids that are in the population; missing ones are the nearest members by L1 distance."""
     need = N_PARENTS[phase]
@@ -152,7 +166,7 @@ class LLMProposer:
         return dict(model=problem.model_name, n_layers=problem.n_layers, beta=f"{problem.beta:g}",
                     lo=f"{problem.lo:g}", hi=f"{problem.hi:g}", decimals=d, count=count,
                     example=f"{problem.beta:.{d}f}", total=f"{problem.beta * problem.n_layers:.{d}f}".rstrip("0")
-                    .rstrip("."), grain=grain_text(problem))
+                    .rstrip("."), grain=layer_facts(problem))
 
     def build_prompt(self, phase: str, problem: Problem, population: list[Scored], count: int) -> str:
         pop = ranked(population)

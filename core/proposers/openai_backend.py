@@ -3,9 +3,9 @@ structured outputs.
 
 The reply is constrained by a JSON schema to {"solutions": [{"parents": [...], "rates": [...]}]}. The schema
 holds no numeric or length limits (the strict mode of some servers rejects them); repair handles those.
-A server that refuses `json_schema` (llama-cpp-python's answers 500 naming response_format) gets the schema as `json_object` (its
-dialect), then plain text, which parse and repair read like any reply; the first format a server accepts is
-kept for the rest of the run.
+A server that refuses `json_schema` (llama-cpp-python's answers 500 naming response_format) gets the schema as
+`json_object` (its dialect), then plain text, which parse and repair read like any reply; the first format a
+server accepts is kept for the rest of the run.
 
 `complete_many` sends one generation's requests at once (the mutation and crossover calls) through the async
 client, at most `concurrency` in flight. Rate limits (429), 5xx, timeouts and dropped connections are retried

@@ -10,7 +10,7 @@ from the store, so a killed session resumes where it stopped, re-proposing nothi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import SearchConfig
 from ..events import (CandidateEvaluated, CandidateProposed, Control, EvalProgress, EventBus, GenerationFinished,
@@ -81,6 +81,25 @@ class SelfPrunerSearch:
         for cid, p in zip(ids, proposals):
             self.bus.emit(CandidateProposed(cid, generation, p.origin, p.rates, p.parents))
         return self._stored_phase(generation, phase)
+
+    def _sensitivity(self) -> None:
+        """--prompt-sensitivity: per layer, the search ppl with only that layer pruned at 2β (at most hi), measured
+        once and stored, so a resumed session shows the LLM the same table."""
+        stored = self.store.results("sensitivity")
+        if stored:
+            d = stored[0]["payload"]
+        else:
+            n, rate = self.problem.n_layers, min(self.cfg.hi, 2 * self.cfg.beta)
+            ppl = []
+            for i in range(n):
+                if self.control.checkpoint():
+                    raise Stopped
+                self.bus.emit(Stage("sensitivity", f"layer {i} alone at rate {rate:g}", i, n))
+                ppl.append(self.bench.fitness([rate if j == i else 0.0 for j in range(n)], self.cfg.budget_tokens)[0])
+            d = {"rate": rate, "ppl": ppl, "dense": self.bench.dense_ppl(self.cfg.budget_tokens)}
+            self.store.add_result("sensitivity", "layers", d)
+        self.problem = replace(self.problem, sensitivity=tuple(d["ppl"]), sensitivity_rate=d["rate"],
+                               dense_ppl=d["dense"])
 
     def _prefetch(self, generation: int, parents: list[Scored]) -> None:
         """Let a proposer that can send mutation and crossover requests at once do so (not on a resume that
@@ -161,6 +180,8 @@ class SelfPrunerSearch:
     def _run(self, known: dict[int, float]) -> SearchFinished:
         cfg = self.cfg
         try:
+            if cfg.prompt_sensitivity:
+                self._sensitivity()
             self.bus.emit(GenerationStarted(0, cfg.population))
             pop = self._select(0, self._evaluate(self._propose(0, "init", cfg.population, []), known))
             for g in range(1, cfg.generations + 1):
