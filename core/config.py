@@ -59,6 +59,10 @@ class SearchConfig:
     max_retries: int = 3
     temperature: float = 0.8
     llm_threads: int | None = None  # llama-cpp threads; None = as many as torch uses
+    # search fitness: ppl, or kl = mean per-token KL(dense ‖ pruned) over the same windows, from the dense
+    # model's top-kl_k log-probs (core/kl.py); the final evaluation is ppl on test text either way
+    fitness: str = "ppl"
+    kl_k: int = 64
     # FLAP's bias compensation: removed heads/channels leave their mean output as a bias of o_proj/down_proj
     compensate: bool = False
     decimals: int = 5  # of every rate: what prompts show and ask for, and repair's unit (10**-decimals)
@@ -107,6 +111,10 @@ class SearchConfig:
             raise ConfigError(f"--llm-threads must be at least 1, got {self.llm_threads}")
         if not 1 <= self.decimals <= 6:
             raise ConfigError(f"--decimals must be 1 to 6, got {self.decimals}")
+        if self.fitness not in ("ppl", "kl"):
+            raise ConfigError("--fitness must be ppl or kl")
+        if self.kl_k < 1:
+            raise ConfigError(f"--kl-k must be at least 1, got {self.kl_k}")
         if self.prompt_fitness not in ("ppl", "rank"):
             raise ConfigError("--prompt-fitness must be ppl or rank")
         if self.llm_concurrency < 1:

@@ -20,6 +20,7 @@ class Problem:
     grain: LayerGrain | None = None
     # A prompt design (--prompt-sensitivity): per layer, the ppl with only that layer pruned at
     # `sensitivity_rate` (measured once per session; `dense_ppl` beside it). None: not shown.
+    fitness_name: str = "ppl"  # ppl | kl (KL from the dense model): what the population's numbers are
     sensitivity: tuple[float, ...] | None = None
     sensitivity_rate: float | None = None
     dense_ppl: float | None = None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -10,6 +10,7 @@ from .calibration import CalibrationStats, load_or_collect
 from .config import ConfigError
 from .data import TokenData, load_token_data
 from .evaluate import auto_batch_size, perplexity
+from .kl import DEFAULT_K, KLReference, dense_reference, mean_kl
 from .events import EventBus, Stage
 from .models import LoadedModel, dtype_name, load_model
 from .structured import StructuredPruner, reset_order
@@ -24,6 +25,7 @@ class Workbench:
     seq_len: int
     calib_key: str  # identifies checkpoint, order and calibration windows; stored with every session
     batch_size: int = 1  # windows per forward in every perplexity (resolved from 'auto' at build)
+    _kl_refs: dict = field(default_factory=dict, repr=False)  # (which, tokens, k) -> dense KLReference
 
     @classmethod
     def build(cls, model: str | None, *, seq_len: int = 512, calib_tokens: int = 16384, data: str = "auto",
@@ -84,14 +86,26 @@ class Workbench:
         return self.data.windows(which, self.seq_len, max_tokens)
 
     def fitness(self, rates, budget_tokens: int, *, which: str = "search", should_stop=None,
-                progress=None) -> tuple[float, float]:
-        """(ppl, seconds) of the model pruned by `rates`; the resident model is restored afterwards."""
+                progress=None, measure: str = "ppl", kl_k: int | None = None) -> tuple[float, float]:
+        """(fitness, seconds) of the model pruned by `rates`: its ppl, or (measure 'kl') its mean per-token
+        KL from the dense model (core/kl.py); the resident model is restored afterwards."""
         windows = self.windows(which, budget_tokens)
+        ref = self.kl_reference(which, budget_tokens, kl_k) if measure == "kl" else None
         t0 = time.perf_counter()
         with self.pruner.applied(rates):
-            ppl = perplexity(self.lm.model, windows, should_stop=should_stop, progress=progress,
-                             batch_size=self.batch_size)
-        return ppl, time.perf_counter() - t0
+            if ref is not None:
+                value = mean_kl(self.lm.model, windows, ref, should_stop=should_stop)
+            else:
+                value = perplexity(self.lm.model, windows, should_stop=should_stop, progress=progress,
+                                   batch_size=self.batch_size)
+        return value, time.perf_counter() - t0
+
+    def kl_reference(self, which: str, budget_tokens: int, k: int | None = None) -> KLReference:
+        """The dense model's top-k distributions over these windows, computed once and kept on its device."""
+        key = (which, budget_tokens, k or DEFAULT_K)
+        if key not in self._kl_refs:
+            self._kl_refs[key] = dense_reference(self.lm.model, self.windows(which, budget_tokens), k or DEFAULT_K)
+        return self._kl_refs[key]
 
     def dense_ppl(self, budget_tokens: int | None, which: str = "search") -> float:
         return perplexity(self.lm.model, self.windows(which, budget_tokens), batch_size=self.batch_size)

@@ -137,6 +137,7 @@ def _search_settings(args) -> dict:
                 llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, base_url=args.base_url,
                 llm_concurrency=args.llm_concurrency, decimals=args.decimals, compensate=args.compensate,
                 prompt_sensitivity=args.prompt_sensitivity, prompt_fitness=args.prompt_fitness,
+                fitness=args.fitness, kl_k=args.kl_k,
                 vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
 
 
@@ -223,7 +224,8 @@ def cmd_show(args) -> int:
                                                         else "no BOS token"))
     cfg = s["config"]
     if s["kind"] in ("layer", "baseline"):
-        out.print(f"fitness ppl, importance Wanda-sp, bias compensation {'on' if cfg.get('compensate') else 'off'}")
+        out.print(f"fitness {cfg.get('fitness', 'ppl')}, importance Wanda-sp, bias compensation "
+                  f"{'on' if cfg.get('compensate') else 'off'}")
     out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     gens = st.generations()
     if gens:
@@ -480,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--llm-threads", type=int, default=None, metavar="N",
                    help="llama-cpp threads (default: as many as torch uses; 1 on a box busy with other jobs)")
+    p.add_argument("--fitness", choices=["ppl", "kl"], default="ppl",
+                   help="search fitness: ppl, or KL from the dense model (EvoPress); the final score is ppl")
+    p.add_argument("--kl-k", type=int, default=64, help="dense top-k log-probs kept for --fitness kl")
     p.add_argument("--decimals", type=int, default=5, help="decimals of every rate (prompts and repair)")
     p.add_argument("--prompt-fitness", choices=["ppl", "rank"], default="ppl",
                    help="what the LLM sees of each population member: its ppl or its rank")

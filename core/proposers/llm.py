@@ -153,6 +153,7 @@ class LLMProposer:
                  fitness_view: str = "ppl"):
         self.backend, self.name = backend, name
         self.fitness_view = fitness_view  # ppl | rank: what the population rows show
+        self._fitness_name = "ppl"
         self.max_retries = max(0, int(max_retries))  # retries after the first call of a phase
         self.seed = rng_seed
         self.on_call: CallSink | None = None
@@ -169,6 +170,7 @@ class LLMProposer:
                     .rstrip("."), grain=layer_facts(problem))
 
     def build_prompt(self, phase: str, problem: Problem, population: list[Scored], count: int) -> str:
+        self._fitness_name = problem.fitness_name
         pop = ranked(population)
         limit = getattr(self.backend, "max_population", None)
         shown = pop[:limit] if limit else pop
@@ -199,6 +201,8 @@ class LLMProposer:
         """How a member's fitness is shown: its ppl, or (fitness_view 'rank') its rank, 1 = best."""
         if self.fitness_view == "rank":
             return f"rank{sep}{next(i for i, x in enumerate(ranked_pop, 1) if x.id == s.id)}"
+        if self._fitness_name == "kl":
+            return f"kl{sep}{s.fitness:.4f}" if math.isfinite(s.fitness) else f"kl{sep}inf"
         return f"ppl{sep}{fmt_ppl(s.fitness)}"
 
     # ---- one backend call -----------------------------------------------------------------------------

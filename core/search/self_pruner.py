@@ -40,7 +40,7 @@ class SelfPrunerSearch:
     def __post_init__(self):
         a = self.bench.lm.arch
         self.problem = Problem(self.bench.lm.name, a.n_layers, self.cfg.beta, self.cfg.lo, self.cfg.hi,
-                               decimals=self.cfg.decimals, grain=a.grain)
+                               decimals=self.cfg.decimals, grain=a.grain, fitness_name=self.cfg.fitness)
         self._generation = 0
         for p in {id(x): x for x in (self.proposer, self.init_proposer) if x is not None}.values():
             p.on_call = self._record_call
@@ -126,7 +126,7 @@ class SelfPrunerSearch:
                 else:
                     try:
                         fit, secs = self.bench.fitness(
-                            r["rates"], cfg.budget_tokens, should_stop=lambda: self.control.stopped,
+                            r["rates"], cfg.budget_tokens, measure=cfg.fitness, kl_k=cfg.kl_k, should_stop=lambda: self.control.stopped,
                             progress=lambda d, t, i=r["id"]: self.bus.emit(EvalProgress(i, d, t)))
                     except InterruptedError:
                         raise Stopped from None

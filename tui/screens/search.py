@@ -99,6 +99,8 @@ class SearchScreen(Screen):
         if cfg:
             t.append(f" · K={cfg.get('population')} M={cfg.get('mutations')} S={cfg.get('crossovers')} "
                      f"N={cfg.get('generations')} · {cfg.get('budget_tokens')} tok/fitness")
+            if cfg.get("fitness") == "kl":
+                t.append(" · KL fitness")
             if cfg.get("compensate"):
                 t.append(" · bias compensation")
         t.append("\n")
