@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .config import SearchConfig
 from .events import EventBus, SessionStarted, Stage
+from .metrics.flap import flap_rates
 from .search.baselines import owl_rates, uniform_rates
 from .store import Store, new_session_id
 from .types import Proposal
@@ -17,6 +18,11 @@ def baseline_rates(bench: Workbench, method: str, beta: float, *, lam: float = 0
         return uniform_rates(bench.lm.arch.n_layers, beta)
     if method == "owl":
         return owl_rates(bench.lm.arch, bench.stats, beta, lam, m, lo, hi)
+    if method == "flap":  # FLAP's global structure, as layer rates (lo/hi and the exact mean by repair)
+        from .proposers.repair import repair
+        from .types import Problem
+        rates = flap_rates(bench.lm.arch, bench.stats, beta)
+        return repair(rates, Problem(bench.lm.name, len(rates), beta, lo, hi))[0]
     raise ValueError(f"unknown baseline {method!r}")
 
 

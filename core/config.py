@@ -63,6 +63,8 @@ class SearchConfig:
     # model's top-kl_k log-probs (core/kl.py); the final evaluation is ppl on test text either way
     fitness: str = "ppl"
     kl_k: int = 64
+    # what orders a layer's heads and channels for removal: wanda-sp (|W|·||X||) or flap (Var(X)·||W||²)
+    importance: str = "wanda-sp"
     # FLAP's bias compensation: removed heads/channels leave their mean output as a bias of o_proj/down_proj
     compensate: bool = False
     decimals: int = 5  # of every rate: what prompts show and ask for, and repair's unit (10**-decimals)
@@ -111,6 +113,8 @@ class SearchConfig:
             raise ConfigError(f"--llm-threads must be at least 1, got {self.llm_threads}")
         if not 1 <= self.decimals <= 6:
             raise ConfigError(f"--decimals must be 1 to 6, got {self.decimals}")
+        if self.importance not in ("wanda-sp", "flap"):
+            raise ConfigError("--importance must be wanda-sp or flap")
         if self.fitness not in ("ppl", "kl"):
             raise ConfigError("--fitness must be ppl or kl")
         if self.kl_k < 1:

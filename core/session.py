@@ -161,6 +161,9 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
                              data_source=bench.data.source, beta=cfg.beta, proposer=proposer.name,
                              calib_key=bench.calib_key, bos_token=bench.data.bos)
         store_references(store, bench, cfg)
+    if bench.pruner.importance != cfg.importance:  # the importance fixed the model's head/channel order
+        raise ConfigError(f"the workbench orders heads and channels by {bench.pruner.importance}, the search asks "
+                          f"for --importance {cfg.importance}")
     bench.pruner.compensate = cfg.compensate  # a shared workbench serves searches with and without it
     bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
     return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer)

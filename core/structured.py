@@ -21,9 +21,13 @@ import torch
 from torch import nn
 
 from .calibration import CalibrationStats
+from .metrics.flap import flap_scores
 from .metrics.wanda_sp import wanda_sp_scores
 from .models import ORDER_ATTR, ModelArch, decoder_layers, order_digest
 from .plans import LayerPlan, plans
+
+
+IMPORTANCE = {"wanda-sp": wanda_sp_scores, "flap": flap_scores}
 
 
 class ZeroAttention(nn.Module):
@@ -97,12 +101,14 @@ class StructuredPruner:
     and the composed permutation is recorded). `self.stats` holds them in the new model order.
     """
 
-    def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, compensate: bool = False):
+    def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, compensate: bool = False,
+                 importance: str = "wanda-sp"):
         if stats.order != order_digest(model):
             raise ValueError(f"calibration statistics are in head/channel order {stats.order}, the model is in "
                              f"{order_digest(model)}")
         self.model, self.arch = model, arch
-        units, chans = wanda_sp_scores(arch, stats)
+        self.importance = importance  # which score orders the units and channels: wanda-sp | flap
+        units, chans = IMPORTANCE[importance](arch, stats)
         self.unit_scores, self.chan_scores, perms = [], [], []
         before = getattr(model, ORDER_ATTR, None)
         composed = []

@@ -31,7 +31,8 @@ class Workbench:
     def build(cls, model: str | None, *, seq_len: int = 512, calib_tokens: int = 16384, data: str = "auto",
               bos: str = "auto", bus: EventBus | None = None, lm: LoadedModel | None = None,
               device: str = "auto", dtype: str = "auto", device_map: str | None = None,
-              batch_size: int | None = None, compensate: bool = False) -> "Workbench":
+              batch_size: int | None = None, compensate: bool = False,
+              importance: str = "wanda-sp") -> "Workbench":
         """Load `model` onto `device` in `dtype` (or spread it with `device_map`; see models.load_model),
         tokenise WikiText-2 and calibrate. A given `lm` is used as it is, wherever it sits."""
         emit = bus.emit if bus else (lambda e: None)
@@ -41,11 +42,13 @@ class Workbench:
             lm = load_model(model, device=device, dtype=dtype, device_map=device_map)
         emit(Stage("data", "tokenising WikiText-2"))
         td = load_token_data(lm.tokenizer, calib_tokens=calib_tokens, source=data, bos=bos)
-        return cls.from_parts(lm, td, seq_len=seq_len, bus=bus, batch_size=batch_size, compensate=compensate)
+        return cls.from_parts(lm, td, seq_len=seq_len, bus=bus, batch_size=batch_size, compensate=compensate,
+                              importance=importance)
 
     @classmethod
     def from_parts(cls, lm: LoadedModel, td: TokenData, *, seq_len: int = 512, bus: EventBus | None = None,
-                   batch_size: int | None = None, compensate: bool = False) -> "Workbench":
+                   batch_size: int | None = None, compensate: bool = False,
+              importance: str = "wanda-sp") -> "Workbench":
         """Calibrate an in-memory model on token data it was given (e.g. random ids, bench/scale.py). Every
         tensor made from here on is made on the device of the layer it belongs to."""
         emit = bus.emit if bus else (lambda e: None)
@@ -60,7 +63,7 @@ class Workbench:
                                              batch_size=batch)
         emit(Stage("calibrate", "calibration statistics " + ("read from cache" if cached else "collected"),
                    windows.shape[0], windows.shape[0]))
-        pruner = StructuredPruner(lm.model, lm.arch, stats, compensate=compensate)
+        pruner = StructuredPruner(lm.model, lm.arch, stats, compensate=compensate, importance=importance)
         return cls(lm, td, pruner.stats, pruner, seq_len, key, batch)
 
     @classmethod
@@ -68,7 +71,7 @@ class Workbench:
         """The model, data and calibration of a SearchConfig, on its device, in its dtype."""
         return cls.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens, data=data or cfg.data,
                          bos=cfg.bos, bus=bus, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map,
-                         batch_size=cfg.batch_size, compensate=cfg.compensate)
+                         batch_size=cfg.batch_size, compensate=cfg.compensate, importance=cfg.importance)
 
     @property
     def dtype(self) -> str:

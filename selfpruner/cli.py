@@ -137,7 +137,7 @@ def _search_settings(args) -> dict:
                 llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, base_url=args.base_url,
                 llm_concurrency=args.llm_concurrency, decimals=args.decimals, compensate=args.compensate,
                 prompt_sensitivity=args.prompt_sensitivity, prompt_fitness=args.prompt_fitness,
-                fitness=args.fitness, kl_k=args.kl_k,
+                fitness=args.fitness, kl_k=args.kl_k, importance=args.importance,
                 vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
 
 
@@ -179,6 +179,7 @@ def cmd_baseline(args) -> int:
     cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", budget_tokens=args.budget_tokens,
                        seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
                        lo=args.lo, hi=args.hi, data=args.data, bos=args.bos, compensate=args.compensate,
+                       importance=args.importance,
                        **_placement(args), sessions_dir=args.sessions_dir).validate()
     bus = EventBus()
     with ProgressRenderer() as renderer:
@@ -224,8 +225,8 @@ def cmd_show(args) -> int:
                                                         else "no BOS token"))
     cfg = s["config"]
     if s["kind"] in ("layer", "baseline"):
-        out.print(f"fitness {cfg.get('fitness', 'ppl')}, importance Wanda-sp, bias compensation "
-                  f"{'on' if cfg.get('compensate') else 'off'}")
+        out.print(f"fitness {cfg.get('fitness', 'ppl')}, importance {cfg.get('importance', 'wanda-sp')}, "
+                  f"bias compensation {'on' if cfg.get('compensate') else 'off'}")
     out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     gens = st.generations()
     if gens:
@@ -414,6 +415,8 @@ def _common(p):
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--calib-tokens", type=int, default=16384)
     p.add_argument("--final-tokens", type=int, default=None, help="final evaluation tokens (default: all)")
+    p.add_argument("--importance", choices=["wanda-sp", "flap"], default="wanda-sp",
+                   help="what orders a layer's heads and channels for removal (flap: Var(X)·||W||²)")
     p.add_argument("--compensate", action="store_true",
                    help="FLAP bias compensation: removed heads/channels leave their mean output as a bias")
     p.add_argument("--lo", type=float, default=0.0, help="lowest per-layer rate")
@@ -504,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baseline", parents=[sessions, device], help="evaluate uniform or OWL layer rates")
     _common(p)
-    p.add_argument("--method", choices=["uniform", "owl"], default="uniform")
+    p.add_argument("--method", choices=["uniform", "owl", "flap"], default="uniform",
+                   help="flap: FLAP's global adaptive structure (standardised fluctuation scores)")
     p.add_argument("--owl-lambda", type=float, default=0.08)
     p.add_argument("--owl-m", type=float, default=5.0)
     p.set_defaults(fn=cmd_baseline)
