@@ -1,5 +1,6 @@
-"""FLAP's bias compensation on the LLaMA-family model: final ppl with and without it for uniform Wanda-sp, OWL and a
-numeric-GA search (searched without it, then searched with it), and what it costs per fitness evaluation.
+"""FLAP's bias compensation on the LLaMA-family model: final ppl with and without it for uniform Wanda-sp, OWL, the
+FLAP baseline (FLAP's importance and global structure) and a numeric-GA search (searched without it, then searched
+with it), and what it costs per fitness evaluation.
 
 Each search spends K + N·(M+S) evaluations (defaults: the paper's K:(M+S) = 30:20 at K=6, M=S=2, N=6). Final ppl
 on --final-tokens held-out test tokens. The per-candidate cost is the median of --repeats fitness calls on one
@@ -49,6 +50,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
+    # FLAP as FLAP prunes: its own importance orders the heads and channels, its global structure gives the rates
+    flap = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local",
+                           importance="flap")
     sessions = tempfile.mkdtemp(prefix="selfpruner-comp-")
     evals = args.K + args.N * (args.M + args.S)
     print(f"model {bench.lm.name}; searches: numeric GA, {evals} evaluations of {args.budget_tokens} tokens, seed "
@@ -62,6 +66,9 @@ def main(argv=None):
         for name, rates in rows.items():
             p, c = final(bench, rates, args.final_tokens, False), final(bench, rates, args.final_tokens, True)
             print(f"{beta:>4} {name:<32} {p:>10.2f} {c:>12.2f} {c / p:>7.3f}", flush=True)
+        rates = baseline_rates(flap, "flap", beta)
+        p, c = final(flap, rates, args.final_tokens, False), final(flap, rates, args.final_tokens, True)
+        print(f"{beta:>4} {'FLAP (its importance and rates)':<32} {p:>10.2f} {c:>12.2f} {c / p:>7.3f}", flush=True)
         c = final(bench, with_comp, args.final_tokens, True)
         p = final(bench, rows["GA searched without"], args.final_tokens, False)
         print(f"{beta:>4} {'GA searched with (vs without)':<32} {p:>10.2f} {c:>12.2f} {c / p:>7.3f}", flush=True)

@@ -82,7 +82,8 @@ def main(argv=None):
         print(f"\nnumeric GA, {evals} evaluations, final ppl on {args.reference_tokens} test tokens")
         for fit in ("ppl", "kl"):
             cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", population=args.K,
-                               mutations=args.M, crossovers=args.S, generations=args.N, budget_tokens=args.budget_tokens,
+                               mutations=args.M, crossovers=args.S, generations=args.N,
+                               budget_tokens=args.budget_tokens,
                                seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.reference_tokens,
                                data="local", sessions_dir=sessions, fitness=fit)
             res = start_search(cfg, bus=EventBus(), control=Control(), bench=bench).run()

@@ -10,8 +10,9 @@ K/M/S/N) and is scored on what its offspring did:
 
 Proposers: llama-cpp with gemma-3-270m (base model, template decoding), llama-cpp with SmolLM2-135M-Instruct,
 the numeric GA, pure random search (every offspring a fresh random vector); prompt designs (the population's
-ranks instead of its ppl, 2 decimals instead of 5, a per-layer sensitivity table measured once); and either LLM for the initial population only with the
-numeric GA writing every offspring ("init + GA"). Default model SmolLM2.
+ranks instead of its ppl, 2 decimals instead of 5, a per-layer sensitivity table measured once); and either LLM
+for the initial population only with the numeric GA writing every offspring ("init + GA"). Default model
+SmolLM2.
 """
 from __future__ import annotations
 

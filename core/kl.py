@@ -4,7 +4,7 @@ The dense model's next-token distribution at every position is kept as its top-k
 rest of the mass as one bucket, computed once per window set and held on the device of the LM head (k=64 and a
 512-token window: 0.4 MB). A pruned candidate's KL is then
 
-    Σ_{i in top-k} p_i (log p_i − log q_i)  +  p_rest (log p_rest − log q_rest),   q_rest = 1 − Σ_{i in top-k} q_i,
+    Σ_{i in top-k} p_i (log p_i − log q_i) + p_rest (log p_rest − log q_rest),  q_rest = 1 − Σ_{i in top-k} q_i,
 
 the exact KL between the two distributions coarsened to k+1 outcomes, a lower bound on the full KL that
 tightens as k grows (bench/token_budget.py --kl-k compares k with the full vocabulary). All in fp32 whatever

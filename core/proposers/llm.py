@@ -153,7 +153,6 @@ class LLMProposer:
                  fitness_view: str = "ppl"):
         self.backend, self.name = backend, name
         self.fitness_view = fitness_view  # ppl | rank: what the population rows show
-        self._fitness_name = "ppl"
         self.max_retries = max(0, int(max_retries))  # retries after the first call of a phase
         self.seed = rng_seed
         self.on_call: CallSink | None = None
@@ -170,7 +169,6 @@ class LLMProposer:
                     .rstrip("."), grain=layer_facts(problem))
 
     def build_prompt(self, phase: str, problem: Problem, population: list[Scored], count: int) -> str:
-        self._fitness_name = problem.fitness_name
         pop = ranked(population)
         limit = getattr(self.backend, "max_population", None)
         shown = pop[:limit] if limit else pop
@@ -179,14 +177,14 @@ class LLMProposer:
             # the best `limit` members, listed worst to best: a base model mostly continues from the last
             # lines it read (measured: it cited the last-listed id in nearly every mutation), so the best
             # member sits right above the answer
-            rows = "\n".join(f"id: {s.id} {self._score(s, pop, ': ')} rates: {fmt_rates(s.rates, problem.decimals)}"
-                             for s in reversed(shown))
+            rows = "\n".join(f"id: {s.id} {self._score(s, pop, ': ', problem)} "
+                             f"rates: {fmt_rates(s.rates, problem.decimals)}" for s in reversed(shown))
             examples = "\n".join(f"rates: {fmt_rates(v, problem.decimals)}" for v in example_shapes(problem))
             return template(f"completion_{phase}.txt").substitute(f, rows=rows, examples=examples)
         population_block = ""
         if phase != "init":
-            rows = "\n".join(f"id {s.id} | {self._score(s, pop, ' ')} | {fmt_rates(s.rates, problem.decimals)}"
-                             for s in shown)
+            rows = "\n".join(f"id {s.id} | {self._score(s, pop, ' ', problem)} | "
+                             f"{fmt_rates(s.rates, problem.decimals)}" for s in shown)
             population_block = template("population.txt").substitute(shown=len(shown), size=len(pop), rows=rows) + "\n"
         example_ids = ", ".join(str(s.id) for s in pop[:N_PARENTS.get(phase, 2)])
         output = "output_selection_json.txt" if phase == "selection" else "output_json.txt"
@@ -197,11 +195,11 @@ class LLMProposer:
             task=template(f"task_{phase}.txt").substitute(f).strip(),
             output=template(output).substitute(f, parents_example=example_ids).strip())
 
-    def _score(self, s: Scored, ranked_pop: list[Scored], sep: str) -> str:
-        """How a member's fitness is shown: its ppl, or (fitness_view 'rank') its rank, 1 = best."""
+    def _score(self, s: Scored, ranked_pop: list[Scored], sep: str, problem: Problem) -> str:
+        """How a member's fitness is shown: its ppl (or KL), or (fitness_view 'rank') its rank, 1 = best."""
         if self.fitness_view == "rank":
             return f"rank{sep}{next(i for i, x in enumerate(ranked_pop, 1) if x.id == s.id)}"
-        if self._fitness_name == "kl":
+        if problem.fitness_name == "kl":
             return f"kl{sep}{s.fitness:.4f}" if math.isfinite(s.fitness) else f"kl{sep}inf"
         return f"ppl{sep}{fmt_ppl(s.fitness)}"
 

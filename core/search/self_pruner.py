@@ -95,7 +95,8 @@ class SelfPrunerSearch:
                 if self.control.checkpoint():
                     raise Stopped
                 self.bus.emit(Stage("sensitivity", f"layer {i} alone at rate {rate:g}", i, n))
-                ppl.append(self.bench.fitness([rate if j == i else 0.0 for j in range(n)], self.cfg.budget_tokens)[0])
+                alone = [rate if j == i else 0.0 for j in range(n)]
+                ppl.append(self.bench.fitness(alone, self.cfg.budget_tokens)[0])
             d = {"rate": rate, "ppl": ppl, "dense": self.bench.dense_ppl(self.cfg.budget_tokens)}
             self.store.add_result("sensitivity", "layers", d)
         self.problem = replace(self.problem, sensitivity=tuple(d["ppl"]), sensitivity_rate=d["rate"],
@@ -126,7 +127,8 @@ class SelfPrunerSearch:
                 else:
                     try:
                         fit, secs = self.bench.fitness(
-                            r["rates"], cfg.budget_tokens, measure=cfg.fitness, kl_k=cfg.kl_k, should_stop=lambda: self.control.stopped,
+                            r["rates"], cfg.budget_tokens, measure=cfg.fitness, kl_k=cfg.kl_k,
+                            should_stop=lambda: self.control.stopped,
                             progress=lambda d, t, i=r["id"]: self.bus.emit(EvalProgress(i, d, t)))
                     except InterruptedError:
                         raise Stopped from None
