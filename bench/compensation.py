@@ -13,6 +13,7 @@ import statistics
 import tempfile
 import time
 
+from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
 from selfpruner.core.baseline_run import baseline_rates
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
@@ -35,18 +36,12 @@ def search(bench, args, beta: float, compensate: bool, sessions: str):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2")
+    add_protocol_args(ap)
     ap.add_argument("--ratios", default="0.3,0.5")
-    ap.add_argument("-K", type=int, default=6)
-    ap.add_argument("-M", type=int, default=2)
-    ap.add_argument("-S", type=int, default=2)
-    ap.add_argument("-N", type=int, default=6)
-    ap.add_argument("--budget-tokens", type=int, default=512)
     ap.add_argument("--final-tokens", type=int, default=4096)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baselines-only", action="store_true", help="uniform, OWL and FLAP rows only (no searches)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
@@ -60,18 +55,19 @@ def main(argv=None):
     print(f"{'β':>4} {'rates':<32} {'plain':>10} {'compensated':>12} {'ratio':>7}")
     for beta in [float(x) for x in args.ratios.split(",")]:
         rows = {"uniform Wanda-sp": baseline_rates(bench, "uniform", beta),
-                "OWL": baseline_rates(bench, "owl", beta),
-                "GA searched without": search(bench, args, beta, False, sessions)}
-        with_comp = search(bench, args, beta, True, sessions)
+                "OWL": baseline_rates(bench, "owl", beta)}
+        if not args.baselines_only:
+            rows["GA searched without"] = search(bench, args, beta, False, sessions)
         for name, rates in rows.items():
             p, c = final(bench, rates, args.final_tokens, False), final(bench, rates, args.final_tokens, True)
             print(f"{beta:>4} {name:<32} {p:>10.2f} {c:>12.2f} {c / p:>7.3f}", flush=True)
         rates = baseline_rates(flap, "flap", beta)
         p, c = final(flap, rates, args.final_tokens, False), final(flap, rates, args.final_tokens, True)
         print(f"{beta:>4} {'FLAP (its importance and rates)':<32} {p:>10.2f} {c:>12.2f} {c / p:>7.3f}", flush=True)
-        c = final(bench, with_comp, args.final_tokens, True)
-        p = final(bench, rows["GA searched without"], args.final_tokens, False)
-        print(f"{beta:>4} {'GA searched with (vs without)':<32} {p:>10.2f} {c:>12.2f} {c / p:>7.3f}", flush=True)
+        if not args.baselines_only:
+            c = final(bench, search(bench, args, beta, True, sessions), args.final_tokens, True)
+            p = final(bench, rows["GA searched without"], args.final_tokens, False)
+            print(f"{beta:>4} {'GA searched with (vs without)':<32} {p:>10.2f} {c:>12.2f} {c / p:>7.3f}", flush=True)
     rates = baseline_rates(bench, "uniform", 0.3)
     times = {False: [], True: []}
     for _ in range(args.repeats):

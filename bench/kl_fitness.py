@@ -17,6 +17,7 @@ import time
 
 from scipy.stats import spearmanr
 
+from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
 from selfpruner.core.kl import dense_full, full_kl
@@ -35,18 +36,11 @@ def candidates(n_layers: int, beta: float, count: int, seed: int) -> list[list[f
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2")
+    add_protocol_args(ap)
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--candidates", type=int, default=16)
-    ap.add_argument("--budget-tokens", type=int, default=512)
     ap.add_argument("--reference-tokens", type=int, default=4096)
     ap.add_argument("--ks", default="8,64,512")
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=8192)
-    ap.add_argument("-K", type=int, default=6)
-    ap.add_argument("-M", type=int, default=2)
-    ap.add_argument("-S", type=int, default=2)
-    ap.add_argument("-N", type=int, default=6)
     ap.add_argument("--no-search", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from search_quality import run_search  # noqa: E402  (bench/ is on sys.path when run as a script)
+from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
+from search_quality import run_search
 from selfpruner.core.baseline_run import baseline_rates
 from selfpruner.core.lm_eval_bridge import evaluate_tasks
 from selfpruner.core.workbench import Workbench
@@ -47,18 +48,11 @@ def zero_shot(bench, rates) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2")
+    add_protocol_args(ap)
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--proposer-model", default=None, help="llama-cpp proposer GGUF (default: the code default)")
-    ap.add_argument("-K", type=int, default=6)
-    ap.add_argument("-M", type=int, default=2)
-    ap.add_argument("-S", type=int, default=2)
-    ap.add_argument("-N", type=int, default=6)
-    ap.add_argument("--budget-tokens", type=int, default=512)
     ap.add_argument("--final-tokens", type=int, default=4096)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--out", default="paper_protocol.jsonl", help="one JSON line per method run")
     ap.add_argument("--report", metavar="FILE", help="print the tables from a run's JSON lines")
     args = ap.parse_args(argv)
