@@ -25,26 +25,36 @@ def _plain_head(model):
     return decoder, head, getattr(model.config, "final_logit_softcapping", None)
 
 
-def _window_nll(model, batch: torch.Tensor, split) -> float:
-    """Summed next-token NLL of one [1, seq] window. With `split`, the LM head and the loss run over
-    HEAD_CHUNK positions at a time, so the logits, their soft-capped copy and their log-softmax never
-    exist for a whole long window at once. The targets follow the logits (with --device-map the head may
-    sit on another GPU than the embedding)."""
-    targets = torch.full_like(batch, -100)  # shift the targets, not the (huge) logits
-    targets[:, :-1] = batch[:, 1:]
+def logit_slices(model, batch: torch.Tensor, split, step: int | None = None):
+    """(start position, logits) of a [b, seq] batch: the whole logits when the head cannot be sliced (`split`
+    None), else the LM head (and Gemma's soft-cap) over `step` positions at a time, so the logits and what is
+    computed from them never exist for a whole long window at once."""
     if split is None:
-        logits = model(input_ids=batch, use_cache=False).logits
-        return float(F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.view(-1).to(logits.device),
-                                     reduction="sum", ignore_index=-100))
+        yield 0, model(input_ids=batch, use_cache=False).logits
+        return
     decoder, head, cap = split
     hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state
+    step = step or HEAD_CHUNK  # read at call time: tests shrink it
+    for i in range(0, batch.shape[1], step):
+        logits = head(hidden[:, i : i + step])
+        yield i, (torch.tanh(logits / cap) * cap if cap else logits)
+
+
+def _shifted_targets(batch: torch.Tensor) -> torch.Tensor:
+    targets = torch.full_like(batch, -100)  # shift the targets, not the (huge) logits
+    targets[:, :-1] = batch[:, 1:]
+    return targets
+
+
+def _window_nll(model, batch: torch.Tensor, split) -> float:
+    """Summed next-token NLL of one [1, seq] window, over head slices (logit_slices). The targets follow the
+    logits (with --device-map the head may sit on another GPU than the embedding)."""
+    targets = _shifted_targets(batch)
     total = 0.0
-    for i in range(0, batch.shape[1], HEAD_CHUNK):
-        logits = head(hidden[:, i : i + HEAD_CHUNK])
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        total += float(F.cross_entropy(logits.view(-1, logits.shape[-1]).float(),
-                                       targets[:, i : i + HEAD_CHUNK].reshape(-1).to(logits.device), reduction="sum",
+    for i, logits in logit_slices(model, batch, split):
+        n = logits.shape[1]
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                       targets[:, i : i + n].reshape(-1).to(logits.device), reduction="sum",
                                        ignore_index=-100))
     return total
 
@@ -54,23 +64,10 @@ def _batch_nlls(model, batch: torch.Tensor, split) -> list[float]:
     HEAD_CHUNK // b positions of every window at a time, so the logits stay the size batch 1 gives;
     each window's loss is its own fp32 log-softmax sum, as in _window_nll."""
     b = batch.shape[0]
-    targets = torch.full_like(batch, -100)
-    targets[:, :-1] = batch[:, 1:]
+    targets = _shifted_targets(batch)
     totals = [0.0] * b
-    if split is None:
-        logits = model(input_ids=batch, use_cache=False).logits
-        chunks = [(logits, targets)]
-    else:
-        decoder, head, cap = split
-        hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state
-        step = max(1, HEAD_CHUNK // b)
-
-        def head_slices():
-            for i in range(0, batch.shape[1], step):
-                logits = head(hidden[:, i : i + step])
-                yield (torch.tanh(logits / cap) * cap if cap else logits), targets[:, i : i + step]
-        chunks = head_slices()
-    for logits, tgt in chunks:
+    for i, logits in logit_slices(model, batch, split, max(1, HEAD_CHUNK // b)):
+        tgt = targets[:, i : i + logits.shape[1]]
         for j in range(b):
             totals[j] += float(F.cross_entropy(logits[j].float(), tgt[j].to(logits.device), reduction="sum",
                                                ignore_index=-100))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .evaluate import HEAD_CHUNK, _plain_head
+from .evaluate import _plain_head, logit_slices
 
 DEFAULT_K = 64
 
@@ -31,18 +31,12 @@ class KLReference:
 
 
 def _log_probs(model, batch: torch.Tensor, split):
-    """fp32 log-softmax of the next-token distributions at positions 0..T-2 of a [1, T] window, in slices."""
-    if split is None:
-        logits = model(input_ids=batch, use_cache=False).logits[0, :-1]
-        yield torch.log_softmax(logits.float(), dim=-1)
-        return
-    decoder, head, cap = split
-    hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state[0, :-1]
-    for i in range(0, hidden.shape[0], HEAD_CHUNK):
-        logits = head(hidden[i : i + HEAD_CHUNK]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        yield torch.log_softmax(logits, dim=-1)
+    """fp32 log-softmax of the next-token distributions at positions 0..T-2 of a [1, T] window, in head
+    slices (the last position predicts nothing in the window)."""
+    last = batch.shape[1] - 1
+    for i, logits in logit_slices(model, batch, split):
+        if i < last:
+            yield torch.log_softmax(logits[0, : last - i].float(), dim=-1)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
