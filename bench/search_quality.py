@@ -3,7 +3,10 @@
 Methods: uniform Wanda-sp, OWL (λ=0.08, M=5), numeric GA, Self-Pruner with the llama-cpp proposer (with
 Algorithm 1's LLM selection step, and with inline parent citation instead), and the paper's ablations
 (random init; no mutation, no crossover: SearchConfig.ablation, which gives the dropped operator's count to
-the other), so every search spends K + N·(M+S) fitness evaluations. The no-mutation and no-crossover
+the other), so every search spends K + N·(M+S) fitness evaluations. Beyond the paper (issue 12): the FLAP
+baseline (its global adaptive structure as layer rates), the search with FLAP bias compensation (its final
+ppl compensated too), with KL-from-dense fitness, and with --race, whose generations are as many as fit in
+the others' tokens: "evals" counts full-budget-equivalent evaluations (tokens scored / --budget-tokens). The no-mutation and no-crossover
 ablations start from the LLM run's stored initial population, so they differ from it only in the operator
 they drop (and do not pay for the same K LLM calls again). "llm %" is the share of candidates the LLM
 wrote itself (the rest came from the numeric fallback). Defaults fit 2 CPU cores; on a GPU box
@@ -21,6 +24,7 @@ from selfpruner.core.baseline_run import baseline_rates
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
 from selfpruner.core.proposers.replay import ReplayProposer
+from selfpruner.core.racing import race_tokens
 from selfpruner.core.session import start_search
 from selfpruner.core.session_summary import proposal_shares
 from selfpruner.core.store import Store, rates_key
@@ -33,7 +37,11 @@ SEARCHES = {
     "ablation: random init": dict(init="random"),
     "ablation: no mutation": dict(ablation="no-mutation"),
     "ablation: no crossover": dict(ablation="no-crossover"),
+    "search +compensation": dict(compensate=True),
+    "search KL fitness": dict(fitness="kl"),
+    "search race": dict(race=None),  # --race, generations to match the others' tokens (main)
 }
+BASELINES = ("uniform", "owl", "flap")
 
 
 def run_search(bench, sessions_dir, base: dict, variant: dict, init_from=None):
@@ -43,7 +51,14 @@ def run_search(bench, sessions_dir, base: dict, variant: dict, init_from=None):
     res = search.run()
     sh = proposal_shares(search.store)
     share = f"{100 * sh['llm'] / sh['asked']:.0f}" if sh else "-"
-    return res.best_rates, res.best_fitness, len(search.store.fitness_by_candidate()), search.store.path, share
+    tokens = sum(e["budget_tokens"] for e in search.store.evaluations() if e["kind"] == "search" and not e["cached"])
+    return res.best_rates, res.best_fitness, tokens / cfg.budget_tokens, search.store.path, share
+
+
+def race_generations(args) -> int:
+    """As many raced generations as fit in the tokens of N plain ones (the initial population costs the same)."""
+    stages = SearchConfig(race=args.race, seq_len=args.seq_len).race_stages
+    return args.N * (args.M + args.S) * args.budget_tokens // race_tokens(stages, args.M + args.S)
 
 
 def main(argv=None):
@@ -60,6 +75,7 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--llm-threads", type=int, default=None, help="llama-cpp threads (default: torch's)")
+    ap.add_argument("--race", default="128:all,256:2,512:1", help="the race row's stages (last = --budget-tokens)")
     ap.add_argument("--methods", default=",".join(["uniform", "owl", *SEARCHES]))
     ap.add_argument("--sessions-dir", default=None, help="keep the sessions here (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -79,14 +95,20 @@ def main(argv=None):
         rows, llm_session, finals = {}, None, {}
         for name in methods:
             t0 = time.perf_counter()
-            if name in ("uniform", "owl"):
+            variant = dict(SEARCHES.get(name, {}))
+            if "race" in variant:
+                variant.update(race=args.race, budget_tokens=None, generations=race_generations(args))
+            bench.set_compensate(False)
+            if name in BASELINES:
                 rates, n, share = baseline_rates(bench, name, beta), 1, "-"
                 search_ppl = bench.fitness(rates, args.budget_tokens)[0]
             else:
-                rates, search_ppl, n, path, share = run_search(bench, sessions, base, SEARCHES[name], llm_session)
+                rates, search_ppl, n, path, share = run_search(bench, sessions, base, variant, llm_session)
                 if name == "Self-Pruner (LLM)":
                     llm_session = path
-            key = rates_key(rates)  # searches that end on the same best share its final evaluation
+            comp = bool(variant.get("compensate"))
+            bench.set_compensate(comp)
+            key = (rates_key(rates), comp)  # searches that end on the same best share its final evaluation
             if key not in finals:
                 finals[key] = bench.fitness(rates, final_tokens or 10**12, which="test")[0]
             final = finals[key]
@@ -94,12 +116,12 @@ def main(argv=None):
         uni = rows.get("uniform", (None, None))[1]
         owl = rows.get("owl", (None, None))[1]
         print(f"\nβ = {beta}")
-        print(f"{'method':<28} {'evals':>5} {'search ppl':>11} {'final ppl':>10} {'/uniform':>9} {'/OWL':>7} "
+        print(f"{'method':<28} {'evals':>5} {'search fit':>11} {'final ppl':>10} {'/uniform':>9} {'/OWL':>7} "
               f"{'llm %':>6} {'time s':>7}")
         for name, (sp, fp, n, share, secs) in rows.items():
             ru = f"{fp / uni:.3f}" if uni else "-"
             ro = f"{fp / owl:.3f}" if owl else "-"
-            print(f"{name:<28} {n:>5} {sp:>11.2f} {fp:>10.2f} {ru:>9} {ro:>7} {share:>6} {secs:>7.0f}")
+            print(f"{name:<28} {n:>5.0f} {sp:>11.3f} {fp:>10.2f} {ru:>9} {ro:>7} {share:>6} {secs:>7.0f}")
         if "Self-Pruner (LLM)" in rows and uni and owl:
             fp = rows["Self-Pruner (LLM)"][1]
             print(f"targets: LLM ≤ 0.75× uniform: {'met' if fp <= 0.75 * uni else 'NOT met'}; "

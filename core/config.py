@@ -86,16 +86,40 @@ class SearchConfig:
     dtype: str = "auto"
     device_map: str | None = None
     batch_size: int | None = None
+    # Racing (core/racing.py), e.g. "512:all,2048:4,8192:1"; its last budget is budget_tokens.
+    race: str | None = None
+    # Ray (core/distributed.py): evaluations run on `workers` actors, each holding one resident workbench;
+    # 0 = in this process. ray_address joins a running cluster ('auto' or host:port) instead of starting one.
+    # gpus_per_worker: None = 1 where the cluster has GPUs, else 0; above 1 the worker spreads the model
+    # over its GPUs with a device map.
+    workers: int = 0
+    ray_address: str | None = None
+    gpus_per_worker: float | None = None
 
     def __post_init__(self):
         if self.budget_tokens is None:
-            self.budget_tokens = self.seq_len
+            self.budget_tokens = self.race_budget() or self.seq_len
         # An ablation removes an operator but keeps the offspring count: its share goes to the other one.
         # Idempotent, so a config read back from a session is not shifted twice.
         if self.ablation == "no-mutation":
             self.mutations, self.crossovers = 0, self.mutations + self.crossovers
         elif self.ablation == "no-crossover":
             self.mutations, self.crossovers = self.mutations + self.crossovers, 0
+
+    def race_budget(self) -> int | None:
+        try:
+            return self.race_stages[-1].budget_tokens if self.race else None
+        except ConfigError:
+            return None  # validate() says what is wrong with the spec
+
+    @property
+    def race_stages(self) -> list:
+        from .racing import parse_race
+        return parse_race(self.race, self.seq_len) if self.race else []
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 0 or self.ray_address is not None
 
     def validate(self) -> "SearchConfig":
         if not 0.0 < self.beta < 1.0:
@@ -134,6 +158,13 @@ class SearchConfig:
         if self.bos not in ("auto", "on", "off"):
             raise ConfigError("--bos must be auto, on or off")
         check_placement(self.device, self.dtype, self.device_map, self.batch_size)
+        if self.race and self.race_stages[-1].budget_tokens != self.budget_tokens:
+            raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be --race's last budget "
+                              f"({self.race_stages[-1].budget_tokens}), or left out")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be 0 (this process) or more, got {self.workers}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ConfigError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker}")
         if self.proposer == "replay" and not self.replay_from:
             raise ConfigError("the replay proposer needs a source session")
         return self

@@ -59,6 +59,17 @@ class CandidateEvaluated:
     fitness: float
     eval_s: float
     cached: bool = False
+    budget_tokens: int = 0
+    final: bool = True  # on the search's budget; False: an early --race stage (not comparable with the population)
+
+
+@dataclass
+class WorkerState:
+    """A Ray worker (core/distributed.py): idle, evaluating (candidate_id), or dead."""
+    worker: int
+    state: str
+    candidate_id: int | None = None
+    where: str = ""  # node / device, when known
 
 
 @dataclass

@@ -54,7 +54,9 @@ def read_session(path) -> SessionView:
         if s["kind"] == "metric":
             evals = [m["fitness"] for m in st.metric_candidates()]
         else:
-            evals = [e["fitness"] for e in st.evaluations() if e["kind"] == "search"]
+            budget = s["config"].get("budget_tokens")  # early --race stages score fewer tokens: left out
+            evals = [e["fitness"] for e in st.evaluations() if e["kind"] == "search"
+                     and (not s["config"].get("race") or e["budget_tokens"] == budget)]
         results: dict[str, list] = {}
         for r in st.results():
             results.setdefault(r["kind"], []).append(r["payload"])

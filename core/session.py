@@ -44,7 +44,8 @@ def build_init_proposer(cfg: SearchConfig) -> Proposer | None:
 # Every other setting would give another search, so a resume that asks for one is refused. The dtype above
 # all: bfloat16 weights are another model (another fingerprint) and move every fitness.
 RESUMABLE = {"generations", "final_tokens", "final_eval", "llm_threads", "max_retries", "device", "device_map",
-             "batch_size", "base_url", "llm_concurrency", "vllm_gpu_share"}
+             "batch_size", "base_url", "llm_concurrency", "vllm_gpu_share", "workers", "ray_address",
+             "gpus_per_worker"}
 
 
 def stored_config(s: dict) -> SearchConfig:
@@ -110,30 +111,35 @@ def data_choice(s: dict, cfg_data: str) -> str:
     return "local" if src.startswith("local:") else ("hub" if src.startswith("hub:") else cfg_data)
 
 
+def new_workbench(cfg: SearchConfig, bus: EventBus | None = None, data: str | None = None) -> Workbench:
+    """In this process, or (--workers/--ray-address) one per Ray worker behind a stand-in with the same calls."""
+    if cfg.distributed:
+        from .distributed import RayWorkbench
+        return RayWorkbench(cfg, bus, data)
+    return Workbench.from_config(cfg, bus, data)
+
+
 def session_workbench(cfg: SearchConfig, s: dict, bus: EventBus | None = None) -> Workbench:
     """The workbench a stored session ran on, rebuilt from its config and checked against it."""
     import torch
 
-    if (cfg.device.startswith("cuda") or cfg.device_map) and not torch.cuda.is_available():
+    if not cfg.distributed and (cfg.device.startswith("cuda") or cfg.device_map) and not torch.cuda.is_available():
         where = cfg.device if cfg.device.startswith("cuda") else f"--device-map {cfg.device_map}"
         raise ConfigError(f"session {s['id']} ran on {where} and no CUDA device is visible here: pass --device cpu "
                           f"(or auto) to continue it on the CPU, in its stored dtype {cfg.dtype}")
-    bench = Workbench.from_config(cfg, bus, data_choice(s, cfg.data))
-    check_same_setup(s, bench)
+    bench = new_workbench(cfg, bus, data_choice(s, cfg.data))
+    try:
+        check_same_setup(s, bench)
+    except ConfigError:
+        bench.close()
+        raise
     return bench
 
 
 
 def store_references(store: Store, bench: Workbench, cfg: SearchConfig) -> None:
     """Uniform and OWL rates at the session's β, for reports to draw the searched profile against."""
-    from .search.baselines import owl_rates
-
-    n = bench.lm.arch.n_layers
-    try:
-        owl = owl_rates(bench.lm.arch, bench.stats, cfg.beta, lo=cfg.lo, hi=cfg.hi)
-    except RuntimeError:  # out of memory on a huge model: the report goes without
-        owl = None
-    store.add_result("reference", "rates", {"uniform": [cfg.beta] * n, "owl": owl})
+    store.add_result("reference", "rates", bench.reference_rates(cfg.beta, cfg.lo, cfg.hi))
 
 
 def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: Path | None = None,
@@ -142,6 +148,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
     cfg.validate()
     proposer = build_proposer(cfg)
     init_proposer = init_proposer or build_init_proposer(cfg)
+    owns_bench = bench is None  # built here: the search releases it (Ray's workers) when it ends
     if resume is not None:
         store = Store(resume)
         s = store.session()
@@ -152,7 +159,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
         sid = s["id"]
     else:
         if bench is None:
-            bench = Workbench.from_config(cfg, bus)
+            bench = new_workbench(cfg, bus)
         bench.pin_dtype(cfg)
         sid = new_session_id("layer")
         store = Store(Path(cfg.sessions_dir) / f"{sid}.db", create=True)
@@ -164,9 +171,9 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
     if bench.pruner.importance != cfg.importance:  # the importance fixed the model's head/channel order
         raise ConfigError(f"the workbench orders heads and channels by {bench.pruner.importance}, the search asks "
                           f"for --importance {cfg.importance}")
-    bench.pruner.compensate = cfg.compensate  # a shared workbench serves searches with and without it
+    bench.set_compensate(cfg.compensate)
     bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
-    return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer)
+    return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench)
 
 
 def replay_session(ref: str, sessions_dir: str = "sessions", *, bus: EventBus, control: Control,

@@ -286,7 +286,7 @@ def list_sessions(directory: Path | str = DEFAULT_DIR) -> list[dict]:
                          "model": s["model_name"], "beta": s["beta"], "proposer": s["proposer"],
                          "best_fitness": _from_db(s["best_fitness"]), "final_ppl": s["final_ppl"],
                          "created": s["created"], "generations": n_gen, "candidates": n_cand, "error": None,
-                         "compensate": bool((s.get("config") or {}).get("compensate"))})
+                         "config": s.get("config") or {}})
         except (StoreError, sqlite3.DatabaseError) as e:
             rows.append({"id": path.stem, "path": str(path), "kind": "?", "status": "unreadable",
                          "error": str(e).splitlines()[0]})

@@ -67,3 +67,16 @@ class CallRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class EvalJob:
+    """One fitness evaluation to run, here or on a Ray worker: `key` is what the caller knows it by (a
+    candidate id); measure 'ppl' or 'kl' (mean KL from the dense model, with the dense top-kl_k kept)."""
+    key: int
+    rates: list[float]
+    budget_tokens: int
+    which: str = "search"
+    measure: str = "ppl"
+    kl_k: int | None = None
+

@@ -103,6 +103,38 @@ class Workbench:
                                    batch_size=self.batch_size)
         return value, time.perf_counter() - t0
 
+    def evaluate_many(self, jobs: list, *, done, before=None, should_stop=None, progress=None) -> None:
+        """Run EvalJobs one after another, calling done(job, fitness, seconds) after each; `before()` is asked
+        before each job (it blocks while paused, True = stop: InterruptedError). Ray's pool has the same call."""
+        for job in jobs:
+            if before is not None and before():
+                raise InterruptedError
+            fit, secs = self.fitness(job.rates, job.budget_tokens, which=job.which, measure=job.measure,
+                                     kl_k=job.kl_k, should_stop=should_stop,
+                                     progress=(lambda d, t, k=job.key: progress(k, d, t)) if progress else None)
+            done(job, fit, secs)
+
+    def test_tokens(self, max_tokens: int | None) -> int:
+        """Tokens a final evaluation on `max_tokens` of the test stream scores."""
+        return self.windows("test", max_tokens).numel()
+
+    def reference_rates(self, beta: float, lo: float, hi: float) -> dict:
+        """Uniform and OWL rates at β, for reports to draw a searched profile against (OWL None on OOM)."""
+        from .search.baselines import owl_rates
+        n = self.lm.arch.n_layers
+        try:
+            owl = owl_rates(self.lm.arch, self.stats, beta, lo=lo, hi=hi)
+        except RuntimeError:  # out of memory on a huge model: the report goes without
+            owl = None
+        return {"uniform": [beta] * n, "owl": owl}
+
+    def set_compensate(self, on: bool) -> None:
+        """A shared workbench serves searches with and without bias compensation."""
+        self.pruner.compensate = on
+
+    def close(self) -> None:
+        """Nothing to release in-process (Ray's pool stops its workers)."""
+
     def kl_reference(self, which: str, budget_tokens: int, k: int | None = None) -> KLReference:
         """The dense model's top-k distributions over these windows, computed once and kept on its device."""
         key = (which, budget_tokens, k or DEFAULT_K)

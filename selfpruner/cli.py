@@ -9,6 +9,7 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -63,12 +64,16 @@ class ProgressRenderer:
             p.update(self.eval_task, visible=True, total=ev.total, completed=ev.done,
                      description=f"candidate {ev.candidate_id}")
         elif isinstance(ev, E.CandidateEvaluated):
-            self.best = min(self.best, ev.fitness)
+            if ev.final:  # an early --race stage scores on fewer tokens: not comparable
+                self.best = min(self.best, ev.fitness)
             p.advance(self.gen_task)
-            p.update(self.gen_task, info=f"best ppl {self.best:.2f}")
+            p.update(self.gen_task, info=f"best {self.best:.4g}")
             if self.verbose:
-                console.print(f"  #{ev.id} {ev.origin:<9} ppl {ev.fitness:10.3f} ({ev.eval_s:.1f}s"
-                              + (", cached)" if ev.cached else ")"))
+                console.print(f"  #{ev.id} {ev.origin:<9} {ev.fitness:10.3f} on {ev.budget_tokens} tokens "
+                              f"({ev.eval_s:.1f}s" + (", cached)" if ev.cached else ")"))
+        elif isinstance(ev, E.WorkerState):
+            if ev.state == "dead" or (self.verbose and ev.state != "evaluating"):
+                console.print(f"  worker {ev.worker} {ev.state}" + (f" on {ev.where}" if ev.where else ""))
         elif isinstance(ev, E.LLMCall):
             r = ev.record
             status = f"[red]{r.error}[/]" if r.error else f"kept {r.parsed}, repaired {r.repaired}"
@@ -138,7 +143,8 @@ def _search_settings(args) -> dict:
                 llm_concurrency=args.llm_concurrency, decimals=args.decimals, compensate=args.compensate,
                 prompt_sensitivity=args.prompt_sensitivity, prompt_fitness=args.prompt_fitness,
                 fitness=args.fitness, kl_k=args.kl_k, importance=args.importance,
-                vllm_gpu_share=args.vllm_gpu_share, **_placement(args))
+                vllm_gpu_share=args.vllm_gpu_share, race=args.race, workers=args.workers,
+                ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker, **_placement(args))
 
 
 def _placement(args) -> dict:
@@ -226,7 +232,8 @@ def cmd_show(args) -> int:
     cfg = s["config"]
     if s["kind"] in ("layer", "baseline"):
         out.print(f"fitness {cfg.get('fitness', 'ppl')}, importance {cfg.get('importance', 'wanda-sp')}, "
-                  f"bias compensation {'on' if cfg.get('compensate') else 'off'}")
+                  f"bias compensation {'on' if cfg.get('compensate') else 'off'}"
+                  + (f", race {cfg['race']}" if cfg.get("race") else ""))
     out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     gens = st.generations()
     if gens:
@@ -488,6 +495,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fitness", choices=["ppl", "kl"], default="ppl",
                    help="search fitness: ppl, or KL from the dense model (EvoPress); the final score is ppl")
     p.add_argument("--kl-k", type=int, default=64, help="dense top-k log-probs kept for --fitness kl")
+    p.add_argument("--race", default=None, metavar="TOKENS:N,...",
+                   help="racing, e.g. 512:all,2048:4,8192:1: offspring on 512 tokens, the best 4 on 2048, the best 1 "
+                        "on 8192 (joins the population); the last budget is the search budget")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="evaluate candidates on N Ray workers, each holding the model (pip install "
+                        "'selfpruner[distributed]'); 0 = in this process")
+    p.add_argument("--ray-address", default=None, metavar="ADDR|auto",
+                   help="join a running Ray cluster instead of starting a local one")
+    p.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                   help="GPUs each Ray worker owns (default 1 where the cluster has GPUs); above 1 it spreads the "
+                        "model over them with a device map")
     p.add_argument("--decimals", type=int, default=5, help="decimals of every rate (prompts and repair)")
     p.add_argument("--prompt-fitness", choices=["ppl", "rank"], default="ppl",
                    help="what the LLM sees of each population member: its ppl or its rank")
@@ -639,7 +657,7 @@ def main(argv=None) -> int:
         return args.fn(args)
     except _user_errors() as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        console.print(f"[red]error:[/] {msg}", highlight=False)
+        console.print(f"[red]error:[/] {escape(msg)}", highlight=False)  # a message may hold [brackets]
         return 2
     except KeyboardInterrupt:
         console.print("[red]aborted[/]")

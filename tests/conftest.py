@@ -74,6 +74,24 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
     return d
 
 
+@pytest.fixture(scope="module")
+def tiny_bench(tiny_llama_dir):
+    """The tiny LLaMA's workbench (32-token windows), shared by a module's searches."""
+    from selfpruner.core.workbench import Workbench
+    return Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
+
+
+def run_search(cfg, bench, resume=None, subscriber=None):
+    """(search, its SearchFinished) of a new or resumed session on `bench`; `subscriber` sees every event."""
+    from selfpruner.core.events import Control, EventBus
+    from selfpruner.core.session import start_search
+    bus = EventBus()
+    if subscriber:
+        bus.subscribe(subscriber)
+    search = start_search(cfg, bus=bus, control=Control(), resume=resume, bench=bench)
+    return search, search.run()
+
+
 @pytest.fixture(scope="session")
 def bundled():
     """The real gemma-3-270m (dequantised from the bundled GGUF; cached after the first load)."""

@@ -83,3 +83,24 @@ def test_locked_db_is_reported(tmp_path):
 def test_unknown_session(tmp_path):
     code, _, err = cli("replay", "nothing-here", "--sessions-dir", str(tmp_path))
     assert code == 2 and "no session" in _one_error_line(err)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--race", "512:all,256:1"], "--race budgets must grow"),
+    (["--race", "512:all,2048:1", "--budget-tokens", "1024"], "--race's last budget"),
+    (["--workers", "-1"], "--workers must be 0"),
+])
+def test_race_and_workers_errors_are_one_line(tmp_path, args, needle):
+    code, _, err = cli("search", "--proposer", "numeric", "--sessions-dir", str(tmp_path), *args)
+    assert code == 2 and needle in _one_error_line(err)
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_workers_without_ray_says_how_to_install_it(tmp_path):
+    fake = tmp_path / "noray"
+    (fake / "ray").mkdir(parents=True)
+    (fake / "ray" / "__init__.py").write_text("raise ImportError('ray is not installed')\n")
+    code, _, err = cli("search", "--proposer", "numeric", "--workers", "2", "--sessions-dir", str(tmp_path),
+                       env={"PYTHONPATH": str(fake)})
+    assert code == 2 and "selfpruner[distributed]" in _one_error_line(err)
+    assert not list(tmp_path.glob("*.db"))

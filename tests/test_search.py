@@ -13,23 +13,15 @@ from selfpruner.core.proposers.replay import ReplayProposer
 from selfpruner.core.search.self_pruner import compare_trajectories
 from selfpruner.core.session import start_search
 from selfpruner.core.store import Store
-from selfpruner.core.workbench import Workbench
+from conftest import run_search as _run
 
 TINY = dict(beta=0.4, proposer="numeric", population=4, mutations=2, crossovers=2, generations=2,
             budget_tokens=128, seq_len=32, calib_tokens=256, final_tokens=256, data="local")
 
 
 @pytest.fixture(scope="module")
-def bench(tiny_llama_dir):
-    return Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
-
-
-def _run(cfg, bench, resume=None, subscriber=None):
-    bus = EventBus()
-    if subscriber:
-        bus.subscribe(subscriber)
-    search = start_search(cfg, bus=bus, control=Control(), resume=resume, bench=bench)
-    return search, search.run()
+def bench(tiny_bench):
+    return tiny_bench
 
 
 def test_search_stores_every_step(tmp_path, bench, tiny_llama_dir):

@@ -196,11 +196,6 @@ def fake_llm(monkeypatch):
     return made
 
 
-@pytest.fixture(scope="module")
-def tiny_bench(tiny_llama_dir):
-    return Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
-
-
 def _search(tmp_path, bench, tiny_llama_dir, **kw):
     cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(tmp_path), proposer="llama-cpp",
                        **{**TINY, "population": 6, **kw})

@@ -267,12 +267,6 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def tiny_bench(tiny_llama_dir):
-    from selfpruner.core.workbench import Workbench
-    return Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
-
-
 class FitnessGate:
     """Lets the tiny model's search evaluate only as many candidates as the test has allowed, so keys pressed
     "mid-search" land mid-search however fast the machine is. A gated evaluation still honours stop."""
@@ -334,10 +328,12 @@ def test_state_from_store_views_every_generation(tmp_path):
     assert state.best().id == st.session()["best_candidate"]
 
 
-def test_live_events_and_db_give_the_same_view(tmp_path, tiny_bench, tiny_llama_dir):
-    """Folding the core's events in gives what rebuilding from the DB gives, generation by generation."""
+@pytest.mark.parametrize("race", [None, "32:all,64:2,128:1"])
+def test_live_events_and_db_give_the_same_view(tmp_path, tiny_bench, tiny_llama_dir, race):
+    """Folding the core's events in gives what rebuilding from the DB gives, generation by generation; with
+    --race, candidates dropped at an early stage show that stage's score and are never ranked."""
     from selfpruner.core.session import start_search
-    cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(tmp_path), **TINY)
+    cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(tmp_path), **TINY, race=race)
     live, bus = SearchState(), EventBus()
     views = {}
 
@@ -352,9 +348,30 @@ def test_live_events_and_db_give_the_same_view(tmp_path, tiny_bench, tiny_llama_
     assert live.status == "finished" and sorted(views) == [0, 1, 2]
     for g, v in views.items():
         w = stored.view(g)
-        assert [(r.cand.id, r.rank, r.status, r.cand.fitness) for r in v.rows] == \
-               [(r.cand.id, r.rank, r.status, r.cand.fitness) for r in w.rows]
+        assert [(r.cand.id, r.rank, r.status, r.cand.fitness, r.cand.raced) for r in v.rows] == \
+               [(r.cand.id, r.rank, r.status, r.cand.fitness, r.cand.raced) for r in w.rows]
         assert v.best == w.best and v.mean == pytest.approx(w.mean)
+    raced = [c for c in stored.cands.values() if c.raced]
+    if race:
+        assert len(raced) == 2 * 3 and all(c.fitness is None and re.search(r"@(32|64)$", c.raced) for c in raced)
+        assert stored.best().id == search.store.session()["best_candidate"]
+    else:
+        assert not raced
+
+
+def test_run_screen_status_shows_each_ray_worker():
+    from selfpruner.core.events import WorkerState
+    from selfpruner.tui.state import session_options, workers_text
+    st = SearchState()
+    for ev in [WorkerState(0, "loading"), WorkerState(1, "loading"), WorkerState(0, "idle", where="n1:cuda:0"),
+               WorkerState(1, "evaluating", 7, "n2:cuda:0"), WorkerState(0, "dead")]:
+        assert st.apply(ev) == {"status"}
+    assert st.workers[0] == ("dead", None, "n1:cuda:0")
+    text = workers_text(st.workers)
+    assert text.plain.split("  ")[:2] == ["0: dead", "1: evaluating #7"]
+    assert "red" in str(text.spans[0].style)
+    assert session_options({"fitness": "kl", "importance": "flap", "compensate": True, "race": "512:all,2048:1"}) == \
+        ["KL fitness", "FLAP importance", "bias compensation", "race 512:all,2048:1"]
 
 
 # ---- start screen ----------------------------------------------------------------------------------

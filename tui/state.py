@@ -25,6 +25,7 @@ class Candidate:
     fitness: float | None = None  # None while it waits for its evaluation
     cached: bool = False
     eval_s: float | None = None
+    raced: str = ""  # --race: its last early-stage score ("35.210 @512") while it has none on the search budget
 
     @property
     def mean_rate(self) -> float:
@@ -97,6 +98,7 @@ class SearchState:
     eval_frac: float = 0.0  # progress inside the candidate being evaluated
     best_id: int | None = None
     final_ppl: float | None = None
+    workers: dict[int, tuple[str, int | None, str]] = field(default_factory=dict)  # Ray: (state, candidate, where)
 
     # ---- live: one core event at a time -----------------------------------------------------
     def apply(self, ev) -> set[str]:
@@ -127,9 +129,16 @@ class SearchState:
             c = self.cands.get(ev.id)
             if c is None:  # resumed run: proposed before this process started
                 c = self.cands[ev.id] = Candidate(ev.id, ev.generation, ev.origin, list(ev.parents), list(ev.rates))
-            c.fitness, c.eval_s, c.cached = ev.fitness, ev.eval_s, ev.cached
+            if ev.final:
+                c.fitness, c.eval_s, c.cached, c.raced = ev.fitness, ev.eval_s, ev.cached, ""
+            else:  # an early --race stage: another token budget, not ranked with the population
+                c.raced = f"{fmt_fitness(ev.fitness)} @{ev.budget_tokens}"
             self.gen_done, self.eval_frac = self.gen_done + 1, 0.0
             return {"table", "progress"}
+        if isinstance(ev, E.WorkerState):
+            where = ev.where or self.workers.get(ev.worker, ("", None, ""))[2]
+            self.workers[ev.worker] = (ev.state, ev.candidate_id, where)
+            return {"status"}
         if isinstance(ev, E.LLMCall):
             r = ev.record
             self.calls.append(Call(ev.call_id, r.generation, r.phase, r.proposer, r.attempt, r.prompt, r.response,
@@ -155,13 +164,16 @@ class SearchState:
                  beta=float(s["beta"] if s["beta"] is not None else cfg.get("beta", 0.0)),
                  proposer=s["proposer"] or "", status=s["status"] or "?", error=s["error"],
                  best_id=s["best_candidate"], final_ppl=s["final_ppl"])
-        fit = store.fitness_by_candidate()
+        race = cfg.get("race")  # only the search budget's fitness ranks; early stages are shown beside it
+        fit = store.fitness_by_candidate(budget_tokens=cfg.get("budget_tokens") if race else None)
         evals = {e["candidate_id"]: e for e in store.evaluations() if e["kind"] == "search"}
         for c in store.candidates():
             e = evals.get(c["id"])
-            st.cands[c["id"]] = Candidate(c["id"], c["generation"], c["origin"], c["parents"], c["rates"],
-                                          c["phase"], fit.get(c["id"]), bool(e and e["cached"]),
-                                          e["eval_s"] if e else None)
+            cand = st.cands[c["id"]] = Candidate(c["id"], c["generation"], c["origin"], c["parents"], c["rates"],
+                                                 c["phase"], fit.get(c["id"]), bool(e and e["cached"]),
+                                                 e["eval_s"] if e else None)
+            if race and cand.fitness is None and e:
+                cand.raced = f"{fmt_fitness(e['fitness'])} @{e['budget_tokens']}"
         for g in store.generations():
             st.gens[g["generation"]] = Generation(g["generation"], g["best"], g["mean"], g["population"])
         st.calls = [Call(c["id"], c["generation"] or 0, c["phase"], c["proposer"], c["attempt"], c["prompt"] or "",
@@ -215,6 +227,32 @@ class SearchState:
         done = [self.gens[i] for i in sorted(self.gens) if i <= g]
         return View(g, rows, [x.best for x in done], [x.mean for x in done],
                     [c for c in self.calls if c.generation <= g])
+
+
+def session_options(cfg: dict) -> list[str]:
+    """What a session scored with, beyond the paper's defaults: fitness, importance, compensation, racing."""
+    out = []
+    if cfg.get("fitness") == "kl":
+        out.append("KL fitness")
+    if cfg.get("importance") == "flap":
+        out.append("FLAP importance")
+    if cfg.get("compensate"):
+        out.append("bias compensation")
+    if cfg.get("race"):
+        out.append(f"race {cfg['race']}")
+    return out
+
+
+def workers_text(workers: dict) -> "Text":
+    """One chunk per Ray worker: idle, evaluating #id, or dead (red)."""
+    from rich.text import Text
+    t = Text()
+    for i in sorted(workers):
+        state, cid, _ = workers[i]
+        label = f"evaluating #{cid}" if state == "evaluating" and cid is not None and cid >= 0 else state
+        t.append(f"{i}: {label}", style={"dead": "bold red", "idle": "dim", "loading": "yellow"}.get(state, "green"))
+        t.append("  ")
+    return t
 
 
 def fmt_fitness(x: float | None, nd: int = 3) -> str:

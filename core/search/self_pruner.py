@@ -18,8 +18,9 @@ from ..events import (CandidateEvaluated, CandidateProposed, Control, EvalProgre
 from ..proposers.base import Proposer
 from ..plans import plan_key_text
 from ..proposers.repair import identity
+from ..racing import survivors
 from ..store import Store
-from ..types import CallRecord, Problem, Scored
+from ..types import CallRecord, EvalJob, Problem, Scored
 from ..workbench import Workbench
 
 
@@ -36,6 +37,7 @@ class SelfPrunerSearch:
     bus: EventBus
     control: Control
     init_proposer: Proposer | None = None  # the paper's random-init ablation swaps this in
+    owns_bench: bool = False  # release the workbench (stop Ray's workers) when the run ends
 
     def __post_init__(self):
         a = self.bench.lm.arch
@@ -90,13 +92,19 @@ class SelfPrunerSearch:
             d = stored[0]["payload"]
         else:
             n, rate = self.problem.n_layers, min(self.cfg.hi, 2 * self.cfg.beta)
-            ppl = []
-            for i in range(n):
-                if self.control.checkpoint():
-                    raise Stopped
-                self.bus.emit(Stage("sensitivity", f"layer {i} alone at rate {rate:g}", i, n))
-                alone = [rate if j == i else 0.0 for j in range(n)]
-                ppl.append(self.bench.fitness(alone, self.cfg.budget_tokens)[0])
+            ppl = [0.0] * n
+
+            def done(job: EvalJob, fit: float, secs: float) -> None:
+                ppl[job.key] = fit
+                self.bus.emit(Stage("sensitivity", f"layer {job.key} alone at rate {rate:g}", sum(p > 0 for p in ppl),
+                                    n))
+
+            jobs = [EvalJob(i, [rate if j == i else 0.0 for j in range(n)], self.cfg.budget_tokens) for i in range(n)]
+            try:
+                self.bench.evaluate_many(jobs, done=done, before=self.control.checkpoint,
+                                         should_stop=lambda: self.control.stopped)
+            except InterruptedError:
+                raise Stopped from None
             d = {"rate": rate, "ppl": ppl, "dense": self.bench.dense_ppl(self.cfg.budget_tokens)}
             self.store.add_result("sensitivity", "layers", d)
         self.problem = replace(self.problem, sensitivity=tuple(d["ppl"]), sensitivity_rate=d["rate"],
@@ -115,30 +123,75 @@ class SelfPrunerSearch:
         prefetch(self.problem, parents, {"mutation": self.cfg.mutations, "crossover": self.cfg.crossovers},
                  generation)
 
-    def _evaluate(self, rows: list[dict], known: dict[int, float]) -> list[Scored]:
-        cfg, out = self.cfg, []
+    def _store_fitness(self, r: dict, fit: float, secs: float, budget: int, cached: bool) -> None:
+        self.store.add_evaluation(r["id"], fit, budget_tokens=budget, seq_len=self.cfg.seq_len, eval_s=secs,
+                                  cached=cached)
+        self.bus.emit(CandidateEvaluated(r["id"], r["generation"], r["origin"], r["rates"], r["parents"], fit, secs,
+                                         cached, budget, final=budget == self.cfg.budget_tokens))
+
+    def _score(self, rows: list[dict], budget: int, known: dict[int, float]) -> dict[int, float]:
+        """Each row's fitness on `budget` tokens: stored by this session already (`known`), from the fitness
+        cache (an earlier candidate with the same layer plans), or evaluated now, on the workbench or in
+        parallel on Ray's workers. A new value is stored as it arrives; the result does not depend on the
+        order in which evaluations finish."""
+        cfg, out, todo, dups, first = self.cfg, {}, [], [], {}
         for r in rows:
-            if r["id"] not in known:
-                if self.control.checkpoint():
-                    raise Stopped
-                cached = self.store.cached_fitness(r["key"], cfg.budget_tokens, cfg.seq_len)
-                if cached is not None:
-                    fit, secs = cached, 0.0
-                else:
-                    try:
-                        fit, secs = self.bench.fitness(
-                            r["rates"], cfg.budget_tokens, measure=cfg.fitness, kl_k=cfg.kl_k,
-                            should_stop=lambda: self.control.stopped,
-                            progress=lambda d, t, i=r["id"]: self.bus.emit(EvalProgress(i, d, t)))
-                    except InterruptedError:
-                        raise Stopped from None
-                self.store.add_evaluation(r["id"], fit, budget_tokens=cfg.budget_tokens, seq_len=cfg.seq_len,
-                                          eval_s=secs, cached=cached is not None)
-                known[r["id"]] = fit
-                self.bus.emit(CandidateEvaluated(r["id"], r["generation"], r["origin"], r["rates"], r["parents"],
-                                                 fit, secs, cached is not None))
-            out.append(Scored(r["id"], r["rates"], known[r["id"]], r["origin"], r["generation"], r["parents"]))
+            if r["id"] in known:
+                out[r["id"]] = known[r["id"]]
+                continue
+            cached = self.store.cached_fitness(r["key"], budget, cfg.seq_len)
+            if cached is not None:
+                self._store_fitness(r, cached, 0.0, budget, cached=True)
+                out[r["id"]] = cached
+            elif r["key"] in first:  # the same pruned model twice in one batch: evaluated once
+                dups.append(r)
+            else:
+                first[r["key"]] = r["id"]
+                todo.append(r)
+        by_id = {r["id"]: r for r in todo}
+
+        def done(job: EvalJob, fit: float, secs: float) -> None:
+            self._store_fitness(by_id[job.key], fit, secs, budget, cached=False)
+            out[job.key] = fit
+
+        jobs = [EvalJob(r["id"], r["rates"], budget, measure=cfg.fitness, kl_k=cfg.kl_k) for r in todo]
+        try:
+            self.bench.evaluate_many(jobs, done=done, before=self.control.checkpoint,
+                                     should_stop=lambda: self.control.stopped,
+                                     progress=lambda k, d, t: self.bus.emit(EvalProgress(k, d, t)))
+        except InterruptedError:
+            raise Stopped from None
+        for r in dups:
+            self._store_fitness(r, out[first[r["key"]]], 0.0, budget, cached=True)
+            out[r["id"]] = out[first[r["key"]]]
         return out
+
+    def _evaluate(self, rows: list[dict], known: dict[int, float]) -> list[Scored]:
+        known.update(self._score(rows, self.cfg.budget_tokens, known))
+        return [Scored(r["id"], r["rates"], known[r["id"]], r["origin"], r["generation"], r["parents"]) for r in rows]
+
+    def _race(self, rows: list[dict], known: dict[int, float]) -> list[Scored]:
+        """--race: every offspring on the first budget, the best few again on each larger one; only the last
+        stage's survivors are returned to join the population (each stage's fitness is stored)."""
+        stages, by_id, alive, fit = self.cfg.race_stages, {r["id"]: r for r in rows}, rows, {}
+        for i, st in enumerate(stages):
+            if i:
+                alive = [by_id[j] for j in survivors([(r["id"], fit[r["id"]]) for r in alive], st.keep)]
+            last = i == len(stages) - 1
+            at = known if last else self.store.fitness_by_candidate(budget_tokens=st.budget_tokens)
+            fit = self._score(alive, st.budget_tokens, at)
+        known.update(fit)
+        return [Scored(r["id"], r["rates"], fit[r["id"]], r["origin"], r["generation"], r["parents"]) for r in alive]
+
+    def _offspring_evaluations(self) -> int:
+        n = self.cfg.mutations + self.cfg.crossovers
+        if not self.cfg.race:
+            return n
+        total = 0
+        for st in self.cfg.race_stages:
+            n = n if st.keep is None else min(n, st.keep)
+            total += n
+        return total
 
     def _parents(self, generation: int, pop: list[Scored]) -> list[Scored]:
         """Algorithm 1's selection step: the parents mutation and crossover build on. The whole population
@@ -178,6 +231,9 @@ class SelfPrunerSearch:
             self.store.update_session(status="failed", error=msg)
             self.bus.emit(SearchFinished("failed", None, None, None, error=msg))
             raise
+        finally:
+            if self.owns_bench:
+                self.bench.close()
 
     def _run(self, known: dict[int, float]) -> SearchFinished:
         cfg = self.cfg
@@ -187,12 +243,12 @@ class SelfPrunerSearch:
             self.bus.emit(GenerationStarted(0, cfg.population))
             pop = self._select(0, self._evaluate(self._propose(0, "init", cfg.population, []), known))
             for g in range(1, cfg.generations + 1):
-                self.bus.emit(GenerationStarted(g, cfg.mutations + cfg.crossovers))
+                self.bus.emit(GenerationStarted(g, self._offspring_evaluations()))
                 parents = self._parents(g, pop)
                 self._prefetch(g, parents)
                 rows = self._propose(g, "mutation", cfg.mutations, parents)
                 rows += self._propose(g, "crossover", cfg.crossovers, parents)
-                pop = self._select(g, pop + self._evaluate(rows, known))
+                pop = self._select(g, pop + (self._race if cfg.race else self._evaluate)(rows, known))
             status = "finished"
         except Stopped:
             status = "stopped"
@@ -218,7 +274,7 @@ class SelfPrunerSearch:
         self.bus.emit(Stage("final", "final evaluation on the test stream"))
         ppl, secs = self.bench.fitness(rates, self.cfg.final_tokens or 10**12, which="test",
                                        should_stop=lambda: self.control.stopped)
-        tokens = self.bench.windows("test", self.cfg.final_tokens).numel()
+        tokens = self.bench.test_tokens(self.cfg.final_tokens)
         self.store.add_evaluation(candidate_id, ppl, kind="final", budget_tokens=tokens,
                                   seq_len=self.cfg.seq_len, eval_s=secs)
         self.store.add_result("best", "self-pruner", {"candidate_id": candidate_id, "rates": rates,

@@ -12,7 +12,10 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from selfpruner.core.store import list_sessions
 
-from ..state import fmt_fitness
+from ..state import fmt_fitness, session_options
+
+# short tags for the proposer column (the run screen spells them out)
+OPTION_TAGS = {"KL fitness": "KL", "FLAP importance": "flap", "bias compensation": "+comp"}
 
 COLUMNS = [("id", "session"), ("status", "status"), ("created", "created"), ("kind", "kind"), ("model", "model"),
            ("beta", "β"), ("proposer", "proposer"), ("best", "best ppl"), ("final", "final ppl"), ("gens", "gens")]
@@ -28,7 +31,8 @@ def _cells(r: dict) -> tuple:
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])) if r.get("created") else ""
     return (r["id"], status, created, r["kind"], (r["model"] or "")[:36],
             f"{r['beta']:g}" if r["beta"] is not None else "",
-            (r["proposer"] or "") + (" +comp" if r.get("compensate") else ""),  # FLAP bias compensation
+            " ".join([r["proposer"] or ""] + [OPTION_TAGS.get(o, o.split()[0])
+                                              for o in session_options(r.get("config") or {})]),
             fmt_fitness(r["best_fitness"]) if r["best_fitness"] is not None else "",
             fmt_fitness(r["final_ppl"]) if r["final_ppl"] is not None else "", str(r["generations"]))
 

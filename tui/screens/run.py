@@ -79,7 +79,8 @@ class RunScreen(SearchScreen):
             started = started or isinstance(ev, SessionStarted)
         bus.subscribe(seen)
         try:
-            bench = self.app.workbench(self.cfg, bus)
+            # Ray's workers hold their own models: the search starts them and stops them when it ends
+            bench = None if self.cfg.distributed else self.app.workbench(self.cfg, bus)
             if self.control.stopped:  # stopped (or quit) while the model loaded: create no session
                 self.post_message(RunFailed(RunError("stopped before the search started: nothing was stored",
                                                      "Stopped"), False))

@@ -15,7 +15,7 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from selfpruner.core.session_summary import candidate_shares
 
 from ..rates_file import output_dir, save_best_rates
-from ..state import SearchState, View, fmt_fitness
+from ..state import SearchState, View, fmt_fitness, session_options, workers_text
 from ..widgets.calls import CallLog
 from ..widgets.fitness import FitnessPanel
 from ..widgets.population import PopulationTable
@@ -99,10 +99,11 @@ class SearchScreen(Screen):
         if cfg:
             t.append(f" · K={cfg.get('population')} M={cfg.get('mutations')} S={cfg.get('crossovers')} "
                      f"N={cfg.get('generations')} · {cfg.get('budget_tokens')} tok/fitness")
-            if cfg.get("fitness") == "kl":
-                t.append(" · KL fitness")
-            if cfg.get("compensate"):
-                t.append(" · bias compensation")
+            for part in session_options(cfg):
+                t.append(f" · {part}")
+        if st.workers:
+            t.append("\nworkers: ")
+            t.append_text(workers_text(st.workers))
         t.append("\n")
         colour = {"running": "green", "paused": "yellow", "stopping": "yellow", "stopped": "yellow",
                   "finished": "bold green", "failed": "bold red", "unreadable": "red"}.get(st.status, "")

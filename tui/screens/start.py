@@ -52,7 +52,8 @@ FLAGS = {"--ratio": ("ratio β", "beta"), "--budget-tokens": ("tokens / fitness"
          "--seq-len": ("context (seq len)", "seq_len"), "--population": ("population K", "population"),
          "--generations": ("generations N", "generations"), "mutation and crossover": (None, "mutations"),
          "bounds": (None, "beta"), "--device-map": ("device map", "device"), "--device": ("device", "device"),
-         "--batch-size": ("windows / forward", "batch_size")}
+         "--batch-size": ("windows / forward", "batch_size"), "--workers": ("Ray workers", "workers"),
+         "--race": ("race", "race")}
 
 
 def _input(key: str, value, **kw) -> Input:
@@ -124,6 +125,9 @@ class StartScreen(Screen):
                                                      allow_blank=False, compact=True, id="device_map"))
                 yield from _row("windows / forward", _input("batch_size", d.batch_size,
                                                             placeholder="auto (free GPU memory; 1 on the CPU)"))
+                yield from _row("Ray workers", _input("workers", d.workers or None,
+                                                      placeholder="0 = this process (pip install .[distributed])"))
+                yield from _row("race", _input("race", d.race, placeholder="e.g. 512:all,2048:4,8192:1"))
                 yield Checkbox("random initial population (paper ablation)", d.init == "random", compact=True,
                                id="init_random")
                 yield Checkbox("final evaluation on the test stream", d.final_eval, compact=True, id="final_eval")
@@ -234,6 +238,10 @@ class StartScreen(Screen):
         cfg.dtype = str(self.query_one("#dtype", Select).value)
         cfg.device_map = str(self.query_one("#device_map", Select).value) or None
         cfg.batch_size = self._number("batch_size", "windows / forward", int, optional=True)
+        cfg.workers = self._number("workers", "Ray workers", int, optional=True) or 0
+        cfg.race = self.query_one("#race", Input).value.strip() or None
+        if cfg.race:  # the race's last budget is the search budget
+            cfg.budget_tokens = cfg.race_budget() or cfg.budget_tokens
         return cfg.validate()
 
     def _number(self, key: str, label: str, typ, optional: bool = False):

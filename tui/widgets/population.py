@@ -30,7 +30,7 @@ SORT_KEY = {k: f for k, _, f in COLUMNS}
 
 def _cells(r: Row) -> tuple:
     c, style = r.cand, STATUS_STYLE[r.status]
-    fit = fmt_fitness(c.fitness) + (" ⚡" if c.cached else "")
+    fit = (c.raced if c.fitness is None and c.raced else fmt_fitness(c.fitness)) + (" ⚡" if c.cached else "")
     mark = {"alive": "", "new": "new", "dropped": "dropped"}[r.status]
     return (Text(str(r.rank) if r.rank else "–", style=style, justify="right"),
             Text(str(c.id), style=style, justify="right"),

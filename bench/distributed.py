@@ -1,0 +1,111 @@
+"""Evaluations per minute in this process and on 1 and 2 Ray workers (--workers), on this box.
+
+The same --candidates rate vectors are scored by each: in-process (the search's own workbench), then through
+RayWorkbench.evaluate_many with 1 and 2 workers, each worker holding its own model (load time is reported
+apart; it is paid once per search). The values must be identical whichever path scored them. On a CPU box
+the workers share its cores (2 workers x 1 thread against 1 x 2), so no speed-up is expected here: what this
+measures is Ray's overhead. It also times the driver's share of one evaluation (a Ray round trip plus the
+SQLite write), which bounds scaling on a GPU box; without one, the 8-GPU figure is an estimate from it.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import tempfile
+import time
+
+import ray
+
+from selfpruner.core.config import SearchConfig
+from selfpruner.core.distributed import RayWorkbench
+from selfpruner.core.proposers.repair import random_vector
+from selfpruner.core.store import Store
+from selfpruner.core.types import EvalJob, Problem, Proposal
+from selfpruner.core.workbench import Workbench
+
+
+def score(bench, jobs) -> tuple[dict, float]:
+    out, t0 = {}, time.perf_counter()
+    bench.evaluate_many(jobs, done=lambda j, f, s: out.__setitem__(j.key, f))
+    return out, time.perf_counter() - t0
+
+
+@ray.remote
+class Echo:
+    def ping(self, x):
+        return x
+
+
+def driver_overhead_s(n: int = 200) -> float:
+    """A Ray round trip with an EvalJob-sized payload plus one stored evaluation, per evaluation."""
+    a = Echo.remote()
+    job = EvalJob(0, [0.3] * 80, 2048)
+    ray.get(a.ping.remote(job))
+    st = Store(os.path.join(tempfile.mkdtemp(), "o.db"), create=True)
+    st.create_session("x", "layer", {})
+    (cid,) = st.add_candidates(0, "init", [Proposal([0.3] * 80, "llm")])
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ray.get(a.ping.remote(job))
+        st.add_evaluation(cid, 1.0, budget_tokens=2048, seq_len=2048, eval_s=0.1)
+    ray.kill(a)
+    return (time.perf_counter() - t0) / n
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--candidates", type=int, default=16)
+    ap.add_argument("--budget-tokens", type=int, default=512)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--gpu-eval-s", type=float, default=0.25,
+                    help="for the 8-GPU estimate: seconds of one 2,048-token fitness of a 7B model on one H100")
+    args = ap.parse_args(argv)
+    cfg = SearchConfig(model=args.model, beta=args.ratio, seq_len=args.seq_len, calib_tokens=args.calib_tokens,
+                       budget_tokens=args.budget_tokens, data="local")
+    local = Workbench.from_config(cfg)
+    n = local.lm.arch.n_layers
+    rng, prob = random.Random(0), Problem("bench", n, args.ratio)
+    jobs = [EvalJob(i, random_vector(prob, rng), args.budget_tokens) for i in range(args.candidates)]
+    print(f"model {local.lm.name}; {len(jobs)} evaluations of {args.budget_tokens} tokens; {os.cpu_count()} CPU "
+          f"cores, torch threads {local.lm.model.device.type}:{__import__('torch').get_num_threads()}")
+    ref, secs = score(local, jobs)
+    base = len(jobs) / secs * 60
+    print(f"{'where':<22} {'load s':>7} {'evals/min':>10} {'x in-process':>13} {'same values':>12}")
+    print(f"{'in-process':<22} {'-':>7} {base:>10.1f} {1.0:>13.2f} {'-':>12}")
+    del local
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    per_worker = {}
+    for w in (1, 2):
+        t0 = time.perf_counter()
+        rb = RayWorkbench(SearchConfig(**{**cfg.to_dict(), "workers": w}))
+        load = time.perf_counter() - t0
+        score(rb, jobs[:w])  # each worker's first forward (allocations) outside the timing
+        got, secs = score(rb, jobs)
+        rate = len(jobs) / secs * 60
+        per_worker[w] = rate
+        print(f"{f'Ray, {w} worker(s)':<22} {load:>7.1f} {rate:>10.1f} {rate / base:>13.2f} {str(got == ref):>12}",
+              flush=True)
+        rb.close()
+    print(f"2 workers / 1 worker: {per_worker[2] / per_worker[1]:.2f} (both share {os.cpu_count()} cores)")
+    over = driver_overhead_s()
+    ray.shutdown()
+    # 8 GPUs, one worker each: a generation's M+S = 20 offspring go out in ceil(20/8) rounds, and the driver
+    # handles results one at a time, so it saturates at 1/over evaluations per second.
+    t, offspring = args.gpu_eval_s, 20
+    rounds = math.ceil(offspring / 8)
+    util = offspring / (rounds * 8)
+    driver_cap = t / (8 * over)
+    eff = util * min(1.0, driver_cap) * t / (t + over)
+    print(f"driver per evaluation (Ray round trip + SQLite write): {over * 1e3:.2f} ms")
+    print(f"8-GPU estimate (not measured: no GPU box): one fitness {t:.2f} s on one GPU; M+S={offspring} offspring in "
+          f"{rounds} rounds = {util:.2f} busy; driver capacity {driver_cap:.0f}x the 8 workers' need; throughput "
+          f"≈ {eff:.2f} × 8 × one worker's (target ≥ 0.8)")
+
+
+if __name__ == "__main__":
+    main()
