@@ -11,6 +11,7 @@ search's final ppl with <= 0.5x its tokens.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 import time
@@ -33,6 +34,31 @@ def search(bench, sessions, base: dict, **over) -> tuple[float, int, float, floa
     return final, tokens, res.best_fitness, time.perf_counter() - t0
 
 
+def summary(rows: dict[str, list[tuple[float, float]]]) -> None:
+    """Mean ± sd over seeds of each search's final ppl and of its tokens as a multiple of the full search's."""
+    print(f"\n{'search':<26} {'x full tokens':>13} {'final ppl (mean ± sd)':>22} {'/ full':>7}")
+    full_mean = statistics.mean(f for f, _ in rows["full"])
+    for name, r in rows.items():
+        finals = [f for f, _ in r]
+        sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
+        print(f"{name:<26} {statistics.mean(t for _, t in r):>13.2f} "
+              f"{statistics.mean(finals):>12.2f} ± {sd:>7.2f} {statistics.mean(finals) / full_mean:>7.3f}")
+    race_mean = statistics.mean(f for f, _ in rows["race"])
+    ratio = statistics.mean(t for _, t in rows["race"])
+    print(f"target: race's final ppl within one sd of full's at <= 0.5x tokens: tokens {ratio:.2f}x, final ppl "
+          f"{race_mean / full_mean:.3f}x full's")
+
+
+def from_log(path: str) -> dict[str, list[tuple[float, float]]]:
+    """The per-seed lines a run printed (e.g. one stopped before its last seed), back into rows."""
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for line in open(path, encoding="utf-8"):
+        m = re.match(r"\s*\d+ (full|race.*?)\s+\d+\s+([\d.]+)\s+[\d.]+\s+([\d.]+)\s+\d+$", line.rstrip())
+        if m:
+            rows.setdefault(m.group(1), []).append((float(m.group(3)), float(m.group(2))))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
@@ -47,7 +73,10 @@ def main(argv=None):
     ap.add_argument("--final-tokens", type=int, default=4096)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--sessions-dir", default=None)
+    ap.add_argument("--report", default=None, metavar="LOG", help="re-print the summary from a run's output")
     args = ap.parse_args(argv)
+    if args.report:
+        return summary(from_log(args.report))
     t_start = time.perf_counter()
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
     stages = SearchConfig(race=args.race, seq_len=args.seq_len).race_stages
@@ -74,17 +103,7 @@ def main(argv=None):
             rows[name].append((final, tokens / full_tok))
             print(f"{seed:>4} {name:<26} {tokens:>8} {tokens / full_tok:>7.2f} {fit:>11.3f} {final:>10.2f} "
                   f"{secs:>6.0f}", flush=True)
-    print(f"\n{'search':<26} {'x full tokens':>13} {'final ppl (mean ± sd)':>22} {'/ full':>7}")
-    full_mean = statistics.mean(f for f, _ in rows["full"])
-    for name, r in rows.items():
-        finals = [f for f, _ in r]
-        sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
-        print(f"{name:<26} {statistics.mean(t for _, t in r):>13.2f} "
-              f"{statistics.mean(finals):>12.2f} ± {sd:>7.2f} {statistics.mean(finals) / full_mean:>7.3f}")
-    race_mean = statistics.mean(f for f, _ in rows["race"])
-    ratio = statistics.mean(t for _, t in rows["race"])
-    print(f"target: race's final ppl within one sd of full's at <= 0.5x tokens: tokens {ratio:.2f}x, final ppl "
-          f"{race_mean / full_mean:.3f}x full's")
+    summary(rows)
     print(f"total {time.perf_counter() - t_start:.0f} s; sessions in {sessions}")
 
 

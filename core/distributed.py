@@ -77,7 +77,10 @@ class RayWorkbench:
         wcfg = cfg.to_dict() | {"workers": 0, "ray_address": None}
         if gpus > 1 and not cfg.device_map:  # a worker owning several GPUs spreads the model over them
             wcfg |= {"device": "auto", "device_map": "auto"}
-        actor = ray.remote(_Worker).options(num_cpus=threads if not gpus else 1, num_gpus=gpus, max_restarts=0)
+        # A CPU worker's OpenMP threads must not spin-wait: beside Ray's own threads, spinning made a 2-thread
+        # fitness 10x slower than in-process (bench/distributed.py); passive waiting brings it level.
+        env = {} if gpus else {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
+        actor = ray.remote(_Worker).options(num_cpus=threads if not gpus else 1, num_gpus=gpus, max_restarts=0, **env)
         self.actors = [actor.remote(wcfg, data or cfg.data, threads) for _ in range(n)]
         self.alive = list(range(n))
         self.requeued: list[int] = []  # job keys re-run after their worker died

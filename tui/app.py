@@ -100,7 +100,8 @@ class SelfPrunerApp(App):
                 self._bench = self._bench_key = None  # let a different model go before loading the next
                 self._bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
                                               data=cfg.data, bos=cfg.bos, bus=bus, lm=lm, device=cfg.device,
-                                              dtype=cfg.dtype, device_map=cfg.device_map, batch_size=cfg.batch_size)
+                                              dtype=cfg.dtype, device_map=cfg.device_map, batch_size=cfg.batch_size,
+                                              importance=cfg.importance)
                 self._bench_key = key
             bench = self._bench
         self._measure(cfg, bench, bus)
@@ -161,7 +162,7 @@ def workbench_settings(cfg: SearchConfig) -> tuple:
     """The settings a workbench depends on; the first is the model (a model change, or a change of where and in
     what precision it runs, reloads it)."""
     return ((cfg.model, cfg.device, cfg.dtype, cfg.device_map), cfg.seq_len, cfg.calib_tokens, cfg.data, cfg.bos,
-            cfg.batch_size)
+            cfg.batch_size, cfg.importance)
 
 
 def main(argv=None) -> int:
