@@ -65,6 +65,7 @@ class RayWorkbench:
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
             self.emit(Stage("ray", f"joining Ray at {cfg.ray_address}" if cfg.ray_address else "starting a local Ray"))
+            _reachable(cfg.ray_address)
             try:
                 ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False,
                          ignore_reinit_error=True, **({} if cfg.ray_address else {"num_cpus": os.cpu_count()}))
@@ -197,6 +198,18 @@ class RayWorkbench:
             self.alive.remove(w)
         self.emit(WorkerState(w, "dead", where=self.where[w] if hasattr(self, "where") else "",))
         self.emit(Stage("ray", f"worker {w} died ({_cause(err)}); its evaluation goes to another worker"))
+
+
+def _reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A HOST:PORT that answers nothing fails here in seconds (ray.init would retry for minutes)."""
+    import socket
+    if not address or address == "auto" or ":" not in address:
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot reach Ray at {address}: {e}") from None
 
 
 def _cause(err: Exception) -> str:

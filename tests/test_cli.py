@@ -89,6 +89,7 @@ def test_unknown_session(tmp_path):
     (["--race", "512:all,256:1"], "--race budgets must grow"),
     (["--race", "512:all,2048:1", "--budget-tokens", "1024"], "--race's last budget"),
     (["--workers", "-1"], "--workers must be 0"),
+    (["--ray-address", "127.0.0.1:1"], "Ray"),  # nothing listens there: fails in seconds, not minutes
 ])
 def test_race_and_workers_errors_are_one_line(tmp_path, args, needle):
     code, _, err = cli("search", "--proposer", "numeric", "--sessions-dir", str(tmp_path), *args)
