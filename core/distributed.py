@@ -47,7 +47,7 @@ class _Worker:
         where = f"{os.uname().nodename}:{dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")
         return {"name": b.lm.name, "fingerprint": b.lm.fingerprint, "arch": replace(b.lm.arch, layers=[]),
                 "source": b.data.source, "bos": b.data.bos, "calib_key": b.calib_key, "dtype": b.dtype,
-                "importance": b.pruner.importance, "where": where, "pid": os.getpid()}
+                "importance": b.pruner.importance, "where": where}
 
     def fitness(self, job: EvalJob) -> tuple[float, float]:
         return self.bench.fitness(job.rates, job.budget_tokens, which=job.which, measure=job.measure, kl_k=job.kl_k)
@@ -76,10 +76,12 @@ class RayWorkbench:
         n = cfg.workers or (int(res.get("GPU", 0) // gpus) if gpus else 1) or 1
         threads = 1 if gpus else max(1, int(res.get("CPU", 1)) // n)
         wcfg = cfg.to_dict() | {"workers": 0, "ray_address": None}
+        if gpus and cfg.device.startswith("cuda:"):  # Ray shows each worker only its own GPUs, from cuda:0
+            wcfg["device"] = "cuda"
         if gpus > 1 and not cfg.device_map:  # a worker owning several GPUs spreads the model over them
             wcfg |= {"device": "auto", "device_map": "auto"}
         # A CPU worker's OpenMP threads must not spin-wait: beside Ray's own threads, spinning made a 2-thread
-        # fitness 10x slower than in-process (bench/distributed.py); passive waiting brings it level.
+        # fitness 7x slower than in-process (bench/distributed.py); passive waiting brings it level.
         env = {} if gpus else {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
         actor = ray.remote(_Worker).options(num_cpus=threads if not gpus else 1, num_gpus=gpus, max_restarts=0, **env)
         self.actors = [actor.remote(wcfg, data or cfg.data, threads) for _ in range(n)]
