@@ -158,9 +158,10 @@ class SearchConfig:
         if self.bos not in ("auto", "on", "off"):
             raise ConfigError("--bos must be auto, on or off")
         check_placement(self.device, self.dtype, self.device_map, self.batch_size)
-        if self.race and self.race_stages[-1].budget_tokens != self.budget_tokens:
-            raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be --race's last budget "
-                              f"({self.race_stages[-1].budget_tokens}), or left out")
+        last = self.race_stages[-1].budget_tokens if self.race else self.budget_tokens
+        if last != self.budget_tokens:
+            raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be --race's last budget ({last}), "
+                              f"or left out")
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 (this process) or more, got {self.workers}")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:

@@ -53,10 +53,15 @@ def survivors(scored: list[tuple[int, float]], keep: int | None) -> list[int]:
     return [i for i, _ in (ranked if keep is None else ranked[:keep])]
 
 
-def race_tokens(stages: list[RaceStage], offspring: int) -> int:
-    """Tokens one generation's race scores (no cache hits): what `--race` costs against a full budget."""
-    total, n = 0, offspring
+def stage_counts(stages: list[RaceStage], offspring: int) -> list[int]:
+    """How many of a generation's `offspring` each stage scores."""
+    counts, n = [], offspring
     for st in stages:
         n = n if st.keep is None else min(n, st.keep)
-        total += n * st.budget_tokens
-    return total
+        counts.append(n)
+    return counts
+
+
+def race_tokens(stages: list[RaceStage], offspring: int) -> int:
+    """Tokens one generation's race scores (no cache hits): what `--race` costs against a full budget."""
+    return sum(n * st.budget_tokens for n, st in zip(stage_counts(stages, offspring), stages))

@@ -48,7 +48,7 @@ class Workbench:
     @classmethod
     def from_parts(cls, lm: LoadedModel, td: TokenData, *, seq_len: int = 512, bus: EventBus | None = None,
                    batch_size: int | None = None, compensate: bool = False,
-              importance: str = "wanda-sp") -> "Workbench":
+                   importance: str = "wanda-sp") -> "Workbench":
         """Calibrate an in-memory model on token data it was given (e.g. random ids, bench/scale.py). Every
         tensor made from here on is made on the device of the layer it belongs to."""
         emit = bus.emit if bus else (lambda e: None)

@@ -9,8 +9,9 @@ from selfpruner.core.events import CandidateEvaluated, Control, EventBus
 from selfpruner.core.export import export_pruned, load_pruned
 from selfpruner.core.models import load_model
 from selfpruner.core.search.self_pruner import compare_trajectories
-from selfpruner.core.session import replay_session, start_search
+from selfpruner.core.session import replay_session
 from selfpruner.core.workbench import Workbench
+from conftest import run_search as _run
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +32,6 @@ def test_smollm2_is_llama_with_three_kv_groups(smol):
     assert [p.attn_units for p in plans[:4]] == [3, 2, 2, 0] and plans[3].channels == 0
     assert smol.data.bos is None  # its tokenizer starts no sequence with a BOS token
     assert 10 < smol.dense_ppl(512) < 100
-
-
-def _run(cfg, bench, resume=None, subscriber=None):
-    bus = EventBus()
-    if subscriber:
-        bus.subscribe(subscriber)
-    s = start_search(cfg, bus=bus, control=Control(), resume=resume, bench=bench)
-    return s, s.run()
 
 
 def test_search_beats_uniform_on_smollm2(smol, tmp_path):

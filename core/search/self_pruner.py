@@ -18,7 +18,7 @@ from ..events import (CandidateEvaluated, CandidateProposed, Control, EvalProgre
 from ..proposers.base import Proposer
 from ..plans import plan_key_text
 from ..proposers.repair import identity
-from ..racing import survivors
+from ..racing import stage_counts, survivors
 from ..store import Store
 from ..types import CallRecord, EvalJob, Problem, Scored
 from ..workbench import Workbench
@@ -185,13 +185,7 @@ class SelfPrunerSearch:
 
     def _offspring_evaluations(self) -> int:
         n = self.cfg.mutations + self.cfg.crossovers
-        if not self.cfg.race:
-            return n
-        total = 0
-        for st in self.cfg.race_stages:
-            n = n if st.keep is None else min(n, st.keep)
-            total += n
-        return total
+        return sum(stage_counts(self.cfg.race_stages, n)) if self.cfg.race else n
 
     def _parents(self, generation: int, pop: list[Scored]) -> list[Scored]:
         """Algorithm 1's selection step: the parents mutation and crossover build on. The whole population
