@@ -15,6 +15,7 @@ from .metrics.unstructured import UnstructuredPruner
 from .models import dtype_name, load_model
 from .proposers.metric_prompts import metric_grammar
 from .search.pruner_zero import MetricSearchConfig, run_metric_search
+from .run_lock import RunLock, run_command
 from .store import Store, StoreError, new_session_id, resolve_session
 
 
@@ -63,9 +64,14 @@ def llama_cpp_metric_proposer(cfg: MetricSearchConfig, model_path: str | None = 
                 seed=cfg.seed, verbose=False)
     grammar = LlamaGrammar.from_string(metric_grammar(cfg, cfg.llm_count), verbose=False)
 
-    def propose(prompt: str) -> str:
-        return llm(prompt, max_tokens=60 * cfg.llm_count, temperature=temperature, grammar=grammar)["choices"][0]["text"]
+    def propose(prompt: str, seed: int | None = None) -> str:
+        # `seed` comes from the iteration (see pruner_zero.ask_llm) and the prompt cache starts empty, so a
+        # resumed search asks exactly what the uninterrupted one asked
+        llm.reset()
+        return llm(prompt, max_tokens=60 * cfg.llm_count, temperature=temperature, grammar=grammar,
+                   seed=cfg.seed if seed is None else seed)["choices"][0]["text"]
     propose.name = "llama-cpp"
+    propose.seeded = True
     return propose
 
 
@@ -120,30 +126,52 @@ class Workspace:
 def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus, control: Control,
                        resume: str | None = None) -> dict:
     cfg.validate()
-    if resume:
-        path = resolve_session(resume, run.sessions_dir)
-        store = Store(path)
-        s = store.session()
-        if s["kind"] != "metric":
-            raise StoreError(f"session {s['id']} is a {s['kind']} search, not a metric search")
-        cfg = MetricSearchConfig.from_dict(s["config"]["search"])
-        run = resumed_run(s["config"]["run"], run, s["id"])
-    proposer = llama_cpp_metric_proposer(cfg) if run.proposer == "llama-cpp" else None
-    ws = Workspace(cfg, run, bus)
-    if resume:
-        if ws.lm.fingerprint != s["model_fingerprint"]:
-            raise ConfigError(f"session {s['id']} was run on another model ({s['model_name']}, {run.dtype}) than "
-                              f"this run loaded ({ws.lm.name}, {ws.dtype})")
-        store.update_session(status="running", config={"search": cfg.to_dict(), "run": run.__dict__})
-        sid = s["id"]
-    else:
-        run.dtype = ws.dtype  # 'auto' resolves per box; the session records what it ran in
-        sid = new_session_id("metric")
-        store = Store(Path(run.sessions_dir) / f"{sid}.db", create=True)
-        store.create_session(sid, "metric", {"search": cfg.to_dict(), "run": run.__dict__},
-                             model_name=ws.lm.name, model_fingerprint=ws.lm.fingerprint,
-                             data_source=ws.data.source, beta=cfg.sparsity, proposer=run.proposer or "gp")
-    bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), ws.lm.arch.n_layers, bool(resume)))
+    lock = None
+    try:
+        if resume:
+            path = resolve_session(resume, run.sessions_dir)
+            store = Store(path)
+            lock = RunLock(store, run_command()).acquire()  # one runner per session, before the model loads
+            s = store.session()
+            if s["kind"] != "metric":
+                raise StoreError(f"session {s['id']} is a {s['kind']} search, not a metric search")
+            cfg = MetricSearchConfig.from_dict(s["config"]["search"])
+            run = resumed_run(s["config"]["run"], run, s["id"])
+        proposer = llama_cpp_metric_proposer(cfg) if run.proposer == "llama-cpp" else None
+        ws = Workspace(cfg, run, bus)
+        if resume:
+            if ws.lm.fingerprint != s["model_fingerprint"]:
+                raise ConfigError(f"session {s['id']} was run on another model ({s['model_name']}, {run.dtype}) "
+                                  f"than this run loaded ({ws.lm.name}, {ws.dtype})")
+            store.update_session(status="running", config={"search": cfg.to_dict(), "run": run.__dict__})
+            sid = s["id"]
+        else:
+            run.dtype = ws.dtype  # 'auto' resolves per box; the session records what it ran in
+            sid = new_session_id("metric")
+            store = Store(Path(run.sessions_dir) / f"{sid}.db", create=True)
+            lock = RunLock(store, run_command()).acquire()
+            store.create_session(sid, "metric", {"search": cfg.to_dict(), "run": run.__dict__},
+                                 model_name=ws.lm.name, model_fingerprint=ws.lm.fingerprint,
+                                 data_source=ws.data.source, beta=cfg.sparsity, proposer=run.proposer or "gp")
+    except BaseException:
+        if lock is not None:
+            lock.release("refused")
+        raise
+    outcome = "failed"
+    try:
+        out = _run_metric(cfg, run, ws, store, sid, proposer, bus, control, resumed=bool(resume))
+        outcome = out["status"]
+        return out
+    except BaseException as e:
+        outcome = "failed" if isinstance(e, Exception) else "aborted"
+        raise
+    finally:
+        lock.release(outcome)
+
+
+def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: Store, sid: str, proposer,
+                bus: EventBus, control: Control, resumed: bool) -> dict:
+    bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), ws.lm.arch.n_layers, resumed))
     previous = [{**r, "id": r["gp_id"]} for r in store.metric_candidates()]
 
     def on_candidate(c):
@@ -169,7 +197,10 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
                                 on_candidate=on_candidate, should_stop=stop, proposer=proposer, on_call=on_call,
                                 on_reject=on_reject, resume_from=previous)
     except Exception as e:
-        store.update_session(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        try:
+            store.update_session(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        except StoreError:
+            pass  # the DB itself failed (a full disk): its own error is the one to report
         raise
     out = {"session_id": sid, "status": res.status, "best": res.best.canonical if res.best else None,
            "best_fitness": res.best.fitness if res.best else None, "evaluated": res.n_evaluated}

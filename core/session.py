@@ -7,6 +7,7 @@ from pathlib import Path
 from .config import ConfigError, SearchConfig
 from .events import Control, EventBus, SessionStarted
 from .proposers.base import Proposer
+from .run_lock import RunLock, run_command
 from .search.self_pruner import SelfPrunerSearch
 from .store import Store, StoreError, new_session_id, resolve_session
 from .workbench import Workbench
@@ -16,7 +17,7 @@ def build_proposer(cfg: SearchConfig) -> Proposer:
     """Built before the model loads, so a missing key or file fails in a second, not after a minute."""
     if cfg.proposer == "replay":
         from .proposers.replay import ReplayProposer
-        return ReplayProposer(Store(resolve_session(cfg.replay_from, cfg.sessions_dir)))
+        return ReplayProposer(Store(resolve_session(cfg.replay_from, cfg.sessions_dir), readonly=True))
     from .proposers.registry import make_proposer
     opts = {"seed": cfg.seed, "max_retries": cfg.max_retries, "temperature": cfg.temperature}
     if cfg.proposer_model:
@@ -60,7 +61,7 @@ def resume_config(ref: str, sessions_dir: str = "sessions", overrides: dict | No
     """The stored config with `overrides` (settings the user gave explicitly) applied where they may change:
     a larger --generations extends a finished search."""
     path = resolve_session(ref, sessions_dir)
-    st = Store(path)
+    st = Store(path, readonly=True)
     try:
         s = st.session()
     finally:
@@ -143,37 +144,50 @@ def store_references(store: Store, bench: Workbench, cfg: SearchConfig) -> None:
 
 
 def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: Path | None = None,
-                 bench: Workbench | None = None, init_proposer: Proposer | None = None) -> SelfPrunerSearch:
-    """init_proposer overrides the config's, e.g. to start an ablation from another run's initial population."""
+                 bench: Workbench | None = None, init_proposer: Proposer | None = None,
+                 command: str | None = None) -> SelfPrunerSearch:
+    """init_proposer overrides the config's, e.g. to start an ablation from another run's initial population.
+    The returned search holds the session's run lock (`command` says who, in the DB) until its run() ends; a
+    session another live process runs is refused here, before any model loads."""
     cfg.validate()
     proposer = build_proposer(cfg)
     init_proposer = init_proposer or build_init_proposer(cfg)
     owns_bench = bench is None  # built here: the search releases it (Ray's workers) when it ends
-    if resume is not None:
-        store = Store(resume)
-        s = store.session()
-        if bench is None:
-            bench = session_workbench(cfg, s, bus)
-        check_same_setup(s, bench)
-        store.update_session(status="running", config=cfg.to_dict())
-        sid = s["id"]
-    else:
-        if bench is None:
-            bench = new_workbench(cfg, bus)
-        bench.pin_dtype(cfg)
-        sid = new_session_id("layer")
-        store = Store(Path(cfg.sessions_dir) / f"{sid}.db", create=True)
-        store.create_session(sid, "layer", cfg.to_dict(), model_name=bench.lm.name,
-                             model_fingerprint=bench.lm.fingerprint, model_arch=json.dumps(bench.lm.arch.describe()),
-                             data_source=bench.data.source, beta=cfg.beta, proposer=proposer.name,
-                             calib_key=bench.calib_key, bos_token=bench.data.bos)
-        store_references(store, bench, cfg)
-    if bench.pruner.importance != cfg.importance:  # the importance fixed the model's head/channel order
-        raise ConfigError(f"the workbench orders heads and channels by {bench.pruner.importance}, the search asks "
-                          f"for --importance {cfg.importance}")
+    lock = None
+    try:
+        if resume is not None:
+            store = Store(resume)
+            lock = RunLock(store, command or run_command()).acquire()
+            s = store.session()
+            if bench is None:
+                bench = session_workbench(cfg, s, bus)
+            check_same_setup(s, bench)
+            store.update_session(status="running", config=cfg.to_dict())
+            sid = s["id"]
+        else:
+            if bench is None:
+                bench = new_workbench(cfg, bus)
+            bench.pin_dtype(cfg)
+            sid = new_session_id("layer")
+            store = Store(Path(cfg.sessions_dir) / f"{sid}.db", create=True)
+            lock = RunLock(store, command or run_command()).acquire()
+            store.create_session(sid, "layer", cfg.to_dict(), model_name=bench.lm.name,
+                                 model_fingerprint=bench.lm.fingerprint,
+                                 model_arch=json.dumps(bench.lm.arch.describe()), data_source=bench.data.source,
+                                 beta=cfg.beta, proposer=proposer.name, calib_key=bench.calib_key,
+                                 bos_token=bench.data.bos)
+            store_references(store, bench, cfg)
+        if bench.pruner.importance != cfg.importance:  # the importance fixed the model's head/channel order
+            raise ConfigError(f"the workbench orders heads and channels by {bench.pruner.importance}, the search "
+                              f"asks for --importance {cfg.importance}")
+    except BaseException:
+        if lock is not None:
+            lock.release("refused")
+        raise
     bench.set_compensate(cfg.compensate)
     bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
-    return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench)
+    return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench,
+                            lock=lock)
 
 
 def replay_session(ref: str, sessions_dir: str = "sessions", *, bus: EventBus, control: Control,
@@ -182,7 +196,7 @@ def replay_session(ref: str, sessions_dir: str = "sessions", *, bus: EventBus, c
     same model, data and calibration; compare_trajectories(source, search.store) tells whether it matched.
     `overrides`: what resume may change (device, batch size), e.g. to replay a GPU session on the CPU."""
     cfg, path = resume_config(ref, sessions_dir, overrides)
-    src = Store(path)
+    src = Store(path, readonly=True)
     try:
         s = src.session()
     finally:

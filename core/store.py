@@ -3,10 +3,16 @@
 Every write commits at once, so a run killed at any point loses at most the evaluation in flight;
 `--resume` reads the same tables back. API keys never reach this module: configs are stored as given
 by SearchConfig.to_dict(), which holds no secrets.
+
+A DB that cannot be used (newer schema, damaged, not SQLite, read-only, disk full) raises StoreError with
+one line for the user, and nothing in it is changed: a failed write is rolled back by SQLite, and a DB is
+only written after it passed the checks on opening.
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -16,12 +22,48 @@ import sqlite_utils
 
 from .types import CallRecord, Proposal
 
-SCHEMA_VERSION = 1
+# 1: the first format; 2: the `runs` table (who ran the session, core/run_lock.py) and PRAGMA user_version.
+SCHEMA_VERSION = 2
 DEFAULT_DIR = Path("sessions")
+
+
+def selfpruner_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("selfpruner")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class StoreError(RuntimeError):
     """A session DB that cannot be used; the message is one line for the user."""
+
+
+def _why(e: sqlite3.Error) -> str:
+    """SQLite's reason in words a user acts on."""
+    msg = str(e)
+    if "disk is full" in msg or "SQLITE_FULL" in msg:
+        return "the disk is full (everything stored before this write is kept: free space, then resume)"
+    if "readonly" in msg or "read-only" in msg:
+        return "it is read-only (copy it somewhere writable, or fix its permissions)"
+    if "not a database" in msg:
+        return "it is not an SQLite file"
+    if "malformed" in msg or "corrupt" in msg:
+        return f"it is damaged ({msg}); it was left as it is"
+    if "locked" in msg or "busy" in msg:
+        return f"it is locked by another program ({msg})"
+    return msg
+
+
+def _writes(method):
+    """A write that fails (disk full, read-only, locked) raises one StoreError line; SQLite rolls it back."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot write session DB {self.path}: {_why(e)}") from None
+    return wrapper
 
 
 def rates_key(rates, decimals: int = 5) -> str:
@@ -34,16 +76,23 @@ def new_session_id(kind: str = "layer") -> str:
 
 
 class Store:
-    def __init__(self, path: Path | str, *, create: bool = False, readonly: bool = False):
-        """`create`: make a new session file; `readonly`: browse without writing (no schema, no WAL switch)."""
+    def __init__(self, path: Path | str, *, create: bool = False, readonly: bool = False, check: bool = True):
+        """`create`: make a new session file; `readonly`: browse without writing (no schema, no WAL switch);
+        `check`: run SQLite's quick integrity check on opening (milliseconds for a session DB)."""
         self.path = Path(path)
+        self.schema_version = SCHEMA_VERSION  # of a new file; an existing one says its own (_check_version)
         if not create and not self.path.exists():
             raise StoreError(f"session DB not found: {self.path}")
+        if not readonly:
+            self._check_writable(create)
         try:
             if readonly:
-                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+                conn = self._connect_readonly()
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise StoreError(f"cannot create the sessions directory {self.path.parent}: {e.strerror}") from None
                 conn = sqlite3.connect(str(self.path), timeout=5, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=5000")
             self.db = sqlite_utils.Database(conn)
@@ -53,10 +102,55 @@ class Store:
                 self._create_schema()
             elif "session" not in tables:
                 raise StoreError(f"{self.path} is not a selfpruner session DB")
-            elif not readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot use session DB {self.path}: {e}") from None
+            else:
+                self._check_version()
+                if check:
+                    self._check_intact()
+                if not readonly:
+                    conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot use session DB {self.path}: {_why(e)}") from None
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            # a WAL DB in a directory we cannot write (no -shm to create): nobody can be writing it either,
+            # so read it as an immutable file
+            conn.close()
+            if os.access(self.path.parent, os.W_OK):
+                raise
+            return sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, timeout=5, check_same_thread=False)
+
+    def _check_writable(self, create: bool) -> None:
+        """Refuse before SQLite half-opens: a read-only file, or a directory where its journal cannot go."""
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise StoreError(f"cannot write session DB {self.path}: the file is read-only "
+                             f"(copy it somewhere writable, or fix its permissions)")
+        parent = self.path.parent
+        if (parent.exists() or not create) and not os.access(parent, os.W_OK):
+            raise StoreError(f"cannot write session DB {self.path}: its directory {parent} is read-only "
+                             f"(SQLite writes its journal beside the DB; copy it somewhere writable)")
+
+    def _check_version(self) -> None:
+        """A DB from a newer selfpruner may hold what this one cannot read or would damage by writing."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        rows = list(self.db["session"].rows)
+        if not version and rows:  # schema 1 stored it in the session row only
+            version = rows[0].get("schema_version")
+        if version and version > SCHEMA_VERSION:
+            by = (rows[0].get("selfpruner_version") if rows else None) or "a newer selfpruner"
+            raise StoreError(f"session DB {self.path} has schema {version}, written by selfpruner {by}; this "
+                             f"selfpruner {selfpruner_version()} reads schema {SCHEMA_VERSION} and older: upgrade "
+                             f"selfpruner to use it (the file was not changed)")
+        self.schema_version = version or 1
+
+    def _check_intact(self) -> None:
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise StoreError(f"cannot use session DB {self.path}: it is damaged ({problems[0]}); it was left as it is")
 
     # ---- schema -------------------------------------------------------------------------------
     def _create_schema(self) -> None:
@@ -89,13 +183,21 @@ class Store:
                                         "origin": str, "parents": str, "fitness": float, "eval_s": float,
                                         "call_id": int, "created": float}, pk="id")
         db["metric_candidates"].create_index(["canonical"])
+        self._create_runs()
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _create_runs(self) -> None:
+        self.db["runs"].create({"id": int, "pid": int, "host": str, "command": str, "selfpruner_version": str,
+                                "started": float, "ended": float, "outcome": str}, pk="id", if_not_exists=True)
 
     # ---- session --------------------------------------------------------------------------------
+    @_writes
     def create_session(self, session_id: str, kind: str, config: dict, **fields) -> None:
         now = time.time()
         self.db["session"].insert({"id": session_id, "kind": kind, "created": now, "updated": now,
                                    "status": "running", "config": json.dumps(config),
-                                   "schema_version": SCHEMA_VERSION, **fields}, alter=True)
+                                   "schema_version": SCHEMA_VERSION, "selfpruner_version": selfpruner_version(),
+                                   **fields}, alter=True)
 
     def session(self) -> dict:
         rows = list(self.db["session"].rows)
@@ -105,6 +207,7 @@ class Store:
         row["config"] = json.loads(row["config"] or "{}")
         return row
 
+    @_writes
     def update_session(self, **fields) -> None:
         sid = self.session()["id"]
         if isinstance(fields.get("config"), dict):
@@ -112,11 +215,13 @@ class Store:
         self.db["session"].update(sid, {**fields, "updated": time.time()}, alter=True)
 
     # ---- writes ---------------------------------------------------------------------------------
+    @_writes
     def add_call(self, rec: CallRecord) -> int:
         d = rec.to_dict()
         d["created"] = time.time()
         return self.db["llm_calls"].insert(d, alter=True).last_pk
 
+    @_writes
     def add_candidates(self, generation: int, phase: str, proposals: list[Proposal],
                        keys: list[str] | None = None) -> list[int]:
         """All of a phase's proposals in one transaction, so a phase is stored whole or not at all. `keys`:
@@ -133,6 +238,7 @@ class Store:
                     "call_id": p.call_id, "created": time.time()}).last_pk)
         return ids
 
+    @_writes
     def add_evaluation(self, candidate_id: int, fitness: float, *, kind: str = "search", budget_tokens: int,
                        seq_len: int, eval_s: float, cached: bool = False) -> int:
         return self.db["evaluations"].insert({
@@ -140,11 +246,13 @@ class Store:
             "budget_tokens": budget_tokens, "seq_len": seq_len, "eval_s": eval_s, "cached": int(cached),
             "created": time.time()}).last_pk
 
+    @_writes
     def add_generation(self, generation: int, best: float, mean: float, population: list[int]) -> None:
         self.db["generations"].upsert({"generation": generation, "best": _finite(best), "mean": _finite(mean),
                                        "population": json.dumps(population), "finished": time.time()},
                                       pk="generation")
 
+    @_writes
     def add_selection(self, generation: int, parents: list[int], from_llm: int, call_id: int | None) -> None:
         if "selections" not in self.db.table_names():  # a session DB from before the selection step
             self.db["selections"].create({"generation": int, "parents": str, "from_llm": int, "call_id": int,
@@ -168,10 +276,12 @@ class Store:
         rows = self.db["selections"].rows_where(order_by="generation")
         return [r | {"parents": json.loads(r["parents"])} for r in rows]
 
+    @_writes
     def add_result(self, kind: str, name: str, payload: dict) -> int:
         return self.db["results"].insert({"kind": kind, "name": name, "payload": json.dumps(payload),
                                           "created": time.time()}).last_pk
 
+    @_writes
     def add_metric_candidate(self, **row) -> int:
         row.setdefault("created", time.time())
         if isinstance(row.get("parents"), list):
@@ -179,6 +289,36 @@ class Store:
         if "fitness" in row:
             row["fitness"] = _finite(row["fitness"])
         return self.db["metric_candidates"].insert(row, alter=True).last_pk
+
+    # ---- runs (core/run_lock.py) ---------------------------------------------------------------------
+    @_writes
+    def begin_run(self, pid: int, host: str, command: str) -> int:
+        """Called under the run lock: earlier runs still open died without a word (their lock is free)."""
+        if self.schema_version < 2:  # a schema-1 DB gains the runs table on its first run by this version
+            self._create_runs()
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.schema_version = SCHEMA_VERSION
+        now = time.time()
+        with self.db.conn:
+            self.db.conn.execute("BEGIN")
+            self.db.execute("update runs set outcome = 'died' where ended is null and outcome is null")
+            run_id = self.db["runs"].insert({"pid": pid, "host": host, "command": command,
+                                             "selfpruner_version": selfpruner_version(), "started": now}).last_pk
+        return run_id
+
+    @_writes
+    def end_run(self, run_id: int, outcome: str) -> None:
+        self.db["runs"].update(run_id, {"ended": time.time(), "outcome": outcome})
+
+    def runs(self) -> list[dict]:
+        if "runs" not in self.db.table_names():
+            return []
+        return list(self.db["runs"].rows_where(order_by="id"))
+
+    def open_run(self) -> dict | None:
+        """The run that has not ended (the lock holder, or one that died: the lock tells which)."""
+        open_runs = [r for r in self.runs() if r["ended"] is None and r["outcome"] is None]
+        return open_runs[-1] if open_runs else None
 
     # ---- reads ----------------------------------------------------------------------------------
     def candidates(self, generation: int | None = None) -> list[dict]:
@@ -274,11 +414,14 @@ def resolve_session(ref: str, directory: Path | str = DEFAULT_DIR) -> Path:
 
 def list_sessions(directory: Path | str = DEFAULT_DIR) -> list[dict]:
     """Summary rows for the CLI and the TUI browser; unreadable files are listed with their error."""
+    from .run_lock import shown_status
+
     rows = []
     for path in session_paths(directory):
         try:
             st = Store(path, readonly=True)
             s = st.session()
+            s["status"] = shown_status(path, s["status"])
             n_gen = st.db["generations"].count
             n_cand = st.db["candidates"].count + st.db["metric_candidates"].count
             st.close()

@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import os
+import sqlite3
 import sys
 import time
 
@@ -26,7 +27,8 @@ def _user_errors():
     from selfpruner.core.models import ModelLoadError
     from selfpruner.core.proposers.base import ProposerError
     from selfpruner.core.store import StoreError
-    return (UserError, ConfigError, ModelLoadError, ProposerError, StoreError, FileNotFoundError)
+    # sqlite3.Error: a session DB that passed the checks on opening and failed later (damaged in a page not read then)
+    return (UserError, ConfigError, ModelLoadError, ProposerError, StoreError, FileNotFoundError, sqlite3.Error)
 
 
 # ---- rendering of core events ---------------------------------------------------------------------
@@ -89,7 +91,8 @@ class ProgressRenderer:
 
 
 def _run_with_signals(run, control):
-    """Ctrl-C asks the search to stop cleanly (everything stays stored); a second Ctrl-C aborts."""
+    """Ctrl-C or SIGTERM asks the search to stop cleanly at the next evaluation or LLM-call boundary (everything
+    stays stored, the session is marked stopped and resumes exactly); a second one aborts."""
     import signal
 
     def handler(signum, frame):
@@ -98,11 +101,12 @@ def _run_with_signals(run, control):
         console.print("[yellow]stopping after the evaluation in flight... (Ctrl-C again to abort)[/]")
         control.stop()
 
-    old = signal.signal(signal.SIGINT, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return run()
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -219,11 +223,21 @@ def _f(x, nd=3) -> str:
     return "" if x is None else f"{x:.{nd}f}"
 
 
+def _status_line(st, status: str) -> str:
+    from selfpruner.core.run_lock import holder_text, shown_status
+    shown = shown_status(st.path, status)
+    if shown == "running":
+        return f"running (by {holder_text(st)})"
+    if shown == "died":
+        return f"died (its process is gone; continue it with: selfpruner search --resume {st.path.stem})"
+    return shown
+
+
 def cmd_show(args) -> int:
     from selfpruner.core.store import Store, resolve_session
-    st = Store(resolve_session(args.session, args.sessions_dir))
+    st = Store(resolve_session(args.session, args.sessions_dir), readonly=True)
     s = st.session()
-    out.print(f"[bold]{s['id']}[/] {s['kind']} search, status {s['status']}")
+    out.print(f"[bold]{s['id']}[/] {s['kind']} search, status {_status_line(st, s['status'])}")
     out.print(f"model {s['model_name']} (fingerprint {s['model_fingerprint']}), data {s['data_source']}")
     if s.get("calib_key"):
         bos = s.get("bos_token")
@@ -281,7 +295,7 @@ def cmd_replay(args) -> int:
         search, path = replay_session(args.session, args.sessions_dir, bus=bus, control=control,
                                       final_eval=not args.no_final, overrides=_typed_placement(args))
         result = _run_with_signals(search.run, control)
-    diffs = compare_trajectories(Store(path), search.store)
+    diffs = compare_trajectories(Store(path, readonly=True), search.store)
     _print_result(search.store, result)
     if diffs:
         out.print(f"[red]replay diverged[/] from {path.stem}: " + "; ".join(diffs[:10]))

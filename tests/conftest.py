@@ -97,3 +97,27 @@ def bundled():
     """The real gemma-3-270m (dequantised from the bundled GGUF; cached after the first load)."""
     from selfpruner.core.models import load_model
     return load_model()
+
+
+class HeldSession:
+    """Another process that runs a session: it holds the session's run lock until killed (kill -9)."""
+
+    def __init__(self, db, command: str = "selfpruner search"):
+        import subprocess
+        import sys
+        self.proc = subprocess.Popen([sys.executable, "-c", (
+            "import time; from selfpruner.core.store import Store; from selfpruner.core.run_lock import RunLock; "
+            f"RunLock(Store({str(db)!r}), {command!r}).acquire(); print('held', flush=True); time.sleep(600)")],
+            stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "held"
+        self.pid = self.proc.pid
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()

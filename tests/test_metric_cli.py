@@ -4,6 +4,8 @@ import sys
 
 from selfpruner.core.store import Store
 
+from conftest import HeldSession
+
 TINY = ["--budget-tokens", "128", "--seq-len", "32", "--calib-tokens", "256", "--data", "local"]
 
 
@@ -37,6 +39,12 @@ def test_metric_search_stores_candidates_and_resumes(tmp_path, tiny_llama_dir):
     # resuming a finished session evaluates nothing again
     cli("metric-search", "--resume", db.stem, "--sessions-dir", sd)
     assert len(Store(db).metric_candidates()) == n
+    assert [r["outcome"] for r in Store(db).runs()] == ["finished", "finished"]
+    # while another process runs it, a resume is refused in one line naming that process
+    with HeldSession(db, "selfpruner metric-search") as holder:
+        r = cli("metric-search", "--resume", db.stem, "--sessions-dir", sd, ok=False)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert r.returncode == 2 and len(errors) == 1 and f"being run by pid {holder.pid}" in errors[0]
 
 
 def test_prune_with_any_metric_and_reject_bad_ones(tmp_path, tiny_llama_dir):

@@ -39,9 +39,10 @@ class Scripted:
     def __init__(self, *replies):
         self.replies, self.calls = list(replies), []
 
-    def complete(self, prompt, *, n_numbers, n_lists, max_tokens, n_parents=0, parent_ids=None):
+    def complete(self, prompt, *, n_numbers, n_lists, max_tokens, n_parents=0, parent_ids=None, seed=None,
+                 fresh=True):
         self.calls.append(dict(prompt=prompt, n_numbers=n_numbers, n_lists=n_lists, max_tokens=max_tokens,
-                               n_parents=n_parents, parent_ids=parent_ids))
+                               n_parents=n_parents, parent_ids=parent_ids, seed=seed, fresh=fresh))
         r = self.replies.pop(0) if self.replies else "nothing useful"
         if isinstance(r, Exception):
             raise r

@@ -160,20 +160,21 @@ def test_prompt_tells_the_llm_how_coarse_a_layer_is(tiny_llama_dir):
 # ---- 5. the selection step ------------------------------------------------------------------------------
 class FakeLLM:
     """A chat backend that answers every request in the asked shape: parent ids for the selection step (the
-    last-listed ones, so the choice is visibly the LLM's), else lists near beta. Seeded per call."""
+    last-listed ones, so the choice is visibly the LLM's), else lists near beta, drawn from the call's seed."""
     style, max_population, max_lists = "chat", None, None
 
     def __init__(self, beta=0.4, fail=False):
         self.beta, self.fail, self.n, self.prompts = beta, fail, 0, []
 
-    def complete(self, prompt, *, n_numbers, n_lists, max_tokens, n_parents=0, parent_ids=None):
+    def complete(self, prompt, *, n_numbers, n_lists, max_tokens, n_parents=0, parent_ids=None, seed=None,
+                 fresh=True):
         self.n += 1
         self.prompts.append((n_numbers, prompt))
         if self.fail:
             return "I cannot help with that.", 10, 5
         if n_numbers == 0:
             return json.dumps({"parents": list(reversed(parent_ids))[:n_parents]}), 10, 5
-        rng = random.Random(self.n)
+        rng = random.Random(seed)
         sols = [{"parents": (parent_ids or [])[:n_parents],
                  "rates": [round(self.beta + rng.uniform(-0.2, 0.2), 5) for _ in range(n_numbers)]}
                 for _ in range(n_lists)]

@@ -33,6 +33,8 @@ from selfpruner.tui.widgets.population import PopulationTable
 from selfpruner.tui.widgets.rates import BLOCKS, RateBars
 from selfpruner.tui.widgets.scrubber import GenerationScrubber
 
+from conftest import HeldSession
+
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 SIZE = (150, 44)
 TINY = dict(beta=0.4, proposer="numeric", population=4, mutations=2, crossovers=2, generations=2,
@@ -809,6 +811,29 @@ async def test_browser_lists_unreadable_and_metric_sessions(demo_dir):
         await pilot.press("r")
         await pilot.pause()
         assert isinstance(app.screen, SessionBrowser)
+
+
+async def test_resume_of_a_session_another_process_runs_is_refused(stopped_real_session, tiny_llama_dir, tiny_bench):
+    """The browser shows the session as running while a CLI process holds it; Resume says who holds it."""
+    (db,) = stopped_real_session.glob("*.db")
+    with HeldSession(db) as holder:
+        Store(db).update_session(status="running")  # what a live runner's row says
+        app = tiny_app(stopped_real_session, tiny_llama_dir, tiny_bench)
+        said = []
+        app.notify = lambda message, **kw: said.append(message)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("ctrl+o")
+            await pilot.pause()
+            table = app.screen.query_one("#sessions", DataTable)
+            assert cell_text(table, "0", "status") == "running"
+            await pilot.press("r")
+            await wait_for(pilot, lambda: any("being run by" in m for m in said), what="the refusal")
+            assert isinstance(app.screen, SessionBrowser)
+            assert f"pid {holder.pid}" in next(m for m in said if "being run by" in m)
+    # the holder is gone: the browser calls it died, and Resume takes it over
+    assert Store(db, readonly=True).session()["status"] == "running"
+    from selfpruner.core.store import list_sessions
+    assert list_sessions(stopped_real_session)[0]["status"] == "died"
 
 
 async def test_open_flag_and_bad_reference(demo_dir):

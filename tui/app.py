@@ -80,7 +80,7 @@ class SelfPrunerApp(App):
         from .screens.replay import ReplayScreen
         try:
             path = resolve_session(ref, self.sessions_dir)
-            st = Store(path)
+            st = Store(path, readonly=True)
             kind = st.session()["kind"]
             st.close()
             self.push_screen(MetricScreen(path) if kind == "metric" else ReplayScreen(path))

@@ -81,7 +81,7 @@ class LlamaCppBackend:
         self.n_ctx, self.n_threads, self.seed = n_ctx, n_threads or default_threads(), seed
         self.temperature, self.top_p, self.decoding = temperature, top_p, decoding
         self._llm = None
-        self._calls = 0
+        self.should_stop = None  # set by LLMProposer: a stop asked during a long generation ends it
         self._digits: list[int] | None = None
         self.last_decoding: str | None = None
 
@@ -99,15 +99,20 @@ class LlamaCppBackend:
         return self._llm
 
     def complete(self, prompt: str, *, n_numbers: int, n_lists: int, max_tokens: int, n_parents: int = 0,
-                 parent_ids: list[int] | None = None) -> tuple[str, int | None, int | None]:
+                 parent_ids: list[int] | None = None, seed: int | None = None,
+                 fresh: bool = True) -> tuple[str, int | None, int | None]:
+        """`seed`: this call's sampling seed (LLMProposer derives it from the call's place in the session);
+        `fresh`: start from an empty prompt cache. Reusing the previous call's cached prefix is only safe
+        when a resumed run would have the same cache, i.e. within one phase."""
         llm = self._model()
         prompt_tokens = llm.tokenize(prompt.encode("utf-8"))
         room = self.n_ctx - len(prompt_tokens)
         if room < max_tokens // max(1, n_lists):
             raise ValueError(f"prompt of {len(prompt_tokens)} tokens leaves no room for an answer in "
                              f"n_ctx={self.n_ctx}")
-        self._calls += 1  # a new seed per call, so a retry with the same prompt gives a different answer
-        seed = self.seed + self._calls
+        seed = self.seed if seed is None else seed
+        if fresh:
+            self._clear(llm)
         # which decoder answered, so a test can tell when the template path falls back to the grammar
         self.last_decoding = "template" if self.decoding == "template" and self._digit_tokens(llm) else "grammar"
         if self.last_decoding == "template":
@@ -127,6 +132,16 @@ class LlamaCppBackend:
             toks = [llm.tokenize(str(d).encode(), add_bos=False) for d in range(10)]
             self._digits = [t[0] for t in toks] if all(len(t) == 1 for t in toks) else []
         return self._digits or None
+
+    @staticmethod
+    def _clear(llm) -> None:
+        import llama_cpp
+        llm.reset()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+
+    def _stop_asked(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise InterruptedError("stopped during generation")
 
     @staticmethod
     def _start(llm, prompt_tokens: list[int]) -> None:
@@ -213,6 +228,7 @@ class LlamaCppBackend:
             if n_numbers:
                 feed("rates: [0.")
                 for j in range(n_numbers):
+                    self._stop_asked()
                     if j:
                         feed(", 0.")
                     for _ in range(5):

@@ -8,13 +8,21 @@ then shows mutation and crossover only those. How a reply becomes candidates (`i
 replies with it and a parse or repair regression shows as a diverged trajectory.
 
 A backend is any object with
-    complete(prompt, *, n_numbers, n_lists, max_tokens, n_parents=0, parent_ids=None) -> (text, tok_in, tok_out)
+    complete(prompt, *, n_numbers, n_lists, max_tokens, n_parents=0, parent_ids=None, seed=None, fresh=True)
+        -> (text, tok_in, tok_out)
 (n_numbers = 0: an answer of n_parents ids only, for the selection step) and optionally `style` ("chat":
 instructions + JSON answer; "completion": a document a base model continues), `max_population` (members
-listed in the prompt) and `max_lists` (lists asked for per call).
+listed in the prompt), `max_lists` (lists asked for per call) and `should_stop` (set here: a long local
+generation checks it and raises InterruptedError).
+
+Every call is reproducible from what the session stores, never from this process's history, so a killed
+and resumed search asks exactly what the uninterrupted one asked: its `seed` is call_seed(session seed,
+generation, phase, attempt), and `fresh` (the first call of a phase) tells a backend with a prompt cache
+(llama.cpp) to start from an empty one, since a resumed run starts a phase with nothing cached.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -32,6 +40,13 @@ from .repair import RepairError, identity, repair
 log = logging.getLogger("selfpruner.proposers")
 
 N_PARENTS = {"init": 0, "mutation": 1, "crossover": 2}
+
+
+def call_seed(seed: int, generation: int, phase: str, attempt: int) -> int:
+    """The sampling seed of one LLM call: a function of the call's place in the session alone (31 bits, what
+    every backend accepts)."""
+    digest = hashlib.blake2b(f"{seed}:{generation}:{phase}:{attempt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
 @dataclass
@@ -159,6 +174,22 @@ class LLMProposer:
         self.numeric = NumericProposer(rng_seed, sigma=sigma)
         self.stats = {"calls": 0, "failed_calls": 0, "kept": 0, "repaired": 0, "fallback": 0}
         self._ahead: dict[tuple[int, str], tuple[str, tuple]] = {}  # (generation, phase) -> prompt, answer
+        self._should_stop = None
+
+    @property
+    def should_stop(self):
+        return self._should_stop
+
+    @should_stop.setter
+    def should_stop(self, fn) -> None:
+        """Set by the search: checked before every call, and by a backend that generates locally."""
+        self._should_stop = fn
+        if hasattr(self.backend, "should_stop"):
+            self.backend.should_stop = fn
+
+    def _check_stop(self) -> None:
+        if self._should_stop is not None and self._should_stop():
+            raise InterruptedError("stopped")
 
     # ---- prompts --------------------------------------------------------------------------------------
     def _fields(self, problem: Problem, count: int) -> dict:
@@ -208,20 +239,21 @@ class LLMProposer:
         return self.on_call(rec) if self.on_call else None
 
     def _request(self, phase: str, problem: Problem, pop: list[Scored], count: int, n_numbers: int,
-                 n_parents: int) -> tuple[str, dict]:
+                 n_parents: int, generation: int, attempt: int) -> tuple[str, dict]:
         """The prompt and the backend's keywords of one call."""
         limit = getattr(self.backend, "max_population", None)
         listed = [s.id for s in (pop[:limit] if limit else pop)]
         max_tokens = count * tokens_per_list(n_numbers) + 32 if n_numbers else 8 * count + 32
         return self.build_prompt(phase, problem, pop, count), dict(
             n_numbers=n_numbers, n_lists=count if n_numbers else 1, max_tokens=max_tokens, n_parents=n_parents,
-            parent_ids=listed or None)
+            parent_ids=listed or None, seed=call_seed(self.seed, generation, phase, attempt), fresh=attempt == 1)
 
     def _ask(self, phase: str, problem: Problem, pop: list[Scored], count: int, attempt: int,
              generation: int, n_numbers: int, n_parents: int) -> tuple[CallRecord, str | None]:
         """One backend call (or its answer fetched ahead by prefetch), recorded in the returned record (not
         yet stored); text None: it failed."""
-        prompt, kw = self._request(phase, problem, pop, count, n_numbers, n_parents)
+        self._check_stop()
+        prompt, kw = self._request(phase, problem, pop, count, n_numbers, n_parents, generation, attempt)
         rec = CallRecord(proposer=self.name, phase=phase, attempt=attempt, prompt=prompt, response="",
                          generation=generation, asked=count)
         self.stats["calls"] += 1
@@ -232,6 +264,10 @@ class LLMProposer:
             t0 = time.perf_counter()
             try:
                 outcome = self.backend.complete(prompt, **kw)
+            except InterruptedError:  # the user stopped the search during the call: stored as such, phase dropped
+                rec.latency_s, rec.error = time.perf_counter() - t0, "stopped during the call"
+                self._emit(rec)
+                raise
             except Exception as e:
                 outcome = e
             rec.latency_s = time.perf_counter() - t0
@@ -261,7 +297,8 @@ class LLMProposer:
         phases = [(ph, min(c, per_call or c)) for ph, c in counts.items() if c > 0]
         if len(phases) < 2:
             return
-        requests = [self._request(ph, problem, pop, c, problem.n_layers, N_PARENTS[ph]) for ph, c in phases]
+        requests = [self._request(ph, problem, pop, c, problem.n_layers, N_PARENTS[ph], generation, 1)
+                    for ph, c in phases]
         for (ph, _), (prompt, _), outcome in zip(phases, requests, many(requests)):
             self._ahead[(generation, ph)] = (prompt, outcome)
 

@@ -117,15 +117,16 @@ class OpenAIBackend:
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r})"
 
-    def _kwargs(self, prompt: str, n_numbers: int, max_tokens: int, fmt: str) -> dict:
+    def _kwargs(self, prompt: str, n_numbers: int, max_tokens: int, fmt: str, seed: int | None = None) -> dict:
         kw = dict(model=self.model, messages=[{"role": "user", "content": prompt}], max_completion_tokens=max_tokens)
         rf = response_format(fmt, n_numbers)
         if rf is not None:
             kw["response_format"] = rf
         if self.temperature is not None:  # None for models that only accept their default temperature
             kw["temperature"] = self.temperature
-        if self.seed is not None:
-            kw["seed"] = self.seed
+        seed = self.seed if seed is None else seed  # the call's own seed: best-effort determinism on the server
+        if seed is not None:
+            kw["seed"] = seed
         return kw
 
     def _refused_format(self, e: Exception, fmt: str) -> bool:
@@ -153,12 +154,13 @@ class OpenAIBackend:
         return text, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
 
     def complete(self, prompt: str, *, n_numbers: int, n_lists: int, max_tokens: int, n_parents: int = 0,
-                 parent_ids: list[int] | None = None) -> tuple[str, int | None, int | None]:
+                 parent_ids: list[int] | None = None, seed: int | None = None,
+                 fresh: bool = True) -> tuple[str, int | None, int | None]:
         while True:
             fmt = self.format
             try:
                 return self._reply(self._client.chat.completions.create(**self._kwargs(prompt, n_numbers,
-                                                                                       max_tokens, fmt)))
+                                                                                       max_tokens, fmt, seed)))
             except Exception as e:
                 self._fatal(e)
                 if not self._refused_format(e, fmt):
@@ -179,7 +181,8 @@ class OpenAIBackend:
                     fmt = self.format
                     try:
                         r = await client.chat.completions.create(**self._kwargs(prompt, kw["n_numbers"],
-                                                                                kw["max_tokens"], fmt))
+                                                                                kw["max_tokens"], fmt,
+                                                                                kw.get("seed")))
                         return self._reply(r), time.perf_counter() - t0
                     except Exception as e:
                         try:

@@ -42,25 +42,25 @@ class VLLMBackend:
         except Exception as e:  # no GPU, unknown model, out of memory: one line for the user
             first = (str(e).splitlines() or [""])[0][:200]
             raise ProposerError(f"vLLM cannot load {model}: {type(e).__name__}: {first}") from None
-        self._calls = 0
 
-    def _params(self, n_numbers: int, max_tokens: int):
-        self._calls += 1  # a new seed per call, in request order, so retries differ and batches replay
+    def _params(self, n_numbers: int, max_tokens: int, seed: int | None):
+        # the call's own seed (from its place in the session), so retries differ and a resumed run asks the same
         return _structured_params(self._vllm.SamplingParams, schema_for(n_numbers)[1], temperature=self.temperature,
-                                  max_tokens=max_tokens, seed=self.seed + self._calls)
+                                  max_tokens=max_tokens, seed=self.seed if seed is None else seed)
 
     @staticmethod
     def _reply(out) -> tuple[str, int | None, int | None]:
         return out.outputs[0].text, len(out.prompt_token_ids or []), len(out.outputs[0].token_ids)
 
     def complete(self, prompt: str, *, n_numbers: int, n_lists: int, max_tokens: int, n_parents: int = 0,
-                 parent_ids: list[int] | None = None) -> tuple[str, int | None, int | None]:
-        params = self._params(n_numbers, max_tokens)
+                 parent_ids: list[int] | None = None, seed: int | None = None,
+                 fresh: bool = True) -> tuple[str, int | None, int | None]:
+        params = self._params(n_numbers, max_tokens, seed)
         return self._reply(self._llm.chat([{"role": "user", "content": prompt}], params, use_tqdm=False)[0])
 
     def complete_many(self, requests: list[tuple[str, dict]]) -> list[tuple[object, float]]:
         """One batched generate for all requests; answers in request order, each with the batch's time."""
-        params = [self._params(kw["n_numbers"], kw["max_tokens"]) for _, kw in requests]
+        params = [self._params(kw["n_numbers"], kw["max_tokens"], kw.get("seed")) for _, kw in requests]
         t0 = time.perf_counter()
         try:
             outs = self._llm.chat([[{"role": "user", "content": p}] for p, _ in requests], params, use_tqdm=False)

@@ -24,6 +24,7 @@ from ..metrics.expr_gp import Primitives, crossover, mutate, random_tree
 from ..metrics.expr_parse import MAX_PARSE_DEPTH, ParseError, parse
 from ..metrics.expr_print import to_text
 from ..metrics.expr_simplify import canonical, metric_key
+from ..proposers.llm import call_seed
 from ..proposers.metric_prompts import build_metric_prompt, extract_expressions
 from ..proposers.metric_prompts import metric_grammar  # noqa: F401  (re-exported: it used to live here)
 from ..types import CallRecord
@@ -273,7 +274,10 @@ class _Search:
         name = getattr(self.proposer, "name", "llm")
         t0 = time.perf_counter()
         try:
-            reply = self.proposer(prompt)
+            if getattr(self.proposer, "seeded", False):  # a sampling seed from the iteration, not the process
+                reply = self.proposer(prompt, seed=call_seed(cfg.seed, iteration, "metric", 1))
+            else:
+                reply = self.proposer(prompt)
             error = None
         except Exception as e:  # a proposer failure (network, model) costs this step only
             reply, error = "", f"{type(e).__name__}: {e}"

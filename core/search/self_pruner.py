@@ -5,7 +5,13 @@ Lower fitness (ppl) is better.
 Candidates are identified by the pruned model they give (their layer plans, core/plans.py): proposers
 avoid every plan the session has stored, and a plan already evaluated is never evaluated again.
 Every proposal, selection and fitness is stored before the next step, and each generation is rebuilt
-from the store, so a killed session resumes where it stopped, re-proposing nothing that was stored.
+from the store, so a killed session resumes where it stopped, re-proposing nothing that was stored. What a
+phase proposes depends only on the stored session (its seed, the generation, the phase, the population),
+never on what this process did before, so the resumed trajectory is the uninterrupted one.
+
+A stop (Ctrl-C, SIGTERM, the TUI) is honoured between evaluations, between LLM calls and inside a long local
+generation: the phase in flight is dropped whole (its calls stay in the log), the session is marked
+stopped, and the run lock (core/run_lock.py) is released with the outcome.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from ..proposers.base import Proposer
 from ..plans import plan_key_text
 from ..proposers.repair import identity
 from ..racing import stage_counts, survivors
-from ..store import Store
+from ..run_lock import RunLock
+from ..store import Store, StoreError
 from ..types import CallRecord, EvalJob, Problem, Scored
 from ..workbench import Workbench
 
@@ -38,6 +45,7 @@ class SelfPrunerSearch:
     control: Control
     init_proposer: Proposer | None = None  # the paper's random-init ablation swaps this in
     owns_bench: bool = False  # release the workbench (stop Ray's workers) when the run ends
+    lock: RunLock | None = None  # this process's hold on the session, released with the outcome when run() ends
 
     def __post_init__(self):
         a = self.bench.lm.arch
@@ -46,6 +54,8 @@ class SelfPrunerSearch:
         self._generation = 0
         for p in {id(x): x for x in (self.proposer, self.init_proposer) if x is not None}.values():
             p.on_call = self._record_call
+            if hasattr(p, "should_stop"):
+                p.should_stop = lambda: self.control.stopped
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _record_call(self, rec: CallRecord) -> int:
@@ -72,12 +82,15 @@ class SelfPrunerSearch:
             raise Stopped
         self._generation = generation
         seen = self._seen()
-        if phase == "init":
-            proposals = (self.init_proposer or self.proposer).initial(self.problem, count, seen)
-        elif phase == "mutation":
-            proposals = self.proposer.mutate(self.problem, population, count, generation, seen)
-        else:
-            proposals = self.proposer.crossover(self.problem, population, count, generation, seen)
+        try:
+            if phase == "init":
+                proposals = (self.init_proposer or self.proposer).initial(self.problem, count, seen)
+            elif phase == "mutation":
+                proposals = self.proposer.mutate(self.problem, population, count, generation, seen)
+            else:
+                proposals = self.proposer.crossover(self.problem, population, count, generation, seen)
+        except InterruptedError:  # stopped during an LLM call: nothing of the phase is stored
+            raise Stopped from None
         keys = [plan_key_text(identity(p.rates, self.problem)) for p in proposals]
         ids = self.store.add_candidates(generation, phase, proposals, keys)
         for cid, p in zip(ids, proposals):
@@ -120,8 +133,11 @@ class SelfPrunerSearch:
         if self.control.checkpoint():
             raise Stopped
         self._generation = generation
-        prefetch(self.problem, parents, {"mutation": self.cfg.mutations, "crossover": self.cfg.crossovers},
-                 generation)
+        try:
+            prefetch(self.problem, parents, {"mutation": self.cfg.mutations, "crossover": self.cfg.crossovers},
+                     generation)
+        except InterruptedError:
+            raise Stopped from None
 
     def _store_fitness(self, r: dict, fit: float, secs: float, budget: int, cached: bool) -> None:
         self.store.add_evaluation(r["id"], fit, budget_tokens=budget, seq_len=self.cfg.seq_len, eval_s=secs,
@@ -200,7 +216,10 @@ class SelfPrunerSearch:
             if self.control.checkpoint():
                 raise Stopped
             self._generation = generation
-            sel = select(self.problem, pop, self.cfg.n_selected, generation)
+            try:
+                sel = select(self.problem, pop, self.cfg.n_selected, generation)
+            except InterruptedError:
+                raise Stopped from None
             self.store.add_selection(generation, sel.ids, sel.from_llm, sel.call_id)
             stored = {"parents": sel.ids}
         by_id = {s.id: s for s in pop}
@@ -217,17 +236,34 @@ class SelfPrunerSearch:
     # ---- Algorithm 1 --------------------------------------------------------------------------
     def run(self) -> SearchFinished:
         cfg = self.cfg
-        known = self.store.fitness_by_candidate(budget_tokens=cfg.budget_tokens)
+        outcome = "failed"
         try:
-            return self._run(known)
+            known = self.store.fitness_by_candidate(budget_tokens=cfg.budget_tokens)
+            result = self._run(known)
+            outcome = result.status
+            return result
         except Exception as e:  # recorded so the DB says why; the session stays resumable
-            msg = f"{type(e).__name__}: {e}".splitlines()[0]
-            self.store.update_session(status="failed", error=msg)
+            msg = str(e) if isinstance(e, StoreError) else f"{type(e).__name__}: {e}"
+            msg = msg.splitlines()[0]
+            self._mark(status="failed", error=msg)
             self.bus.emit(SearchFinished("failed", None, None, None, error=msg))
+            raise
+        except BaseException:  # a second Ctrl-C: the evaluation in flight is lost, the rest is stored
+            outcome = "aborted"
+            self._mark(status="stopped", error="aborted by the user")
             raise
         finally:
             if self.owns_bench:
                 self.bench.close()
+            if self.lock is not None:
+                self.lock.release(outcome)
+
+    def _mark(self, **fields) -> None:
+        """Say in the DB how the run ended, unless the DB itself is what failed (a full disk)."""
+        try:
+            self.store.update_session(**fields)
+        except StoreError:
+            pass
 
     def _run(self, known: dict[int, float]) -> SearchFinished:
         cfg = self.cfg

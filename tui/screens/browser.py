@@ -19,7 +19,8 @@ OPTION_TAGS = {"KL fitness": "KL", "FLAP importance": "flap", "bias compensation
 
 COLUMNS = [("id", "session"), ("status", "status"), ("created", "created"), ("kind", "kind"), ("model", "model"),
            ("beta", "β"), ("proposer", "proposer"), ("best", "best ppl"), ("final", "final ppl"), ("gens", "gens")]
-STATUS_STYLE = {"finished": "green", "running": "cyan", "stopped": "yellow", "failed": "red", "unreadable": "bold red"}
+STATUS_STYLE = {"finished": "green", "running": "cyan", "stopped": "yellow", "died": "magenta", "failed": "red",
+                "unreadable": "bold red"}
 
 
 def _cells(r: dict) -> tuple:
@@ -121,7 +122,7 @@ class SessionBrowser(Screen):
 
         from ..errors import USER_ERRORS, one_line
         from .run import RunScreen
-        if r["status"] not in ("running", "stopped", "failed"):
+        if r["status"] not in ("running", "died", "stopped", "failed"):
             self.notify(f"session {r['id']} is {r['status']}: nothing to resume", severity="warning")
             return
         try:

@@ -38,7 +38,7 @@ class MetricScreen(Screen):
 
     def __init__(self, path: Path | str) -> None:
         super().__init__()
-        store = Store(path)
+        store = Store(path, readonly=True)
         try:
             self.session = store.session()
             self.rows = store.metric_candidates()

@@ -28,7 +28,7 @@ class ReplayScreen(SearchScreen):
         self.generation = self.state.last_generation
 
     def _load(self) -> SearchState:
-        store = Store(self.db_path)
+        store = Store(self.db_path, readonly=True)
         try:
             return SearchState.from_store(store)
         finally:

@@ -79,6 +79,9 @@ class RunScreen(SearchScreen):
             started = started or isinstance(ev, SessionStarted)
         bus.subscribe(seen)
         try:
+            if self.resume is not None:  # refuse a session another process runs before loading any model
+                from selfpruner.core.run_lock import refuse_if_live
+                refuse_if_live(self.resume)
             # Ray's workers hold their own models: the search starts them and stops them when it ends
             bench = None if self.cfg.distributed else self.app.workbench(self.cfg, bus)
             if self.control.stopped:  # stopped (or quit) while the model loaded: create no session
@@ -113,7 +116,7 @@ class RunScreen(SearchScreen):
     def _read_session(self, ev: SessionStarted) -> None:
         """The stored model name (events carry only the spec); a resumed run also gets its history."""
         from selfpruner.core.store import Store
-        st = Store(ev.path)
+        st = Store(ev.path, readonly=True)
         try:
             self.state.model = st.session()["model_name"] or self.state.model
             if ev.resumed:

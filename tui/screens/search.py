@@ -143,7 +143,7 @@ class SearchScreen(Screen):
         try:
             if self._store is None:
                 from selfpruner.core.store import Store
-                self._store = Store(self.state.path)
+                self._store = Store(self.state.path, readonly=True)
             return [c for c in self._store.candidates() if c["call_id"] == call_id]
         except Exception:  # a detail pane is not worth an error: show the call without them
             return []
