@@ -5,6 +5,7 @@ import json
 import random
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -31,19 +32,21 @@ def lists(*vecs, parents=None):
 
 
 class Scripted:
-    """A backend that answers from a script; an Exception in the script is raised instead."""
+    """A backend that answers from a script; an Exception in the script is raised instead. Each call takes
+    `delay` seconds, so the recorded latency has something to measure."""
     style = "chat"
     max_population = None
     max_lists = None
 
-    def __init__(self, *replies):
-        self.replies, self.calls = list(replies), []
+    def __init__(self, *replies, delay: float = 0.0):
+        self.replies, self.calls, self.delay = list(replies), [], delay
 
     def complete(self, prompt, *, n_numbers, n_lists, max_tokens, n_parents=0, parent_ids=None, seed=None,
                  fresh=True):
         self.calls.append(dict(prompt=prompt, n_numbers=n_numbers, n_lists=n_lists, max_tokens=max_tokens,
                                n_parents=n_parents, parent_ids=parent_ids, seed=seed, fresh=fresh))
         r = self.replies.pop(0) if self.replies else "nothing useful"
+        time.sleep(self.delay)
         if isinstance(r, Exception):
             raise r
         return r, 100, 50
@@ -64,7 +67,7 @@ GOOD = [[0.1, 0.2, 0.3, 0.4, 0.5, 0.3], [0.3, 0.3, 0.3, 0.3, 0.2, 0.4], [0.5, 0.
 
 
 def test_garbage_then_good_retries_and_records_every_call():
-    b = Scripted("I am sorry, I cannot", lists(GOOD[0], GOOD[1]) + "\n" + lists(GOOD[2]))
+    b = Scripted("I am sorry, I cannot", lists(GOOD[0], GOOD[1]) + "\n" + lists(GOOD[2]), delay=0.02)
     p = proposer(b)
     out = p.initial(PROB, 3)
     assert [x.rates for x in out] == GOOD and all(x.origin == "init" and x.parents == [] for x in out)
@@ -72,7 +75,7 @@ def test_garbage_then_good_retries_and_records_every_call():
     r1, r2 = p.records
     assert r1.parsed == 0 and r1.error and "no bracketed" in r1.error and r1.response == "I am sorry, I cannot"
     assert r2.parsed == 3 and r2.repaired == 0 and r2.error is None
-    assert r2.tokens_in == 100 and r2.tokens_out == 50 and r2.latency_s >= 0 and r2.phase == "init"
+    assert r2.tokens_in == 100 and r2.tokens_out == 50 and 0.02 <= r2.latency_s < 5 and r2.phase == "init"
     assert all(x.call_id == 1002 and not x.repaired and x.raw is None for x in out)
 
 
@@ -106,12 +109,12 @@ def test_fallback_is_deterministic():
 
 
 def test_backend_exception_is_a_failed_attempt():
-    b = Scripted(TimeoutError("read timed out"), lists(GOOD[0]))
+    b = Scripted(TimeoutError("read timed out"), lists(GOOD[0]), delay=0.02)
     p = proposer(b)
     out = p.initial(PROB, 1)
     assert out[0].rates == GOOD[0]
     assert p.records[0].error == "TimeoutError: read timed out" and p.records[0].response == ""
-    assert p.records[0].latency_s >= 0
+    assert 0.02 <= p.records[0].latency_s < 5  # a failed call's time is measured too
 
 
 def test_setup_error_from_backend_is_recorded_and_raised():

@@ -216,10 +216,10 @@ def assert_snapshot(request, app, name: str) -> None:
     """Compare the app's SVG screenshot with tests/snapshots/<name>.svg (unique ids normalised)."""
     svg = re.sub(r"\bterminal-\d+-", "terminal-", app.export_screenshot(title="selfpruner"))
     path = SNAPSHOTS / f"{name}.svg"
-    if request.config.getoption("--snapshot-update", default=False) or os.environ.get("SELFPRUNER_SNAPSHOT_UPDATE"):
+    if request.config.getoption("--snapshot-update", default=False):
         SNAPSHOTS.mkdir(exist_ok=True)
         path.write_text(svg, encoding="utf-8")
-        return
+        pytest.skip(f"{name}: snapshot written, not compared")  # an update run proves nothing about the screen
     assert path.exists(), f"missing snapshot {path}: run pytest tests/test_tui.py --snapshot-update"
     if path.read_text(encoding="utf-8") != svg:
         actual = path.with_suffix(".actual.svg")
