@@ -14,11 +14,12 @@ import tempfile
 import time
 
 from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
-from selfpruner.core.baseline_run import baseline_rates
+
+from selfpruner.core.baselines.run import baseline_rates
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
-from selfpruner.core.session import start_search
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.layer_search.session import start_search
+from selfpruner.core.layer_search.workbench import Workbench
 
 
 def final(bench, rates, tokens, compensate: bool) -> float:

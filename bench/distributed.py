@@ -19,11 +19,11 @@ import time
 import ray
 
 from selfpruner.core.config import SearchConfig
-from selfpruner.core.distributed import RayWorkbench
+from selfpruner.core.layer_search.distributed import RayWorkbench
+from selfpruner.core.layer_search.workbench import Workbench
 from selfpruner.core.proposers.repair import random_vector
 from selfpruner.core.store import Store
 from selfpruner.core.types import EvalJob, Problem, Proposal
-from selfpruner.core.workbench import Workbench
 
 
 def score(bench, jobs) -> tuple[dict, float]:

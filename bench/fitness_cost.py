@@ -17,10 +17,10 @@ import time
 import torch
 from torch import nn
 
-from selfpruner.core.calibration import collect_stats
-from selfpruner.core.evaluate import perplexity
-from selfpruner.core.models import describe_model
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.model.calibration import collect_stats
+from selfpruner.core.model.evaluate import perplexity
+from selfpruner.core.model.models import describe_model
 
 
 def physically_pruned(bench: Workbench, rates) -> nn.Module:

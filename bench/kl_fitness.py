@@ -15,16 +15,16 @@ import statistics
 import tempfile
 import time
 
+from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
 from scipy.stats import spearmanr
 
-from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
-from selfpruner.core.kl import dense_full, full_kl
+from selfpruner.core.layer_search.session import start_search
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.model.kl import dense_full, full_kl
 from selfpruner.core.proposers.repair import random_vector, repair
-from selfpruner.core.session import start_search
 from selfpruner.core.types import Problem
-from selfpruner.core.workbench import Workbench
 
 
 def candidates(n_layers: int, beta: float, count: int, seed: int) -> list[list[float]]:

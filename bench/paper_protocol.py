@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-
 from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
 from search_quality import run_search
-from selfpruner.core.baseline_run import baseline_rates
-from selfpruner.core.lm_eval_bridge import evaluate_tasks
-from selfpruner.core.workbench import Workbench
+
+from selfpruner.core.baselines.run import baseline_rates
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.results.lm_eval_bridge import evaluate_tasks
 
 TASK = Path(__file__).resolve().parent.parent / "tests" / "data" / "tiny_facts.yaml"
 SEEDED = {"numeric GA": dict(proposer="numeric"), "Self-Pruner (LLM)": dict()}

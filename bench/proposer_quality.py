@@ -25,11 +25,11 @@ import time
 
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
+from selfpruner.core.layer_search.session import build_proposer, start_search
+from selfpruner.core.layer_search.workbench import Workbench
 from selfpruner.core.proposers.numeric import NumericProposer, phase_rng
-from selfpruner.core.session import build_proposer, start_search
-from selfpruner.core.session_summary import proposal_shares
+from selfpruner.core.results.session_summary import proposal_shares
 from selfpruner.core.types import Proposal
-from selfpruner.core.workbench import Workbench
 
 PROPOSERS = {
     "llama-cpp gemma": dict(proposer="llama-cpp"),

@@ -18,9 +18,9 @@ import time
 
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
-from selfpruner.core.racing import race_tokens
-from selfpruner.core.session import start_search
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.layer_search.racing import race_tokens
+from selfpruner.core.layer_search.session import start_search
+from selfpruner.core.layer_search.workbench import Workbench
 
 
 def search(bench, sessions, base: dict, **over) -> tuple[float, int, float, float]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from selfpruner.core.report import build_report
+from selfpruner.core.results.report import build_report
 from selfpruner.core.store import resolve_session
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

@@ -5,7 +5,7 @@ into --dtype on its device, one tensor at a time from a fixed seed (a 7B bf16 mo
 token windows are random ids from the same seed. Reports build and calibration time, one fitness (prefix
 views on the resident model) against a bare forward of the physically pruned model over the same tokens,
 the peak memory over the weight bytes (CPU: peak RSS; GPU: torch.cuda.max_memory_allocated), and the
-export's prefill tokens/s against dense (core/speed.py).
+export's prefill tokens/s against dense (core/results/speed.py).
 
 The physical comparison needs the pruned copy beside the resident model. When that does not fit in the memory
 available (a 7B on a 24 GB CPU box), it is run instead on the same shape cut to --physical-layers layers
@@ -29,12 +29,13 @@ os.environ.setdefault("SELFPRUNER_CACHE", tempfile.mkdtemp(prefix="selfpruner-sc
 
 from fitness_cost import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 from search_memory import rss_bytes  # noqa: E402
-from selfpruner.core.data import TokenData  # noqa: E402
-from selfpruner.core.evaluate import HEAD_CHUNK, perplexity  # noqa: E402
-from selfpruner.core.export import build_pruned  # noqa: E402
-from selfpruner.core.models import LoadedModel, resolve_device, resolve_dtype  # noqa: E402
-from selfpruner.core.speed import compare, param_count, weight_bytes  # noqa: E402
-from selfpruner.core.workbench import Workbench  # noqa: E402
+
+from selfpruner.core.layer_search.workbench import Workbench  # noqa: E402
+from selfpruner.core.model.data import TokenData  # noqa: E402
+from selfpruner.core.model.evaluate import HEAD_CHUNK, perplexity  # noqa: E402
+from selfpruner.core.model.models import LoadedModel, resolve_device, resolve_dtype  # noqa: E402
+from selfpruner.core.results.export import build_pruned  # noqa: E402
+from selfpruner.core.results.speed import compare, param_count, weight_bytes  # noqa: E402
 
 SHAPES = {
     "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,

@@ -17,10 +17,10 @@ import time
 import torch
 
 from selfpruner.core.config import SearchConfig
-from selfpruner.core.evaluate import HEAD_CHUNK
 from selfpruner.core.events import CandidateEvaluated, Control, EventBus
-from selfpruner.core.session import start_search
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.layer_search.session import start_search
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.model.evaluate import HEAD_CHUNK
 
 
 def rss_bytes() -> int:

@@ -20,15 +20,16 @@ import time
 
 import torch
 
-from selfpruner.core.baseline_run import baseline_rates
+from selfpruner.core.baselines.run import baseline_rates
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
+from selfpruner.core.layer_search.racing import race_tokens
+from selfpruner.core.layer_search.session import start_search
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.plans import candidate_key, candidate_key_text
 from selfpruner.core.proposers.replay import ReplayProposer
-from selfpruner.core.racing import race_tokens
-from selfpruner.core.session import start_search
-from selfpruner.core.session_summary import proposal_shares
-from selfpruner.core.store import Store, rates_key
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.results.session_summary import proposal_shares
+from selfpruner.core.store import Store
 
 SEARCHES = {
     "numeric GA": dict(proposer="numeric"),
@@ -108,9 +109,10 @@ def main(argv=None):
                     llm_session = path
             comp = bool(variant.get("compensate"))
             bench.set_compensate(comp)
-            key = (rates_key(rates), comp)  # searches that end on the same best share its final evaluation
+            # searches that end on the same best share its final evaluation
+            key = (candidate_key_text(candidate_key(rates)), comp)
             if key not in finals:
-                finals[key] = bench.fitness(rates, final_tokens or 10**12, which="test")[0]
+                finals[key] = bench.final_ppl(rates, final_tokens)[0]
             final = finals[key]
             rows[name] = (search_ppl, final, n, share, time.perf_counter() - t0)
         uni = rows.get("uniform", (None, None))[1]

@@ -18,10 +18,10 @@ import time
 import torch
 from scipy.stats import spearmanr
 
-from selfpruner.core.evaluate import ppl_from_nlls, window_nlls
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.model.evaluate import ppl_from_nlls, window_nlls
 from selfpruner.core.proposers.registry import make_proposer
 from selfpruner.core.types import Problem, Scored
-from selfpruner.core.workbench import Workbench
 
 
 def main(argv=None):

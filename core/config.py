@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """Bad user input; the message is one line."""
 
 
@@ -60,7 +62,7 @@ class SearchConfig:
     temperature: float = 0.8
     llm_threads: int | None = None  # llama-cpp threads; None = as many as torch uses
     # search fitness: ppl, or kl = mean per-token KL(dense ‖ pruned) over the same windows, from the dense
-    # model's top-kl_k log-probs (core/kl.py); the final evaluation is ppl on test text either way
+    # model's top-kl_k log-probs (core/model/kl.py); the final evaluation is ppl on test text either way
     fitness: str = "ppl"
     kl_k: int = 64
     # what orders a layer's heads and channels for removal: wanda-sp (|W|·||X||) or flap (Var(X)·||W||²)
@@ -86,9 +88,9 @@ class SearchConfig:
     dtype: str = "auto"
     device_map: str | None = None
     batch_size: int | None = None
-    # Racing (core/racing.py), e.g. "512:all,2048:4,8192:1"; its last budget is budget_tokens.
+    # Racing (core/layer_search/racing.py), e.g. "512:all,2048:4,8192:1"; its last budget is budget_tokens.
     race: str | None = None
-    # Ray (core/distributed.py): evaluations run on `workers` actors, each holding one resident workbench;
+    # Ray (core/layer_search/distributed.py): evaluations run on `workers` actors, each holding one resident workbench;
     # 0 = in this process. ray_address joins a running cluster ('auto' or host:port) instead of starting one.
     # gpus_per_worker: None = 1 where the cluster has GPUs, else 0; above 1 the worker spreads the model
     # over its GPUs with a device map.
@@ -114,7 +116,7 @@ class SearchConfig:
 
     @property
     def race_stages(self) -> list:
-        from .racing import parse_race
+        from .layer_search.racing import parse_race
         return parse_race(self.race, self.seq_len) if self.race else []
 
     @property

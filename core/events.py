@@ -65,7 +65,7 @@ class CandidateEvaluated:
 
 @dataclass
 class WorkerState:
-    """A Ray worker (core/distributed.py): idle, evaluating (candidate_id), or dead."""
+    """A Ray worker (core/layer_search/distributed.py): idle, evaluating (candidate_id), or dead."""
     worker: int
     state: str
     candidate_id: int | None = None

@@ -50,10 +50,15 @@ def plans(grain: LayerGrain, rates) -> list[LayerPlan]:
     return [layer_plan(grain, p) for p in rates]
 
 
-def plan_key(grain: LayerGrain, rates) -> tuple[tuple[int, int], ...]:
-    """The identity of the pruned model a rate vector gives (what deduplication and the cache compare)."""
-    return tuple((pl.attn_units, pl.channels) for pl in plans(grain, rates))
+def candidate_key(rates, grain: LayerGrain | None = None, decimals: int = 5) -> tuple:
+    """The one identity of a layer-rate candidate, what deduplication, `taken` sets and the fitness cache compare:
+    its layer plans (kept units, kept channels) where the layers' grain is known, since rates that differ by
+    less than a channel give the same pruned model; else the rates at the precision proposers write."""
+    if grain is not None:
+        return tuple((pl.attn_units, pl.channels) for pl in plans(grain, rates))
+    return tuple(round(float(v), decimals) for v in rates)
 
 
-def plan_key_text(key: tuple[tuple[int, int], ...]) -> str:
-    return ",".join(f"{u}:{c}" for u, c in key)
+def candidate_key_text(key: tuple) -> str:
+    """The stored form of candidate_key (the candidates table's `key` column): '3:1024,2:768,...' for plans."""
+    return ",".join(f"{k[0]}:{k[1]}" if isinstance(k, tuple) else f"{k:.5f}" for k in key)

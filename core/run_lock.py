@@ -71,11 +71,8 @@ def busy_error(store: Store) -> SessionBusy:
 def refuse_if_live(path: Path | str) -> None:
     """For a caller with slow work before it takes the lock (a UI loading its model): refuse early."""
     if is_live(path):
-        store = Store(path, readonly=True, check=False)
-        try:
+        with Store(path, readonly=True, check=False) as store:
             raise busy_error(store)
-        finally:
-            store.close()
 
 
 class RunLock:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from .errors import UserError
+from .plans import candidate_key, candidate_key_text
 from .types import CallRecord, Proposal
 
 # 1: the first format; 2: the `runs` table (who ran the session, core/run_lock.py) and PRAGMA user_version.
@@ -35,7 +37,7 @@ def selfpruner_version() -> str:
         return "unknown"
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A session DB that cannot be used; the message is one line for the user."""
 
 
@@ -64,11 +66,6 @@ def _writes(method):
         except sqlite3.Error as e:
             raise StoreError(f"cannot write session DB {self.path}: {_why(e)}") from None
     return wrapper
-
-
-def rates_key(rates, decimals: int = 5) -> str:
-    """Fitness-cache key: the rate vector at the precision proposers write."""
-    return ",".join(f"{r:.{decimals}f}" for r in rates)
 
 
 def new_session_id(kind: str = "layer") -> str:
@@ -152,6 +149,28 @@ class Store:
         if problems != ["ok"]:
             raise StoreError(f"cannot use session DB {self.path}: it is damaged ({problems[0]}); it was left as it is")
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def new_session(cls, directory: Path | str, kind: str, config: dict, **fields) -> Store:
+        """A new session: the file `<directory>/<new id>.db` with its session row (status running)."""
+        sid = new_session_id(kind)
+        store = cls(Path(directory) / f"{sid}.db", create=True)
+        try:
+            store.create_session(sid, kind, config, **fields)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @property
+    def session_id(self) -> str:
+        return self.session()["id"]
+
     # ---- schema -------------------------------------------------------------------------------
     def _create_schema(self) -> None:
         db = self.db
@@ -225,9 +244,9 @@ class Store:
     def add_candidates(self, generation: int, phase: str, proposals: list[Proposal],
                        keys: list[str] | None = None) -> list[int]:
         """All of a phase's proposals in one transaction, so a phase is stored whole or not at all. `keys`:
-        each candidate's identity for the fitness cache (its layer plans); default its 5-decimal rates."""
+        each candidate's identity for the fitness cache (plans.candidate_key_text); default its 5-decimal rates."""
         ids = []
-        keys = keys or [rates_key(p.rates) for p in proposals]
+        keys = keys or [candidate_key_text(candidate_key(p.rates)) for p in proposals]
         with self.db.conn:
             self.db.conn.execute("BEGIN")
             for p, k in zip(proposals, keys):
@@ -419,12 +438,11 @@ def list_sessions(directory: Path | str = DEFAULT_DIR) -> list[dict]:
     rows = []
     for path in session_paths(directory):
         try:
-            st = Store(path, readonly=True)
-            s = st.session()
-            s["status"] = shown_status(path, s["status"])
-            n_gen = st.db["generations"].count
-            n_cand = st.db["candidates"].count + st.db["metric_candidates"].count
-            st.close()
+            with Store(path, readonly=True) as st:
+                s = st.session()
+                s["status"] = shown_status(path, s["status"])
+                n_gen = st.db["generations"].count
+                n_cand = st.db["candidates"].count + st.db["metric_candidates"].count
             rows.append({"id": s["id"], "path": str(path), "kind": s["kind"], "status": s["status"],
                          "model": s["model_name"], "beta": s["beta"], "proposer": s["proposer"],
                          "best_fitness": _from_db(s["best_fitness"]), "final_ppl": s["final_ppl"],

@@ -1,433 +1,22 @@
-"""`selfpruner` command line: the headless face of the core, rendering its events with rich."""
+"""`selfpruner` command line: the parser and the entry point. Each command group lives in selfpruner/commands/
+(search, sessions, results, metric), rendering the core's events with rich (commands/common.py)."""
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import sqlite3
 import sys
-import time
 
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-console = Console(stderr=True, soft_wrap=True)  # one error = one line, however long
-out = Console(width=None if sys.stdout.isatty() else 200)  # pipes get whole rows, not 80-col wraps
+from selfpruner.core.proposers.registry import LAYER_PROPOSERS, METRIC_PROPOSERS
 
+from .commands.common import USER_ERRORS, console
+from .commands.metric import cmd_metric_search, cmd_prune
+from .commands.results import cmd_eval, cmd_export, cmd_lora, cmd_speed
+from .commands.search import cmd_baseline, cmd_replay, cmd_search
+from .commands.sessions import cmd_report, cmd_sessions, cmd_show
 
-class UserError(Exception):
-    """Anything whose message alone tells the user what to fix."""
 
-
-def _user_errors():
-    from selfpruner.core.config import ConfigError
-    from selfpruner.core.models import ModelLoadError
-    from selfpruner.core.proposers.base import ProposerError
-    from selfpruner.core.store import StoreError
-    # sqlite3.Error: a session DB that passed the checks on opening and failed later (damaged in a page not read then)
-    return (UserError, ConfigError, ModelLoadError, ProposerError, StoreError, FileNotFoundError, sqlite3.Error)
-
-
-# ---- rendering of core events ---------------------------------------------------------------------
-class ProgressRenderer:
-    """Subscribes to the core's events and draws progress bars plus one line per notable event."""
-
-    def __init__(self, verbose: bool = False):
-        self.verbose = verbose
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                                 transient=True)
-        self.gen_task = self.progress.add_task("setup", total=None, info="")
-        self.eval_task = self.progress.add_task("fitness", total=None, info="", visible=False)
-        self.best = math.inf
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-    def __call__(self, ev) -> None:
-        from selfpruner.core import events as E
-        p = self.progress
-        if isinstance(ev, E.Stage):
-            p.update(self.gen_task, description=ev.name, total=ev.total or None, completed=ev.done,
-                     info=ev.message[:60] if ev.message else p.tasks[0].fields.get("info", ""))
-        elif isinstance(ev, E.SessionStarted):
-            console.print(f"session [bold]{ev.session_id}[/] → {ev.path}" + (" (resumed)" if ev.resumed else ""))
-        elif isinstance(ev, E.GenerationStarted):
-            p.update(self.gen_task, description=f"generation {ev.generation}", total=ev.n_candidates,
-                     completed=0, info="")
-        elif isinstance(ev, E.EvalProgress):
-            p.update(self.eval_task, visible=True, total=ev.total, completed=ev.done,
-                     description=f"candidate {ev.candidate_id}")
-        elif isinstance(ev, E.CandidateEvaluated):
-            if ev.final:  # an early --race stage scores on fewer tokens: not comparable
-                self.best = min(self.best, ev.fitness)
-            p.advance(self.gen_task)
-            p.update(self.gen_task, info=f"best {self.best:.4g}")
-            if self.verbose:
-                console.print(f"  #{ev.id} {ev.origin:<9} {ev.fitness:10.3f} on {ev.budget_tokens} tokens "
-                              f"({ev.eval_s:.1f}s" + (", cached)" if ev.cached else ")"))
-        elif isinstance(ev, E.WorkerState):
-            if ev.state == "dead" or (self.verbose and ev.state != "evaluating"):
-                console.print(f"  worker {ev.worker} {ev.state}" + (f" on {ev.where}" if ev.where else ""))
-        elif isinstance(ev, E.LLMCall):
-            r = ev.record
-            status = f"[red]{r.error}[/]" if r.error else f"kept {r.parsed}, repaired {r.repaired}"
-            console.print(f"  LLM {r.proposer} {r.phase} try {r.attempt}: {status} ({r.latency_s:.1f}s)")
-        elif isinstance(ev, E.GenerationFinished):
-            console.print(f"generation {ev.generation}: best ppl {ev.best:.3f}, mean {ev.mean:.3f}")
-        elif isinstance(ev, E.MetricEvaluated):
-            self.best = min(self.best, ev.fitness)
-            p.advance(self.gen_task)
-            p.update(self.gen_task, info=f"best ppl {self.best:.2f}")
-            if self.verbose:
-                console.print(f"  {ev.origin:<9} ppl {ev.fitness:10.3f} {ev.canonical}")
-
-
-def _run_with_signals(run, control):
-    """Ctrl-C or SIGTERM asks the search to stop cleanly at the next evaluation or LLM-call boundary (everything
-    stays stored, the session is marked stopped and resumes exactly); a second one aborts."""
-    import signal
-
-    def handler(signum, frame):
-        if control.stopped:
-            raise KeyboardInterrupt
-        console.print("[yellow]stopping after the evaluation in flight... (Ctrl-C again to abort)[/]")
-        control.stop()
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return run()
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
-# ---- commands -----------------------------------------------------------------------------------
-def cmd_search(args) -> int:
-    from selfpruner.core.config import SearchConfig
-    from selfpruner.core.events import Control, EventBus
-    from selfpruner.core.session import resume_config, start_search
-
-    if args.no_mutation and args.no_crossover:
-        raise UserError("--no-mutation and --no-crossover together leave no operator")
-    settings = _search_settings(args)
-    if args.resume:
-        # only what the user typed counts as a change; every other setting comes from the session
-        defaults = _search_settings(build_parser().parse_args(["search"]))
-        typed = {k: v for k, v in settings.items() if v != defaults[k]}
-        cfg, resume = resume_config(args.resume, args.sessions_dir, typed)
-    else:
-        resume = None
-        cfg = SearchConfig(**settings, sessions_dir=args.sessions_dir)
-    bus, control = EventBus(), Control()
-    with ProgressRenderer(args.verbose) as renderer:
-        bus.subscribe(renderer)
-        search = start_search(cfg, bus=bus, control=control, resume=resume)
-        result = _run_with_signals(search.run, control)
-    _print_result(search.store, result)
-    return 0 if result.status == "finished" else 3
-
-
-def _search_settings(args) -> dict:
-    return dict(model=args.model, beta=args.ratio, proposer=args.proposer, proposer_model=args.proposer_model,
-                replay_from=args.replay_from, population=args.population, mutations=args.mutations,
-                crossovers=args.crossovers, generations=args.generations, lo=args.lo, hi=args.hi,
-                budget_tokens=args.budget_tokens, seq_len=args.seq_len, calib_tokens=args.calib_tokens,
-                final_tokens=args.final_tokens, final_eval=not args.no_final, init=args.init,
-                ablation="no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none",
-                selection=args.selection, max_retries=args.max_retries, temperature=args.temperature,
-                llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, base_url=args.base_url,
-                llm_concurrency=args.llm_concurrency, decimals=args.decimals, compensate=args.compensate,
-                prompt_sensitivity=args.prompt_sensitivity, prompt_fitness=args.prompt_fitness,
-                fitness=args.fitness, kl_k=args.kl_k, importance=args.importance,
-                vllm_gpu_share=args.vllm_gpu_share, race=args.race, workers=args.workers,
-                ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker, **_placement(args))
-
-
-def _placement(args) -> dict:
-    """--device/--dtype/--device-map/--batch-size as SearchConfig / MetricRun fields."""
-    return dict(device=args.device, dtype=args.dtype, device_map=args.device_map, batch_size=args.batch_size)
-
-
-def _typed_placement(args) -> dict:
-    """The placement options the user gave (what a replay or export may take over the session's)."""
-    return {k: v for k, v in _placement(args).items() if v not in ("auto", None)}
-
-
-def _print_shares(store) -> None:
-    from selfpruner.core.session_summary import proposal_shares, shares_line
-    sh = proposal_shares(store)
-    if sh:
-        out.print(("[yellow]" if sh["weak"] else "") + shares_line(sh) + ("[/]" if sh["weak"] else ""),
-                  highlight=False)
-
-
-def _print_result(store, result) -> None:
-    s = store.session()
-    out.print(f"[bold]{result.status}[/]: session {s['id']} ({store.path})")
-    _print_shares(store)
-    if result.best_rates is not None:
-        out.print(f"best candidate #{result.best_id}: search ppl {result.best_fitness:.3f}"
-                  + (f", final ppl {result.final_ppl:.3f}" if result.final_ppl is not None else ""))
-        out.print("rates: " + json.dumps([round(r, 5) for r in result.best_rates]))
-    if result.status == "stopped":
-        out.print(f"resume with: selfpruner search --resume {s['id']}")
-
-
-def cmd_baseline(args) -> int:
-    from selfpruner.core.baseline_run import run_baseline
-    from selfpruner.core.config import SearchConfig
-    from selfpruner.core.events import EventBus
-
-    cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", budget_tokens=args.budget_tokens,
-                       seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
-                       lo=args.lo, hi=args.hi, data=args.data, bos=args.bos, compensate=args.compensate,
-                       importance=args.importance,
-                       **_placement(args), sessions_dir=args.sessions_dir).validate()
-    bus = EventBus()
-    with ProgressRenderer() as renderer:
-        bus.subscribe(renderer)
-        res = run_baseline(cfg, args.method, bus=bus, lam=args.owl_lambda, m=args.owl_m)
-    out.print(f"{args.method} at ratio {cfg.beta}: search ppl {res['search_ppl']:.3f}, "
-              f"final ppl {res['final_ppl']:.3f} ({res['final_tokens']} tokens), session {res['session_id']}")
-    out.print("rates: " + json.dumps([round(r, 5) for r in res["rates"]]))
-    return 0
-
-
-def cmd_sessions(args) -> int:
-    from selfpruner.core.store import list_sessions
-    rows = list_sessions(args.sessions_dir)
-    if not rows:
-        out.print(f"no sessions in {args.sessions_dir}/")
-        return 0
-    t = Table("id", "kind", "status", "model", "β", "proposer", "best", "final", "gens", "created")
-    for r in rows:
-        if r["error"]:
-            t.add_row(r["id"], "?", "[red]unreadable[/]", r["error"][:50], "", "", "", "", "", "")
-            continue
-        t.add_row(r["id"], r["kind"], r["status"], (r["model"] or "")[:28], _f(r["beta"], 2), r["proposer"] or "",
-                  _f(r["best_fitness"]), _f(r["final_ppl"]), str(r["generations"]),
-                  time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])))
-    out.print(t)
-    return 0
-
-
-def _f(x, nd=3) -> str:
-    return "" if x is None else f"{x:.{nd}f}"
-
-
-def _status_line(st, status: str) -> str:
-    from selfpruner.core.run_lock import holder_text, shown_status
-    shown = shown_status(st.path, status)
-    if shown == "running":
-        return f"running (by {holder_text(st)})"
-    if shown == "died":
-        return f"died (its process is gone; continue it with: selfpruner search --resume {st.path.stem})"
-    return shown
-
-
-def cmd_show(args) -> int:
-    from selfpruner.core.store import Store, resolve_session
-    st = Store(resolve_session(args.session, args.sessions_dir), readonly=True)
-    s = st.session()
-    out.print(f"[bold]{s['id']}[/] {s['kind']} search, status {_status_line(st, s['status'])}")
-    out.print(f"model {s['model_name']} (fingerprint {s['model_fingerprint']}), data {s['data_source']}")
-    if s.get("calib_key"):
-        bos = s.get("bos_token")
-        out.print(f"calibration {s['calib_key']}, " + (f"BOS token {bos} at every window" if bos is not None
-                                                        else "no BOS token"))
-    cfg = s["config"]
-    if s["kind"] in ("layer", "baseline"):
-        out.print(f"fitness {cfg.get('fitness', 'ppl')}, importance {cfg.get('importance', 'wanda-sp')}, "
-                  f"bias compensation {'on' if cfg.get('compensate') else 'off'}"
-                  + (f", race {cfg['race']}" if cfg.get("race") else ""))
-    out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
-    gens = st.generations()
-    if gens:
-        t = Table("generation", "best ppl", "mean ppl", "population")
-        for g in gens:
-            t.add_row(str(g["generation"]), _f(g["best"]), _f(g["mean"]), str(len(g["population"])))
-        out.print(t)
-    calls = st.calls()
-    if calls:
-        errs = sum(1 for c in calls if c["error"])
-        lat = sum(c["latency_s"] or 0 for c in calls)
-        out.print(f"LLM calls: {len(calls)} ({errs} with errors), {lat:.1f}s in total")
-    _print_shares(st)
-    for r in st.results():
-        out.print(f"result {r['kind']}/{r['name']}: " + json.dumps(r["payload"])[:400])
-    if s["best_candidate"] is not None:
-        best = next(c for c in st.candidates() if c["id"] == s["best_candidate"])
-        out.print(f"best candidate #{best['id']} ({best['origin']}, gen {best['generation']}): search ppl "
-                  f"{_f(s['best_fitness'])}, final ppl {_f(s['final_ppl'])}")
-        out.print("rates: " + json.dumps(best["rates"]))
-    if args.json:
-        out.print_json(json.dumps({"session": s, "generations": gens}, default=str))
-    st.close()
-    return 0
-
-
-def cmd_report(args) -> int:
-    from selfpruner.core.report import build_report
-    from selfpruner.core.store import resolve_session
-
-    page = build_report([resolve_session(ref, args.sessions_dir) for ref in args.session], args.out)
-    out.print(f"report of {len(args.session)} session(s): {page}")
-    return 0
-
-
-def cmd_replay(args) -> int:
-    from selfpruner.core.events import Control, EventBus
-    from selfpruner.core.search.self_pruner import compare_trajectories
-    from selfpruner.core.session import replay_session
-    from selfpruner.core.store import Store
-
-    bus, control = EventBus(), Control()
-    with ProgressRenderer(args.verbose) as renderer:
-        bus.subscribe(renderer)
-        search, path = replay_session(args.session, args.sessions_dir, bus=bus, control=control,
-                                      final_eval=not args.no_final, overrides=_typed_placement(args))
-        result = _run_with_signals(search.run, control)
-    diffs = compare_trajectories(Store(path, readonly=True), search.store)
-    _print_result(search.store, result)
-    if diffs:
-        out.print(f"[red]replay diverged[/] from {path.stem}: " + "; ".join(diffs[:10]))
-        return 4
-    out.print(f"[green]replay reproduced[/] the stored trajectory of {path.stem} "
-              f"({len(search.store.candidates())} candidates re-read from the stored replies, bit-identical fitness)")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from selfpruner.core.session_export import export_session_candidate
-
-    with ProgressRenderer():
-        where = _typed_placement(args)
-        info = export_session_candidate(args.session, args.out, sessions_dir=args.sessions_dir,
-                                        candidate=args.candidate, dtype=args.dtype, overwrite=args.overwrite,
-                                        device=args.device if {"device", "device_map"} & set(where) else None,
-                                        device_map=args.device_map)
-    out.print(f"exported candidate #{info['candidate']} of {info['session']} to {info['out_dir']}: "
-              f"{info['params']:,} parameters (dense {info['dense_params']:,}), prunable sparsity "
-              f"{info['achieved_sparsity']:.4f}")
-    out.print("load it with: import selfpruner.core.export; AutoModelForCausalLM.from_pretrained(DIR) "
-              "(or trust_remote_code=True without selfpruner)")
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from selfpruner.core.lm_eval_bridge import PAPER_TASKS, TaskUnavailable, evaluate_dir
-    from selfpruner.core.session_summary import record_for_model_dir
-
-    tasks = args.tasks.split(",") if args.tasks else list(PAPER_TASKS)
-    try:
-        res = evaluate_dir(args.model_dir, tasks, limit=args.limit, batch_size=args.batch_size or _auto_batch(args),
-                           num_fewshot=args.num_fewshot, include_path=args.include_path, device=args.device,
-                           dtype=args.dtype, device_map=args.device_map)
-    except TaskUnavailable as e:
-        raise UserError(str(e)) from None
-    t = Table("task", "metric", "value")
-    for task, metrics in res.items():
-        for m, v in metrics.items():
-            t.add_row(task, m, f"{v:.4f}" if isinstance(v, float) else str(v))
-    out.print(t)
-    payload = {"model_dir": str(args.model_dir), "tasks": tasks, "limit": args.limit,
-               "num_fewshot": args.num_fewshot, "results": res}
-    sid = record_for_model_dir(args.model_dir, args.sessions_dir, "lm_eval", ",".join(tasks), payload)
-    if sid:
-        out.print(f"stored in session {sid}")
-    return 0
-
-
-def cmd_speed(args) -> int:
-    import torch
-    from selfpruner.core.export import load_pruned
-    from selfpruner.core.models import load_model
-    from selfpruner.core.session_summary import record_for_model_dir
-    from selfpruner.core.speed import benchmark_vllm, compare, to_markdown, vllm_status
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dense = load_model(args.dense, device=args.device, dtype=args.dtype, device_map=args.device_map).model
-    pruned, _ = load_pruned(args.model_dir, dtype=args.dtype, device=args.device, device_map=args.device_map)
-    report = compare({"dense": dense, "pruned": pruned}, baseline="dense", repeats=args.repeats,
-                     clock=args.clock, prefill_len=args.prefill_len, decode_tokens=args.decode_tokens,
-                     batch=args.batch_size or 1)
-    out.print(to_markdown(report))
-    if args.vllm:
-        ok, why = vllm_status()
-        if not ok:
-            raise UserError(why)
-        report["vllm"] = benchmark_vllm(args.model_dir)
-        out.print_json(json.dumps(report["vllm"], default=str))
-    sid = record_for_model_dir(args.model_dir, args.sessions_dir, "speed", str(args.model_dir),
-                             json.loads(json.dumps(report, default=str)))
-    if sid:
-        out.print(f"stored in session {sid}")
-    return 0
-
-
-def cmd_lora(args) -> int:
-    from selfpruner.core.lora import recover_dir
-    from selfpruner.core.session_summary import record_for_model_dir
-
-    res = recover_dir(args.model_dir, args.out, steps=args.steps, seq_len=args.seq_len, lr=args.lr,
-                      device=args.device, dtype=args.dtype, device_map=args.device_map, batch_size=args.batch_size or 1)
-    out.print(f"LoRA r=8, {res.steps} steps: ppl {res.ppl_before:.3f} → {res.ppl_after:.3f}; saved to {args.out}")
-    record_for_model_dir(args.model_dir, args.sessions_dir, "lora", str(args.out), res.to_dict())
-    return 0
-
-
-def cmd_metric_search(args) -> int:
-    from selfpruner.core.events import Control, EventBus
-    from selfpruner.core.metric_session import MetricRun, run_metric_session
-    from selfpruner.core.search.pruner_zero import MetricSearchConfig
-
-    cfg = MetricSearchConfig(model=args.model, population=args.population, iterations=args.iterations,
-                             top_k=args.top_k, p_mutation=args.p_mutation, init_min_depth=args.min_depth,
-                             init_max_depth=args.max_depth, max_depth=args.max_depth, sparsity=args.sparsity,
-                             budget_tokens=args.budget_tokens, seq_len=args.seq_len, grad_tokens=args.grad_tokens,
-                             operands=("W", "X") if args.no_gradients else ("W", "G", "X"),
-                             llm_every=args.llm_every, seed=args.seed)
-    run = MetricRun(calib_tokens=args.calib_tokens, final_tokens=args.final_tokens, data=args.data,
-                    sessions_dir=args.sessions_dir, proposer=args.proposer, **_placement(args))
-    bus, control = EventBus(), Control()
-    with ProgressRenderer(args.verbose) as renderer:
-        bus.subscribe(renderer)
-        res = _run_with_signals(lambda: run_metric_session(cfg, run, bus=bus, control=control,
-                                                           resume=args.resume), control)
-    out.print(f"[bold]{res['status']}[/]: session {res['session_id']}, {res['evaluated']} metrics evaluated")
-    out.print(f"best metric: {res['best']}  (search ppl {_f(res['best_fitness'])})")
-    for name, r in res.get("final", {}).items():
-        out.print(f"  final {name:<9} ppl {r['ppl']:10.3f}  {r['metric']}")
-    return 0 if res["status"] == "finished" else 3
-
-
-def cmd_prune(args) -> int:
-    from selfpruner.core.metric_session import prune_with_metric
-    from selfpruner.core.metrics.symbolic import ParseError
-
-    if not 0 < args.sparsity < 1:
-        raise UserError(f"--sparsity must be in (0, 1), got {args.sparsity}")
-    try:
-        r = prune_with_metric(args.model, args.metric, args.sparsity, tokens=args.tokens,
-                              calib_tokens=args.calib_tokens, seq_len=args.seq_len, data=args.data,
-                              out_dir=args.out, **_placement(args))
-    except ParseError as e:
-        raise UserError(f"bad metric {args.metric!r}: {e}") from None
-    out.print(f"{r['metric']} at sparsity {r['sparsity']:.4f}: ppl {r['dense_ppl']:.3f} → {r['pruned_ppl']:.3f} "
-              f"({r['tokens']} test tokens)" + (f"; saved to {r['out_dir']}" if r["out_dir"] else ""))
-    return 0
-
-
-# ---- parser -------------------------------------------------------------------------------------
 def _common(p):
     p.add_argument("--model", default=None, help="HF dir, hub id or .gguf (default: bundled gemma-3-270m)")
     p.add_argument("--ratio", "--beta", dest="ratio", type=float, default=0.3, help="mean pruning rate β in (0,1)")
@@ -445,11 +34,6 @@ def _common(p):
     p.add_argument("--data", choices=["auto", "hub", "local"], default="auto")
     _bos(p)
 
-
-def _auto_batch(args):
-    """lm-eval's batch size for --batch-size auto: its own search on a GPU, one sequence on the CPU."""
-    import torch
-    return "auto" if args.device != "cpu" and (args.device_map or torch.cuda.is_available()) else 1
 
 
 def _batch(text: str) -> int | None:
@@ -489,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", parents=[sessions, device], help="Self-Pruner layer-rate search")
     _common(p)
-    p.add_argument("--proposer", default="llama-cpp", choices=["openai", "llama-cpp", "vllm", "numeric", "replay"])
+    p.add_argument("--proposer", default="llama-cpp", choices=list(LAYER_PROPOSERS))
     p.add_argument("--proposer-model", default=None, help="GGUF / OpenAI model / vLLM model for the proposer")
     p.add_argument("--replay-from", default=None, help="session to replay (with --proposer replay)")
     p.add_argument("-K", "--population", type=int, default=30)
@@ -583,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-tokens", type=int, default=4096)
     p.add_argument("--no-gradients", action="store_true", help="search over W and X only")
     p.add_argument("--final-tokens", type=int, default=4096)
-    p.add_argument("--proposer", choices=["llama-cpp"], default=None, help="let an LLM write metrics too")
+    p.add_argument("--proposer", choices=list(METRIC_PROPOSERS), default=None, help="let an LLM write metrics too")
     p.add_argument("--llm-every", type=int, default=0, help="ask the LLM every N iterations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", choices=["auto", "hub", "local"], default="auto")
@@ -669,7 +253,7 @@ def main(argv=None) -> int:
     _show_core_warnings()
     try:
         return args.fn(args)
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         console.print(f"[red]error:[/] {escape(msg)}", highlight=False)  # a message may hold [brackets]
         return 2

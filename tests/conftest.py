@@ -22,7 +22,7 @@ def _wordlevel_tokenizer(vocab_size: int = 1000):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from selfpruner.core.data import local_wikitext_path
+    from selfpruner.core.model.data import local_wikitext_path
 
     text = local_wikitext_path().read_text(encoding="utf-8")[:300_000]
     counts = collections.Counter(re.findall(r"\w+|[^\w\s]", text))
@@ -77,14 +77,14 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def tiny_bench(tiny_llama_dir):
     """The tiny LLaMA's workbench (32-token windows), shared by a module's searches."""
-    from selfpruner.core.workbench import Workbench
+    from selfpruner.core.layer_search.workbench import Workbench
     return Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
 
 
 def run_search(cfg, bench, resume=None, subscriber=None):
     """(search, its SearchFinished) of a new or resumed session on `bench`; `subscriber` sees every event."""
     from selfpruner.core.events import Control, EventBus
-    from selfpruner.core.session import start_search
+    from selfpruner.core.layer_search.session import start_search
     bus = EventBus()
     if subscriber:
         bus.subscribe(subscriber)
@@ -95,7 +95,7 @@ def run_search(cfg, bench, resume=None, subscriber=None):
 @pytest.fixture(scope="session")
 def bundled():
     """The real gemma-3-270m (dequantised from the bundled GGUF; cached after the first load)."""
-    from selfpruner.core.models import load_model
+    from selfpruner.core.model.models import load_model
     return load_model()
 
 

@@ -3,12 +3,12 @@ import math
 
 import pytest
 
-from selfpruner.core.baseline_run import baseline_rates
+from selfpruner.core.baselines.run import baseline_rates
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
-from selfpruner.core.search.self_pruner import compare_trajectories
-from selfpruner.core.session import start_search
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.layer_search.self_pruner import compare_trajectories
+from selfpruner.core.layer_search.session import start_search
+from selfpruner.core.layer_search.workbench import Workbench
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +70,8 @@ def test_llama_cpp_search_stores_every_call_and_replays(bench, tmp_path):
 
 
 def test_gemma_windows_start_with_bos_and_score_as_documents(bench):
-    from selfpruner.core.data import TokenData
-    from selfpruner.core.evaluate import perplexity
+    from selfpruner.core.model.data import TokenData
+    from selfpruner.core.model.evaluate import perplexity
 
     d = bench.data
     assert d.bos == bench.lm.tokenizer.bos_token_id is not None  # Gemma's tokenizer starts with <bos>

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from selfpruner.core.config import SearchConfig
-from selfpruner.core.session import build_proposer
+from selfpruner.core.layer_search.session import build_proposer
 from selfpruner.core.store import Store, StoreError
 
 
@@ -105,3 +105,15 @@ def test_workers_without_ray_says_how_to_install_it(tmp_path):
                        env={"PYTHONPATH": str(fake)})
     assert code == 2 and "selfpruner[distributed]" in _one_error_line(err)
     assert not list(tmp_path.glob("*.db"))
+
+
+def test_a_kl_search_reports_kl_not_ppl(tmp_path, tiny_llama_dir):
+    code, out, err = cli("search", "--model", str(tiny_llama_dir), "--proposer", "numeric", "--fitness", "kl",
+                         "--ratio", "0.4", "-K", "3", "-M", "1", "-S", "1", "-N", "1", "--budget-tokens", "64",
+                         "--seq-len", "32", "--calib-tokens", "256", "--final-tokens", "64", "--data", "local",
+                         "--sessions-dir", str(tmp_path))
+    assert code == 0, err
+    assert "generation 1: best kl " in err and "best ppl" not in err
+    assert "search kl " in out and "search ppl" not in out
+    code, out, _ = cli("show", next(tmp_path.glob("*.db")).stem, "--sessions-dir", str(tmp_path))
+    assert code == 0 and "best kl" in out and "search kl" in out and "best ppl" not in out

@@ -4,8 +4,8 @@ for an emptied attention block too, through export and reload, and on SmolLM2 (s
 import pytest
 import torch
 
-from selfpruner.core.export import build_pruned, export_pruned, load_pruned
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.results.export import build_pruned, export_pruned, load_pruned
 
 RATES = [0.25, 0.5, 1.0, 0.4]  # layer 2 loses every head and channel: only the bias is left of it
 
@@ -80,7 +80,7 @@ def test_export_carries_the_bias_and_reloads_with_equal_logits(bench, tmp_path):
 def test_search_stores_and_uses_compensation(bench, tmp_path, tiny_llama_dir):
     from selfpruner.core.config import SearchConfig
     from selfpruner.core.events import Control, EventBus
-    from selfpruner.core.session import start_search
+    from selfpruner.core.layer_search.session import start_search
 
     kw = dict(model=str(tiny_llama_dir), beta=0.4, proposer="numeric", population=3, mutations=1, crossovers=1,
               generations=1, budget_tokens=64, seq_len=32, calib_tokens=256, final_eval=False, data="local",

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from selfpruner.core import data as D
+from selfpruner.core.model import data as D
 
 
 @pytest.fixture

@@ -5,16 +5,16 @@ within 1% of float32 (slow)."""
 import pytest
 import torch
 
-from selfpruner.core import evaluate as ev
-from selfpruner.core.config import ConfigError, SearchConfig
-from selfpruner.core.data import load_token_data
-from selfpruner.core.events import Control, EventBus
-from selfpruner.core.models import LoadedModel, ModelLoadError, load_model, resolve_device, resolve_dtype
-from selfpruner.core.search.baselines import owl_rates
-from selfpruner.core.session import resume_config, start_search
-from selfpruner.core.store import Store
-from selfpruner.core.workbench import Workbench
 from selfpruner.cli import build_parser
+from selfpruner.core.baselines.rates import owl_rates
+from selfpruner.core.config import ConfigError, SearchConfig
+from selfpruner.core.events import Control, EventBus
+from selfpruner.core.layer_search.session import resume_config, start_search
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.model import evaluate as ev
+from selfpruner.core.model.data import load_token_data
+from selfpruner.core.model.models import LoadedModel, ModelLoadError, load_model, resolve_device, resolve_dtype
+from selfpruner.core.store import Store
 
 from conftest import make_tiny
 
@@ -139,8 +139,8 @@ def test_bfloat16_search_runs_and_cannot_resume_a_float32_session(tmp_path, fp32
 def test_search_makes_no_tensor_without_an_explicit_device(tmp_path, tiny_llama_dir):
     """Default device 'meta': any tensor a search creates without naming a device is a meta tensor, and the
     first time it meets a real one (or is read as a number) the search fails."""
-    from selfpruner.core.metrics.gradients import collect_gradients
-    from selfpruner.core.metrics.unstructured import UnstructuredPruner
+    from selfpruner.core.metric_search.gradients import collect_gradients
+    from selfpruner.core.metric_search.unstructured import UnstructuredPruner
 
     lm = load_model(str(tiny_llama_dir), device="cpu")
     td = load_token_data(lm.tokenizer, calib_tokens=256, source="local")

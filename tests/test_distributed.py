@@ -5,10 +5,10 @@ import pytest
 ray = pytest.importorskip("ray", reason="the distributed extra is not installed: pip install '.[distributed]'")
 
 from selfpruner.core.config import SearchConfig  # noqa: E402
-from selfpruner.core.distributed import RayWorkbench  # noqa: E402
 from selfpruner.core.events import CandidateEvaluated, Control, EventBus, WorkerState  # noqa: E402
-from selfpruner.core.search.self_pruner import compare_trajectories  # noqa: E402
-from selfpruner.core.session import start_search  # noqa: E402
+from selfpruner.core.layer_search.distributed import RayWorkbench  # noqa: E402
+from selfpruner.core.layer_search.self_pruner import compare_trajectories  # noqa: E402
+from selfpruner.core.layer_search.session import start_search  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SMALL = dict(model="smollm2", beta=0.3, proposer="numeric", population=4, mutations=2, crossovers=2,

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfpruner.core import evaluate as ev
+from selfpruner.core.model import evaluate as ev
 
 from conftest import make_tiny
 

@@ -7,14 +7,14 @@ import sys
 import pytest
 import torch
 
-from selfpruner.core import speed
-from selfpruner.core.calibration import collect_stats
-from selfpruner.core.data import load_token_data
-from selfpruner.core.export import build_pruned, export_pruned, load_pruned
-from selfpruner.core.lora import lora_recover, lora_targets
-from selfpruner.core.models import LoadedModel, describe_model
-from selfpruner.core.pruned_modeling import PER_LAYER_KEYS, ZeroHeadAttention
-from selfpruner.core.structured import StructuredPruner
+from selfpruner.core.model.calibration import collect_stats
+from selfpruner.core.model.data import load_token_data
+from selfpruner.core.model.models import LoadedModel, describe_model
+from selfpruner.core.model.structured import StructuredPruner
+from selfpruner.core.results import speed
+from selfpruner.core.results.export import build_pruned, export_pruned, load_pruned
+from selfpruner.core.results.lora import lora_recover, lora_targets
+from selfpruner.core.results.pruned_modeling import PER_LAYER_KEYS, ZeroHeadAttention
 
 from conftest import make_tiny
 

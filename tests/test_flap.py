@@ -4,8 +4,9 @@ the CLI baseline."""
 import pytest
 import torch
 
-from selfpruner.core.metrics.flap import flap_rates, flap_scores
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.baselines.rates import flap_rates
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.model.flap import flap_scores
 
 
 @pytest.fixture(scope="module")
@@ -14,9 +15,9 @@ def flap_bench(tiny_llama_dir):
 
 
 def test_flap_scores_are_input_variance_times_squared_column_norm(tiny_llama_dir):
-    from selfpruner.core.calibration import collect_stats
-    from selfpruner.core.data import load_token_data
-    from selfpruner.core.models import load_model
+    from selfpruner.core.model.calibration import collect_stats
+    from selfpruner.core.model.data import load_token_data
+    from selfpruner.core.model.models import load_model
 
     lm = load_model(str(tiny_llama_dir), device="cpu")
     windows = load_token_data(lm.tokenizer, calib_tokens=256, source="local").windows("calib", 32)
@@ -41,7 +42,7 @@ def test_pruner_orders_by_flap(flap_bench, tiny_llama_dir):
 
 
 def test_flap_rates_keep_the_mean(flap_bench):
-    from selfpruner.core.baseline_run import baseline_rates
+    from selfpruner.core.baselines.run import baseline_rates
 
     arch, stats = flap_bench.lm.arch, flap_bench.pruner.stats
     raw = flap_rates(arch, stats, 0.4)
@@ -53,7 +54,7 @@ def test_flap_rates_keep_the_mean(flap_bench):
 def test_search_refuses_another_importance_than_its_workbench(flap_bench, tmp_path, tiny_llama_dir):
     from selfpruner.core.config import ConfigError, SearchConfig
     from selfpruner.core.events import Control, EventBus
-    from selfpruner.core.session import start_search
+    from selfpruner.core.layer_search.session import start_search
 
     cfg = SearchConfig(model=str(tiny_llama_dir), proposer="numeric", seq_len=32, budget_tokens=32,
                        calib_tokens=256, data="local", sessions_dir=str(tmp_path))

@@ -2,8 +2,8 @@
 ranked like the full KL, and a search that runs on it (prompts say kl, the final score stays ppl)."""
 import pytest
 
-from selfpruner.core.kl import dense_full, dense_reference, full_kl, mean_kl
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.model.kl import dense_full, dense_reference, full_kl, mean_kl
 
 RATES = [0.2, 0.5, 0.3, 0.6]
 
@@ -49,7 +49,7 @@ def test_kl_fitness_ranks_like_full_kl(bench):
 def test_search_on_kl_fitness(bench, tmp_path, tiny_llama_dir):
     from selfpruner.core.config import SearchConfig
     from selfpruner.core.events import Control, EventBus
-    from selfpruner.core.session import start_search
+    from selfpruner.core.layer_search.session import start_search
 
     cfg = SearchConfig(model=str(tiny_llama_dir), beta=0.4, proposer="numeric", population=3, mutations=1,
                        crossovers=1, generations=1, budget_tokens=64, seq_len=32, calib_tokens=256,

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfpruner.core.calibration import collect_stats
-from selfpruner.core.export import build_pruned
-from selfpruner.core.lm_eval_bridge import PAPER_TASKS, TaskUnavailable, evaluate_tasks, local_task_config
-from selfpruner.core.models import LoadedModel, describe_model
-from selfpruner.core.structured import StructuredPruner
+from selfpruner.core.model.calibration import collect_stats
+from selfpruner.core.model.models import LoadedModel, describe_model
+from selfpruner.core.model.structured import StructuredPruner
+from selfpruner.core.results.export import build_pruned
+from selfpruner.core.results.lm_eval_bridge import PAPER_TASKS, TaskUnavailable, evaluate_tasks, local_task_config
 
 from conftest import make_tiny
 
@@ -58,7 +58,7 @@ def test_unreachable_task_fails_with_one_line(tiny_tokenizer):
 
 @pytest.mark.slow
 def test_bundled_dense_beats_heavily_pruned(bundled):
-    from selfpruner.core.data import load_token_data
+    from selfpruner.core.model.data import load_token_data
 
     data = load_token_data(bundled.tokenizer, calib_tokens=2048, source="local")
     stats = collect_stats(bundled.model, bundled.arch, data.windows("calib", 128, 256))

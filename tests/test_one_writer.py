@@ -23,10 +23,10 @@ import pytest
 
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus, LLMCall, Stage
+from selfpruner.core.layer_search.self_pruner import compare_trajectories
+from selfpruner.core.layer_search.session import start_search
 from selfpruner.core.proposers.llm import LLMProposer, call_seed
 from selfpruner.core.run_lock import RunLock, SessionBusy, is_live
-from selfpruner.core.search.self_pruner import compare_trajectories
-from selfpruner.core.session import start_search
 from selfpruner.core.store import SCHEMA_VERSION, Store, StoreError
 
 from conftest import HeldSession
@@ -122,7 +122,7 @@ def test_an_llm_calls_seed_comes_from_the_session_not_the_process(tiny_bench):
 def fake_llm_proposer(monkeypatch):
     def build(cfg):
         return LLMProposer(FakeLLM(cfg.beta), "llama-cpp", max_retries=1, rng_seed=cfg.seed)
-    monkeypatch.setattr("selfpruner.core.session.build_proposer", build)
+    monkeypatch.setattr("selfpruner.core.layer_search.session.build_proposer", build)
 
 
 def _llm_cfg(tmp_path, tiny_llama_dir, name):
@@ -183,14 +183,14 @@ def test_a_stop_inside_a_llama_cpp_generation_then_resume_equals_uninterrupted(t
     middle of generating a list ends the call, and a resume with a new backend (empty prompt cache, no call
     history) reproduces the uninterrupted search."""
     pytest.importorskip("llama_cpp")
-    from selfpruner.core.session import build_proposer as real_build
+    from selfpruner.core.layer_search.session import build_proposer as real_build
     made = []
 
     def build(cfg):
         p = real_build(cfg)
         made.append(p)
         return p
-    monkeypatch.setattr("selfpruner.core.session.build_proposer", build)
+    monkeypatch.setattr("selfpruner.core.layer_search.session.build_proposer", build)
     kw = dict(model=str(tiny_llama_dir), proposer="llama-cpp", proposer_model="smollm2", llm_threads=1, seed=5,
               **{**TINY, "generations": 2})
     ref, ref_res = _run(SearchConfig(sessions_dir=str(tmp_path / "ref"), **kw), tiny_bench)
@@ -343,7 +343,7 @@ def test_a_schema_1_session_still_resumes(finished_session, tiny_bench):
     conn.execute("update session set schema_version = 1")
     conn.commit()
     conn.close()
-    from selfpruner.core.session import resume_config
+    from selfpruner.core.layer_search.session import resume_config
     cfg, path = resume_config(finished_session.stem, str(finished_session.parent), {"generations": 2})
     search, res = _run(cfg, tiny_bench, resume=path)
     assert res.status == "finished" and [r["outcome"] for r in search.store.runs()] == ["finished"]

@@ -113,7 +113,7 @@ def test_prefetched_answers_equal_sequential_ones(scripted):
 
 def test_search_config_reaches_the_openai_proposer(scripted):
     from selfpruner.core.config import SearchConfig
-    from selfpruner.core.session import build_proposer
+    from selfpruner.core.layer_search.session import build_proposer
 
     _, url = scripted
     p = build_proposer(SearchConfig(proposer="openai", base_url=url, llm_concurrency=2, prompt_fitness="rank"))
@@ -177,7 +177,7 @@ def _start_server(gguf, port):
 @pytest.fixture(scope="module")
 def llama_server():
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] extras not installed")
-    from selfpruner.core.models import bundled_gguf_path
+    from selfpruner.core.model.models import bundled_gguf_path
     gguf = bundled_gguf_path("smollm2")
     port = _free_port()
     proc = _start_server(gguf, port)
@@ -217,7 +217,7 @@ def test_llama_cpp_server_timeout_is_a_failed_attempt(llama_server, no_key):
 @pytest.mark.slow
 def test_llama_cpp_server_killed_mid_call(no_key):
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] extras not installed")
-    from selfpruner.core.models import bundled_gguf_path
+    from selfpruner.core.model.models import bundled_gguf_path
     port = _free_port()
     proc = _start_server(bundled_gguf_path("smollm2"), port)
     p = recorded(make_proposer("openai", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, client_retries=1))

@@ -10,12 +10,13 @@ import types
 
 import pytest
 
+from selfpruner.core.plans import candidate_key
 from selfpruner.core.proposers.base import ProposerError
 from selfpruner.core.proposers.llm import LLMProposer, template
-from selfpruner.core.proposers.parse import parse_reply
 from selfpruner.core.proposers.numeric import NumericProposer, RandomInitProposer
+from selfpruner.core.proposers.parse import parse_reply
 from selfpruner.core.proposers.registry import make_proposer
-from selfpruner.core.proposers.repair import is_valid, key, random_vector
+from selfpruner.core.proposers.repair import is_valid, random_vector
 from selfpruner.core.types import Problem, Scored
 
 PROB = Problem("tiny-llama", 6, 0.3)
@@ -96,7 +97,7 @@ def test_fallback_after_max_retries_never_raises():
     assert len(b.calls) == 3 and [r.attempt for r in p.records] == [1, 2, 3]
     assert all(x.origin == "fallback" and x.call_id is None for x in out)
     assert all(is_valid(x.rates, PROB) for x in out)
-    assert len({key(x.rates) for x in out} | {key(s.rates) for s in pop}) == 4 + len(pop)
+    assert len({candidate_key(x.rates) for x in out} | {candidate_key(s.rates) for s in pop}) == 4 + len(pop)
     assert all(len(x.parents) == 1 and x.parents[0] in {s.id for s in pop} for x in out)
     assert p.stats["fallback"] == 4
     assert all(r.generation == 3 and r.phase == "mutation" for r in p.records)
@@ -144,8 +145,8 @@ def test_copies_of_the_population_become_distinct():
     pop = population()
     p = proposer(Scripted(lists(pop[0].rates, pop[0].rates, pop[1].rates)))
     out = p.mutate(PROB, pop, 3, 1)
-    keys = {key(x.rates) for x in out}
-    assert len(keys) == 3 and not keys & {key(s.rates) for s in pop}
+    keys = {candidate_key(x.rates) for x in out}
+    assert len(keys) == 3 and not keys & {candidate_key(s.rates) for s in pop}
     assert all(x.repaired for x in out)
 
 
@@ -346,12 +347,12 @@ def test_numeric_ga_is_deterministic_and_valid():
         assert [p.rates for p in x] == [p.rates for p in getattr(b, phase)(PROB, pop, 4, 2)]
         assert [p.rates for p in x] != [p.rates for p in getattr(c, phase)(PROB, pop, 4, 2)]
         assert all(is_valid(p.rates, PROB) for p in x)
-        assert not {key(p.rates) for p in x} & {key(s.rates) for s in pop}
+        assert not {candidate_key(p.rates) for p in x} & {candidate_key(s.rates) for s in pop}
         assert all(set(p.parents) <= {s.id for s in pop} for p in x)
     assert all(len(p.parents) == 2 for p in a.crossover(PROB, pop, 4, 3))
     init = a.initial(PROB, 10)
     assert [p.rates for p in init] == [p.rates for p in b.initial(PROB, 10)]
-    assert len({key(p.rates) for p in init}) == 10 and all(p.origin == "init" for p in init)
+    assert len({candidate_key(p.rates) for p in init}) == 10 and all(p.origin == "init" for p in init)
 
 
 def test_numeric_mutation_prefers_good_parents():
@@ -455,8 +456,8 @@ def test_llama_cpp_grammar_decoding_gives_the_same_format():
 def test_search_config_reaches_the_llama_cpp_proposer(monkeypatch):
     """SearchConfig -> build_proposer -> make_proposer -> LLMProposer, without loading a GGUF."""
     from selfpruner.core.config import SearchConfig
+    from selfpruner.core.layer_search.session import build_proposer
     from selfpruner.core.proposers import llama_cpp_backend
-    from selfpruner.core.session import build_proposer
 
     made = {}
     monkeypatch.setattr(llama_cpp_backend, "LlamaCppBackend", lambda model, **kw: made.update(kw) or Scripted())
@@ -498,8 +499,8 @@ def test_sensitivity_table_in_both_prompt_styles():
 def test_search_measures_the_sensitivity_table_once(tmp_path, tiny_llama_dir):
     from selfpruner.core.config import SearchConfig
     from selfpruner.core.events import Control, EventBus
-    from selfpruner.core.session import start_search
-    from selfpruner.core.workbench import Workbench
+    from selfpruner.core.layer_search.session import start_search
+    from selfpruner.core.layer_search.workbench import Workbench
 
     bench = Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
     cfg = SearchConfig(model=str(tiny_llama_dir), beta=0.3, proposer="numeric", population=3, mutations=1,
@@ -515,3 +516,25 @@ def test_search_measures_the_sensitivity_table_once(tmp_path, tiny_llama_dir):
     assert table["rate"] == 0.6 and len(set(table["ppl"])) == 4 and table["dense"] == bench.dense_ppl(64)
     assert bench.fitness([0.6, 0, 0, 0], 64)[0] == table["ppl"][0]
     assert all("0: " + f"{table['ppl'][0]:.2f}" in c["prompt"] for c in backend.calls)
+
+
+def test_one_registry_feeds_the_cli_the_tui_and_both_searches(tmp_path):
+    from selfpruner.cli import build_parser
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.layer_search.session import build_proposer
+    from selfpruner.core.proposers.registry import LAYER_PROPOSERS, METRIC_PROPOSERS
+    from selfpruner.tui.screens.start import PROPOSER_HELP, PROPOSERS
+
+    def choices(command):
+        sub = next(a for a in build_parser()._actions if a.dest == "cmd" or getattr(a, "choices", None)
+                   and command in (a.choices or {}))
+        action = next(a for a in sub.choices[command]._actions if a.dest == "proposer")
+        return list(action.choices)
+    assert choices("search") == list(LAYER_PROPOSERS) and choices("metric-search") == list(METRIC_PROPOSERS)
+    assert [v for _, v in PROPOSERS] == [n for n, e in LAYER_PROPOSERS.items() if e.in_form]
+    assert set(PROPOSER_HELP) == set(LAYER_PROPOSERS)
+    assert build_proposer(SearchConfig(proposer="numeric", seed=3)).name == "numeric"
+    with pytest.raises(ProposerError, match="--replay-from"):
+        build_proposer(SearchConfig(proposer="replay"))
+    with pytest.raises(ProposerError, match="unknown proposer"):
+        build_proposer(types.SimpleNamespace(proposer="gpt-9"))

@@ -5,13 +5,21 @@ import math
 import pytest
 import torch
 
-from selfpruner.core.calibration import collect_stats
 from selfpruner.core.config import ConfigError
-from selfpruner.core.metrics.symbolic import WANDA, canonical, parse, to_text
-from selfpruner.core.metrics.unstructured import UnstructuredPruner
-from selfpruner.core.models import describe_model
-from selfpruner.core.proposers.metric_prompts import build_metric_prompt, extract_expressions, metric_grammar
-from selfpruner.core.search.pruner_zero import MetricCandidate, MetricSearchConfig, ppl_fitness, run_metric_search
+from selfpruner.core.metric_search.expr import WANDA
+from selfpruner.core.metric_search.expr_parse import parse
+from selfpruner.core.metric_search.expr_print import to_text
+from selfpruner.core.metric_search.expr_simplify import canonical
+from selfpruner.core.metric_search.prompts import build_metric_prompt, extract_expressions, metric_grammar
+from selfpruner.core.metric_search.pruner_zero import (
+    MetricCandidate,
+    MetricSearchConfig,
+    ppl_fitness,
+    run_metric_search,
+)
+from selfpruner.core.metric_search.unstructured import UnstructuredPruner
+from selfpruner.core.model.calibration import collect_stats
+from selfpruner.core.model.models import describe_model
 
 from conftest import make_tiny
 
@@ -179,8 +187,8 @@ def test_canonical_candidate_tree_round_trips():
 
 @pytest.mark.slow
 def test_short_gp_on_bundled_model_is_no_worse_than_magnitude(bundled):
-    from selfpruner.core.calibration import load_or_collect
-    from selfpruner.core.data import load_token_data
+    from selfpruner.core.model.calibration import load_or_collect
+    from selfpruner.core.model.data import load_token_data
 
     lm = bundled
     td = load_token_data(lm.tokenizer, source="local")
@@ -196,11 +204,3 @@ def test_short_gp_on_bundled_model_is_no_worse_than_magnitude(bundled):
     assert res.best.fitness <= by["abs(W)"]
     assert by["mul(abs(W), X)"] < by["abs(W)"]  # activations matter a lot on gemma-3
     assert not pruner.pruned and all(math.isfinite(c.fitness) or c.fitness == math.inf for c in res.records)
-
-
-def test_prompt_helpers_still_importable_from_pruner_zero():
-    from selfpruner.core.proposers import metric_prompts
-    from selfpruner.core.search import pruner_zero
-
-    for name in ("build_metric_prompt", "extract_expressions", "metric_grammar"):
-        assert getattr(pruner_zero, name) is getattr(metric_prompts, name)

@@ -6,9 +6,10 @@ import pytest
 
 from selfpruner.core.config import ConfigError, SearchConfig
 from selfpruner.core.events import CandidateEvaluated
-from selfpruner.core.racing import parse_race, race_tokens
-from selfpruner.core.search.self_pruner import compare_trajectories
+from selfpruner.core.layer_search.racing import parse_race, race_tokens
+from selfpruner.core.layer_search.self_pruner import compare_trajectories
 from selfpruner.core.store import Store
+
 from conftest import run_search as _run
 
 RACE = dict(beta=0.4, proposer="numeric", population=4, mutations=3, crossovers=3, generations=3, seq_len=32,

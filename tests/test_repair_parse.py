@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from selfpruner.core.plans import candidate_key
 from selfpruner.core.proposers.parse import parse_reply, to_number
-from selfpruner.core.proposers.repair import RepairError, is_valid, key, project, random_vector, repair
+from selfpruner.core.proposers.repair import RepairError, is_valid, project, random_vector, repair
 from selfpruner.core.types import Problem
 
 P18 = Problem("m", 18, 0.3)
@@ -93,22 +94,22 @@ def test_distinct_from_taken_by_small_mean_preserving_moves():
     outs = []
     for _ in range(300):  # the same input over and over: every result must differ
         out, _ = repair([0.3] * 18, P18, taken)
-        assert key(out) not in taken and is_valid(out, P18)
+        assert candidate_key(out) not in taken and is_valid(out, P18)
         assert max(abs(a - 0.3) for a in out) <= 3e-5  # small moves
-        taken.add(key(out))
+        taken.add(candidate_key(out))
         outs.append(out)
-    assert len({key(o) for o in outs}) == 300
+    assert len({candidate_key(o) for o in outs}) == 300
 
 
 def test_distinctness_is_deterministic():
-    taken = {key([0.3] * 18)}
+    taken = {candidate_key([0.3] * 18)}
     assert repair([0.3] * 18, P18, set(taken)) == repair([0.3] * 18, P18, set(taken))
 
 
 def test_no_distinct_vector_left_is_an_error():
     prob = Problem("m", 4, 0.3, lo=0.3, hi=0.9)  # mean == lo: only one feasible vector
     with pytest.raises(RepairError):
-        repair([0.5] * 4, prob, {key([0.3] * 4)})
+        repair([0.5] * 4, prob, {candidate_key([0.3] * 4)})
 
 
 def test_beta_finer_than_decimals_gets_closest_mean():

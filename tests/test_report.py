@@ -4,15 +4,14 @@ side by side. The figures are checked to hold a drawing, not a blank canvas."""
 import re
 
 import pytest
+from test_tui import make_layer_session, make_metric_session
 
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
-from selfpruner.core.report import build_report, read_session
-from selfpruner.core.session import start_search
+from selfpruner.core.layer_search.session import start_search
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.results.report import build_report, read_session
 from selfpruner.core.store import Store
-from selfpruner.core.workbench import Workbench
-
-from test_tui import make_layer_session, make_metric_session
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import pytest
 
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import CandidateEvaluated, Control, EventBus
+from selfpruner.core.layer_search.self_pruner import compare_trajectories
+from selfpruner.core.layer_search.session import start_search
 from selfpruner.core.proposers.replay import ReplayProposer
-from selfpruner.core.search.self_pruner import compare_trajectories
-from selfpruner.core.session import start_search
 from selfpruner.core.store import Store
+
 from conftest import run_search as _run
 
 TINY = dict(beta=0.4, proposer="numeric", population=4, mutations=2, crossovers=2, generations=2,

@@ -3,14 +3,15 @@ groups): unit counts, the search against uniform, a killed and resumed run, repl
 import pytest
 import torch
 
-from selfpruner.core.baseline_run import baseline_rates
+from selfpruner.core.baselines.run import baseline_rates
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import CandidateEvaluated, Control, EventBus
-from selfpruner.core.export import export_pruned, load_pruned
-from selfpruner.core.models import load_model
-from selfpruner.core.search.self_pruner import compare_trajectories
-from selfpruner.core.session import replay_session
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.layer_search.self_pruner import compare_trajectories
+from selfpruner.core.layer_search.session import replay_session
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.model.models import load_model
+from selfpruner.core.results.export import export_pruned, load_pruned
+
 from conftest import run_search as _run
 
 pytestmark = pytest.mark.slow
@@ -83,7 +84,7 @@ def test_export_reloads_with_equal_logits(smol, tmp_path):
 def test_lm_eval_bridge_scores_dense_above_heavily_pruned(smol):
     from pathlib import Path
 
-    from selfpruner.core.lm_eval_bridge import evaluate_tasks
+    from selfpruner.core.results.lm_eval_bridge import evaluate_tasks
 
     task = Path(__file__).parent / "data" / "tiny_facts.yaml"
     dense = evaluate_tasks(smol.lm.model, smol.lm.tokenizer, [task], batch_size=8)["selfpruner_tiny_facts"]

@@ -30,7 +30,7 @@ def cli(*args):
 def stored(tmp_path):
     """A copy of a stored session in a fresh sessions dir. Its data source names the WikiText-2 copy of the
     machine that wrote it; the same text (same sha256) lies elsewhere here, so the path is pointed at it."""
-    from selfpruner.core.data import local_wikitext_path
+    from selfpruner.core.model.data import local_wikitext_path
 
     def copy(name: str) -> tuple[str, Path]:
         src = STORED / f"{name}.db"

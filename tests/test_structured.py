@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from selfpruner.core.calibration import collect_stats
-from selfpruner.core.models import describe_model
-from selfpruner.core.structured import StructuredPruner, ZeroAttention, wanda_sp_scores
+from selfpruner.core.model.calibration import collect_stats
+from selfpruner.core.model.models import describe_model
+from selfpruner.core.model.structured import StructuredPruner, ZeroAttention, wanda_sp_scores
 
 from conftest import make_tiny
 
@@ -90,7 +90,7 @@ def test_rates_to_removed_counts_and_shapes(kind):
 def test_rate_one_removes_attention_block_and_runs():
     model, arch, stats, windows = _setup("llama")
     pruner = StructuredPruner(model, arch, stats)
-    from selfpruner.core.models import decoder_layers
+    from selfpruner.core.model.models import decoder_layers
     with pruner.applied([1.0, 0.0, 0.0, 0.0]) as plans:
         assert plans[0].attn_units == 0 and plans[0].channels == 0
         assert isinstance(decoder_layers(model)[0].self_attn, ZeroAttention)

@@ -6,13 +6,16 @@ import random
 import pytest
 import torch
 
-from selfpruner.core.calibration import collect_stats
-from selfpruner.core.metrics import gradients as gradmod
-from selfpruner.core.metrics.symbolic import (BINARY, KNOWN_METRICS, MAGNITUDE, UNARY, WANDA, Node, ParseError,
-                                              Primitives, canonical, canonical_text, crossover, depth, evaluate,
-                                              metric_key, mutate, parse, random_tree, size, to_infix, to_text)
-from selfpruner.core.metrics.unstructured import INPUT_POINT, UnstructuredPruner, prune_mask
-from selfpruner.core.models import describe_model
+from selfpruner.core.metric_search import gradients as gradmod
+from selfpruner.core.metric_search.expr import BINARY, KNOWN_METRICS, MAGNITUDE, UNARY, WANDA, Node, depth, size
+from selfpruner.core.metric_search.expr_eval import evaluate
+from selfpruner.core.metric_search.expr_gp import Primitives, crossover, mutate, random_tree
+from selfpruner.core.metric_search.expr_parse import ParseError, parse
+from selfpruner.core.metric_search.expr_print import to_infix, to_text
+from selfpruner.core.metric_search.expr_simplify import canonical, canonical_text, metric_key
+from selfpruner.core.metric_search.unstructured import INPUT_POINT, UnstructuredPruner, prune_mask
+from selfpruner.core.model.calibration import collect_stats
+from selfpruner.core.model.models import describe_model
 
 from conftest import make_tiny
 
@@ -334,18 +337,3 @@ def test_gradients_match_per_window_backward(tmp_path, monkeypatch):
     pr = UnstructuredPruner(arch, stats, grads)
     assert pr.apply("mul(mms(G), square(W))", 0.5) == pytest.approx(0.5)
     pr.restore()
-
-
-def test_symbolic_reexports_the_expr_modules():
-    """`symbolic` is a thin facade: every name it offers is the object defined in one expr* module, and
-    str(Node) still prints the function form."""
-    import importlib
-
-    from selfpruner.core.metrics import symbolic
-
-    homes = [importlib.import_module(f"selfpruner.core.metrics.{m}")
-             for m in ("expr", "expr_parse", "expr_print", "expr_simplify", "expr_eval", "expr_gp")]
-    for name in symbolic.__all__:
-        obj = getattr(symbolic, name)
-        assert any(vars(h).get(name) is obj for h in homes), name
-    assert str(WANDA) == "mul(abs(W), X)"

@@ -10,22 +10,22 @@ import sys
 import pytest
 import torch
 
-from selfpruner.core.calibration import cache_key
 from selfpruner.core.config import ConfigError, SearchConfig
-from selfpruner.core.data import TokenData, load_token_data, tokenizer_bos
 from selfpruner.core.events import Control, EventBus
-from selfpruner.core.models import load_model
-from selfpruner.core.plans import plan_key
+from selfpruner.core.layer_search.self_pruner import compare_trajectories
+from selfpruner.core.layer_search.session import replay_session, resume_config, start_search
+from selfpruner.core.layer_search.workbench import Workbench
+from selfpruner.core.model.calibration import cache_key
+from selfpruner.core.model.data import TokenData, load_token_data, tokenizer_bos
+from selfpruner.core.model.models import load_model
+from selfpruner.core.model.structured import StructuredPruner
+from selfpruner.core.plans import candidate_key
 from selfpruner.core.proposers.llm import LLMProposer
 from selfpruner.core.proposers.numeric import NumericProposer
 from selfpruner.core.proposers.repair import identity, repair
-from selfpruner.core.search.self_pruner import compare_trajectories
-from selfpruner.core.session import replay_session, resume_config, start_search
-from selfpruner.core.session_summary import proposal_shares
+from selfpruner.core.results.session_summary import proposal_shares
 from selfpruner.core.store import Store
-from selfpruner.core.structured import StructuredPruner
 from selfpruner.core.types import Problem
-from selfpruner.core.workbench import Workbench
 
 TINY = dict(beta=0.4, population=4, mutations=2, crossovers=2, generations=2, budget_tokens=128, seq_len=32,
             calib_tokens=256, final_tokens=256, data="local")
@@ -35,7 +35,7 @@ RATES = [0.1, 0.6, 0.3, 0.6]
 # ---- 1. calibration cache -------------------------------------------------------------------------------
 FRESH = """
 import sys
-from selfpruner.core.workbench import Workbench
+from selfpruner.core.layer_search.workbench import Workbench
 b = Workbench.build(sys.argv[1], seq_len=int(sys.argv[2]), calib_tokens=256, data="local")
 print(repr(b.fitness([0.1, 0.6, 0.3, 0.6], 128)[0]))
 """
@@ -74,8 +74,8 @@ def test_cache_key_covers_window_shape_and_order():
 def test_pruner_leaves_given_stats_alone_and_exposes_them_in_model_order(tiny_llama_dir):
     lm = load_model(str(tiny_llama_dir))
     td = load_token_data(lm.tokenizer, calib_tokens=256, source="local")
-    from selfpruner.core.calibration import collect_stats
-    from selfpruner.core.search.baselines import owl_rates
+    from selfpruner.core.baselines.rates import owl_rates
+    from selfpruner.core.model.calibration import collect_stats
     stats = collect_stats(lm.model, lm.arch, td.windows("calib", 32))
     before = [{k: v.clone() for k, v in s.items()} for s in stats.sqsum]
     owl_dense = owl_rates(lm.arch, stats, 0.4)
@@ -94,14 +94,14 @@ def test_fingerprint_sees_a_change_anywhere(tiny_llama_dir):
     assert a.fingerprint == b.fingerprint
     with torch.no_grad():
         b.arch.layers[-1].down.weight[-1, -1] += 1.0  # the last value of the last layer
-    from selfpruner.core.models import _fingerprint
+    from selfpruner.core.model.models import _fingerprint
     assert _fingerprint(b.model) != a.fingerprint
 
 
 # ---- 2./3. held-out split and BOS ------------------------------------------------------------------------
 def test_offline_final_and_search_text_are_disjoint(tiny_tokenizer):
     td = load_token_data(tiny_tokenizer, calib_tokens=256, source="local")
-    from selfpruner.core.data import _encode, local_wikitext_path
+    from selfpruner.core.model.data import _encode, local_wikitext_path
     ids = _encode(tiny_tokenizer, local_wikitext_path().read_text(encoding="utf-8").replace("\r\n", "\n"))
     # the stream is cut into test | search | calib, in that order, with nothing shared
     assert torch.equal(torch.cat([td.test, td.search, td.calib]), ids)
@@ -132,7 +132,7 @@ def test_distinct_means_a_different_pruned_model(tiny_llama_dir):
         noisy = [r + rng.uniform(-0.002, 0.002) for r in base]
         rates, _ = repair(noisy, prob, taken)
         taken.add(identity(rates, prob))
-        plans.add(plan_key(lm.arch.grain, rates))
+        plans.add(candidate_key(rates, lm.arch.grain))
     assert len(plans) == 60
     # seen candidates are avoided too
     seen = frozenset(taken)
@@ -193,7 +193,7 @@ def fake_llm(monkeypatch):
         backend = FakeLLM(cfg.beta, fail=cfg.proposer_model == "broken")
         made.append(backend)
         return LLMProposer(backend, "llama-cpp", max_retries=1, rng_seed=cfg.seed)
-    monkeypatch.setattr("selfpruner.core.session.build_proposer", build)
+    monkeypatch.setattr("selfpruner.core.layer_search.session.build_proposer", build)
     return made
 
 

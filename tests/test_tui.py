@@ -25,8 +25,7 @@ from selfpruner.tui.screens.browser import SessionBrowser
 from selfpruner.tui.screens.metric import MetricScreen
 from selfpruner.tui.screens.replay import ReplayScreen
 from selfpruner.tui.screens.run import RunScreen
-from selfpruner.tui.screens.start import (BUNDLED_TEST_TOKENS, BUNDLED_TOKENS_PER_S, StartScreen, duration,
-                                          window_tokens)
+from selfpruner.tui.screens.start import BUNDLED_TEST_TOKENS, BUNDLED_TOKENS_PER_S, StartScreen, duration, window_tokens
 from selfpruner.tui.state import SearchState, fmt_fitness
 from selfpruner.tui.widgets.calls import CallLog
 from selfpruner.tui.widgets.population import PopulationTable
@@ -334,7 +333,7 @@ def test_state_from_store_views_every_generation(tmp_path):
 def test_live_events_and_db_give_the_same_view(tmp_path, tiny_bench, tiny_llama_dir, race):
     """Folding the core's events in gives what rebuilding from the DB gives, generation by generation; with
     --race, candidates dropped at an early stage show that stage's score and are never ranked."""
-    from selfpruner.core.session import start_search
+    from selfpruner.core.layer_search.session import start_search
     cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(tmp_path), **TINY, race=race)
     live, bus = SearchState(), EventBus()
     views = {}
@@ -501,7 +500,7 @@ async def test_start_form_estimate_uses_the_resident_model_and_measured_speed(tm
         assert f"final evaluation: {scored:,} tokens\n" in text and f"empty = all {whole:,} test tokens" in text
         assert "time unknown until a search has run" in text
         # another calibration budget moves the offline copy's cut: the form follows without reloading
-        from selfpruner.core.data import load_token_data
+        from selfpruner.core.model.data import load_token_data
         other = load_token_data(tiny_bench.lm.tokenizer, calib_tokens=512, source="local")
         app.screen.query_one("#calib_tokens", Input).value = "512"
         await pilot.pause()
@@ -680,7 +679,7 @@ async def test_escape_is_refused_while_running_and_r_resumes_in_place(tmp_path, 
 @pytest.fixture
 def stopped_real_session(tmp_path, tiny_bench, tiny_llama_dir):
     """A real search on the tiny model, stopped by its control after 7 evaluations (mid generation 1)."""
-    from selfpruner.core.session import start_search
+    from selfpruner.core.layer_search.session import start_search
     sessions = tmp_path / "real"
     cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(sessions), **TINY)
     control, bus, n = Control(), EventBus(), []

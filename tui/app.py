@@ -80,9 +80,8 @@ class SelfPrunerApp(App):
         from .screens.replay import ReplayScreen
         try:
             path = resolve_session(ref, self.sessions_dir)
-            st = Store(path, readonly=True)
-            kind = st.session()["kind"]
-            st.close()
+            with Store(path, readonly=True) as st:
+                kind = st.session()["kind"]
             self.push_screen(MetricScreen(path) if kind == "metric" else ReplayScreen(path))
         except USER_ERRORS as e:
             self.notify(one_line(e), title="cannot open session", severity="error", timeout=10)
@@ -90,7 +89,7 @@ class SelfPrunerApp(App):
     # ---- the resident model (reused across searches with the same settings) -------------------------------------------------------------------
     def workbench(self, cfg: SearchConfig, bus):
         """Called on the search thread: build (or reuse) the model, data and calibration statistics."""
-        from selfpruner.core.workbench import Workbench
+        from selfpruner.core.layer_search.workbench import Workbench
 
         key = workbench_settings(cfg)
         with self._bench_lock:

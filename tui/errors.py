@@ -1,15 +1,14 @@
 """Errors whose one-line message tells the user what to fix (shown inline, never as a traceback)."""
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
-from selfpruner.core.config import ConfigError
-from selfpruner.core.models import ModelLoadError
-from selfpruner.core.proposers.base import ProposerError
-from selfpruner.core.store import StoreError
+from selfpruner.core.errors import UserError
 
-# ValueError: e.g. a calibration budget larger than the text; FileNotFoundError: no offline WikiText.
-USER_ERRORS = (ConfigError, ModelLoadError, ProposerError, StoreError, FileNotFoundError, ValueError)
+# The core's UserError (config, model, proposer, store, ...) and, as the CLI: a path that is not there and a
+# session DB damaged where it was not read on opening; ValueError: e.g. a calibration budget larger than the text.
+USER_ERRORS = (UserError, FileNotFoundError, sqlite3.Error, ValueError)
 
 
 def one_line(e: BaseException) -> str:

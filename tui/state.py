@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from selfpruner.core import events as E
 
@@ -261,7 +260,3 @@ def fmt_fitness(x: float | None, nd: int = 3) -> str:
     if not math.isfinite(x):
         return "inf"
     return f"{x:.{nd}f}"
-
-
-def session_label(path: str) -> str:
-    return Path(path).stem if path else ""

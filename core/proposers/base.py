@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+from ..errors import UserError
 from ..types import CallRecord, Problem, Proposal, Scored
 
 # The search loop sets this on a proposer; it stores the record and returns the stored call id.
 CallSink = Callable[[CallRecord], int | None]
 
 
-class ProposerError(RuntimeError):
+class ProposerError(UserError, RuntimeError):
     """A proposer that cannot start (missing key, missing model file...); one line for the user."""
 
 

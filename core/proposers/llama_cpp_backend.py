@@ -70,7 +70,7 @@ class LlamaCppBackend:
         # threads, 13.6 s with 1). On cores busy with other jobs, llama.cpp's threads spin at every barrier
         # and 2 threads measured 4-10x slower per token than 1: pass 1 there (--llm-threads 1).
         if model_path in ("smollm2", "gemma3-270m", "bundled"):  # the bundled models, by name
-            from ..models import ModelLoadError, bundled_gguf_path
+            from ..model.models import ModelLoadError, bundled_gguf_path
             try:
                 model_path = bundled_gguf_path(str(model_path))
             except ModelLoadError as e:

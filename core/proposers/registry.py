@@ -1,10 +1,89 @@
-"""make_proposer: one name -> one ready Proposer, built before any model loads so that a missing key, file
-or package fails at once with one line (ProposerError)."""
+"""The one registry of proposers: for each name a label, a line of help and a factory from the search's config.
+The CLI's --proposer choices, the TUI's proposer list and both searches are built from it. Proposers are
+built before any model loads, so that a missing key, file or package fails at once with one line
+(ProposerError). `make_proposer` is the layer-rate factories' constructor by name and options.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .base import Proposer, ProposerError
 
 NAMES = ("openai", "llama-cpp", "vllm", "numeric", "random")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    label: str  # in the TUI's list
+    help: str  # one line: what it needs
+    build: Callable[[Any], Any]  # the search's config -> a proposer (layer search) or prompt -> text (metric search)
+    in_form: bool = True  # offered in the TUI's start form (replay is started from a stored session)
+
+
+def _layer_options(cfg) -> dict:
+    opts = {"seed": cfg.seed, "max_retries": cfg.max_retries, "temperature": cfg.temperature}
+    if cfg.proposer_model:
+        opts["model"] = cfg.proposer_model
+    if cfg.proposer in ("openai", "llama-cpp", "vllm"):
+        opts["fitness_view"] = cfg.prompt_fitness
+    return opts
+
+
+def _numeric(cfg) -> Proposer:
+    return make_proposer("numeric", **_layer_options(cfg))
+
+
+def _llama_cpp(cfg) -> Proposer:
+    opts = _layer_options(cfg)
+    if cfg.llm_threads:
+        opts["n_threads"] = cfg.llm_threads
+    return make_proposer("llama-cpp", **opts)
+
+
+def _openai(cfg) -> Proposer:
+    return make_proposer("openai", base_url=cfg.base_url, concurrency=cfg.llm_concurrency, **_layer_options(cfg))
+
+
+def _vllm(cfg) -> Proposer:
+    return make_proposer("vllm", gpu_share=cfg.vllm_gpu_share, **_layer_options(cfg))
+
+
+def _replay(cfg) -> Proposer:
+    from ..store import Store, resolve_session
+    from .replay import ReplayProposer
+    if not cfg.replay_from:
+        raise ProposerError("the replay proposer needs the session to replay: --replay-from SESSION")
+    return ReplayProposer(Store(resolve_session(cfg.replay_from, cfg.sessions_dir), readonly=True))
+
+
+def _llama_cpp_metric(cfg) -> Callable[[str], str]:
+    from ..metric_search.session import llama_cpp_metric_proposer
+    return llama_cpp_metric_proposer(cfg)
+
+
+LAYER_PROPOSERS = {e.name: e for e in (
+    Entry("numeric", "numeric (offline GA, no LLM)",
+          "writes mutations and crossovers numerically: no LLM, no key, runs anywhere", _numeric),
+    Entry("llama-cpp", "llama-cpp (local GGUF)",
+          "a local GGUF model via llama-cpp-python (default: the bundled gemma-3-270m)", _llama_cpp),
+    Entry("openai", "OpenAI API", "needs OPENAI_API_KEY in the environment", _openai),
+    Entry("vllm", "vLLM (GPU)", "needs vllm and a GPU", _vllm),
+    Entry("replay", "replay", "re-reads a stored session's answers (--replay-from SESSION)", _replay, in_form=False),
+)}
+METRIC_PROPOSERS = {e.name: e for e in (
+    Entry("llama-cpp", "llama-cpp (local GGUF)", "a local GGUF model writes metric trees under a grammar",
+          _llama_cpp_metric),
+)}
+
+
+def build_proposer(cfg) -> Proposer:
+    """The layer-rate search's proposer named by cfg.proposer."""
+    entry = LAYER_PROPOSERS.get(cfg.proposer)
+    if entry is None:
+        raise ProposerError(f"unknown proposer {cfg.proposer!r}; choose one of {', '.join(LAYER_PROPOSERS)}")
+    return entry.build(cfg)
 
 
 def make_proposer(name: str, *, model: str | None = None, max_retries: int = 3, seed: int = 0,
@@ -17,9 +96,7 @@ def make_proposer(name: str, *, model: str | None = None, max_retries: int = 3, 
     if name == "random":  # the paper's random-init ablation (initial population only)
         from .numeric import RandomInitProposer
         return RandomInitProposer(seed, **backend_opts)
-    if name == "replay":
-        # Built from a stored session, not from options: core.session.build_proposer constructs
-        # proposers.replay.ReplayProposer(Store(...)) directly. Register it here if it ever takes options.
+    if name == "replay":  # built from a stored session, not from options: LAYER_PROPOSERS["replay"]
         raise ProposerError("the replay proposer is built from a session: use --proposer replay --replay-from")
     if name == "llama-cpp":
         from .llama_cpp_backend import LlamaCppBackend

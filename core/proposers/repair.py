@@ -11,7 +11,7 @@ import math
 import random
 from itertools import combinations
 
-from ..plans import plan_key
+from ..plans import candidate_key
 from ..types import Problem
 
 
@@ -19,17 +19,9 @@ class RepairError(ValueError):
     """The numbers cannot be made into a candidate (NaN/inf, empty, or an infeasible problem)."""
 
 
-def key(values, decimals: int = 5) -> tuple[float, ...]:
-    """A vector at the precision the store keeps."""
-    return tuple(round(float(v), decimals) for v in values)
-
-
 def identity(values, problem: Problem) -> tuple:
-    """What `taken` holds: the layer plans when the grain is known (rates that differ by less than a
-    channel give the same model), else the 5-decimal vector."""
-    if problem.grain is not None:
-        return plan_key(problem.grain, values)
-    return key(values, problem.decimals)
+    """What `taken` holds: the candidate's one identity (plans.candidate_key) under the problem's grain."""
+    return candidate_key(values, problem.grain, problem.decimals)
 
 
 def _step_units(problem: Problem) -> int:

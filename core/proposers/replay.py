@@ -4,7 +4,7 @@ Each stored reply is parsed and repaired again by the code that runs now (llm.in
 interpret_selection), with the search state the replay has reached, so a parse or repair regression
 shows as a diverged trajectory; candidates that came from no reply (numeric fallback, random init, a
 numeric GA session) are handed back as stored. With the same model and data the fitness values come out
-the same, and `core.search.self_pruner.compare_trajectories` checks that they did.
+the same, and `core.layer_search.self_pruner.compare_trajectories` checks that they did.
 """
 from __future__ import annotations
 

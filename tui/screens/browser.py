@@ -118,7 +118,7 @@ class SessionBrowser(Screen):
         r = self._current()
         if r is None or r.get("error"):
             return
-        from selfpruner.core.session import resume_config
+        from selfpruner.core.layer_search.session import resume_config
 
         from ..errors import USER_ERRORS, one_line
         from .run import RunScreen

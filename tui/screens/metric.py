@@ -38,12 +38,9 @@ class MetricScreen(Screen):
 
     def __init__(self, path: Path | str) -> None:
         super().__init__()
-        store = Store(path, readonly=True)
-        try:
+        with Store(path, readonly=True) as store:
             self.session = store.session()
             self.rows = store.metric_candidates()
-        finally:
-            store.close()
 
     def compose(self) -> ComposeResult:
         yield Header()

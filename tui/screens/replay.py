@@ -28,11 +28,8 @@ class ReplayScreen(SearchScreen):
         self.generation = self.state.last_generation
 
     def _load(self) -> SearchState:
-        store = Store(self.db_path, readonly=True)
-        try:
+        with Store(self.db_path, readonly=True) as store:
             return SearchState.from_store(store)
-        finally:
-            store.close()
 
     def compose_top(self) -> ComposeResult:
         yield GenerationScrubber(id="scrubber")
@@ -64,7 +61,7 @@ class ReplayScreen(SearchScreen):
         return True
 
     def action_resume(self) -> None:
-        from selfpruner.core.session import resume_config
+        from selfpruner.core.layer_search.session import resume_config
 
         from ..errors import USER_ERRORS, one_line
         from .run import RunScreen

@@ -20,6 +20,7 @@ from ..state import SearchState
 from ..widgets.fitness import FitnessPanel
 from .search import ALL_PARTS, SearchScreen
 
+
 class CoreEvent(Message):
     """One core event, carried from the search thread to the UI thread."""
 
@@ -68,7 +69,7 @@ class RunScreen(SearchScreen):
     # ---- the worker -----------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="search", exit_on_error=False)
     def run_search(self) -> None:
-        from selfpruner.core.session import start_search
+        from selfpruner.core.layer_search.session import start_search
 
         bus = EventBus()
         bus.subscribe(lambda ev: self.post_message(CoreEvent(ev)))
@@ -116,13 +117,10 @@ class RunScreen(SearchScreen):
     def _read_session(self, ev: SessionStarted) -> None:
         """The stored model name (events carry only the spec); a resumed run also gets its history."""
         from selfpruner.core.store import Store
-        st = Store(ev.path, readonly=True)
-        try:
+        with Store(ev.path, readonly=True) as st:
             self.state.model = st.session()["model_name"] or self.state.model
             if ev.resumed:
                 self.state.reload(st)
-        finally:
-            st.close()
 
     def on_run_failed(self, msg: RunFailed) -> None:
         if not msg.started:

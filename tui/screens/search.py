@@ -12,7 +12,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
-from selfpruner.core.session_summary import candidate_shares
+from selfpruner.core.results.session_summary import candidate_shares
 
 from ..rates_file import output_dir, save_best_rates
 from ..state import SearchState, View, fmt_fitness, session_options, workers_text

@@ -15,17 +15,12 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Collapsible, Footer, Header, Input, Label, Select, Static
 
 from selfpruner.core.config import ConfigError, SearchConfig
+from selfpruner.core.proposers.registry import LAYER_PROPOSERS
 
 from ..errors import RunError
 
-PROPOSERS = [("numeric (offline GA, no LLM)", "numeric"), ("llama-cpp (local GGUF)", "llama-cpp"),
-             ("OpenAI API", "openai"), ("vLLM (GPU)", "vllm")]
-PROPOSER_HELP = {
-    "numeric": "writes mutations and crossovers numerically: no LLM, no key, runs anywhere",
-    "llama-cpp": "a local GGUF model via llama-cpp-python (default: the bundled gemma-3-270m)",
-    "openai": "needs OPENAI_API_KEY in the environment",
-    "vllm": "needs vllm and a GPU",
-}
+PROPOSERS = [(e.label, e.name) for e in LAYER_PROPOSERS.values() if e.in_form]
+PROPOSER_HELP = {e.name: e.help for e in LAYER_PROPOSERS.values()}
 DATA = [("auto (hub, else the local copy)", "auto"), ("local copy (offline)", "local"), ("hub", "hub")]
 DTYPE_CHOICES = [("auto (bfloat16 on a GPU, float32 on the CPU)", "auto"), ("bfloat16", "bfloat16"),
                  ("float16", "float16"), ("float32", "float32")]
@@ -346,7 +341,7 @@ def final_estimate(*, enabled: bool, model: str | None, data: str, seq_len: int 
             test = (len(td.test) + len(td.search) + len(td.calib) - calib_tokens) // 2
         streams, bos, exact = [max(0, test)], td.bos is not None, True
     elif model is None:
-        local = max(0, BUNDLED_TEST_TOKENS - calib_tokens) // 2  # the offline copy's final half (core/data.py)
+        local = max(0, BUNDLED_TEST_TOKENS - calib_tokens) // 2  # the offline copy's final half (core/model/data.py)
         streams = {"hub": [BUNDLED_TEST_TOKENS], "auto": [local, BUNDLED_TEST_TOKENS]}.get(data, [local])
         bos, exact = True, False
     else:

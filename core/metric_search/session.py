@@ -1,0 +1,247 @@
+"""Start or resume a Pruner-Zero metric search session: model, statistics, gradients, store, events."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ConfigError, check_placement
+from ..events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
+from ..model.calibration import load_or_collect
+from ..model.data import load_token_data
+from ..model.evaluate import auto_batch_size, perplexity
+from ..model.models import dtype_name, load_model
+from ..proposers.base import ProposerError
+from ..run_lock import RunLock, run_command
+from ..store import Store, StoreError, resolve_session
+from .expr_parse import parse
+from .expr_print import to_text
+from .prompts import metric_grammar
+from .pruner_zero import MetricSearchConfig, run_metric_search
+from .unstructured import UnstructuredPruner
+
+
+@dataclass
+class MetricRun:
+    calib_tokens: int = 16384
+    final_tokens: int | None = 4096  # None = the whole test stream
+    data: str = "auto"
+    sessions_dir: str = "sessions"
+    proposer: str | None = None  # "llama-cpp" to let the bundled GGUF write metrics; None = pure GP
+    # Where the model runs, as in SearchConfig; a new session stores the dtype it actually ran in.
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+    batch_size: int | None = None  # windows per forward; None = auto (evaluate.auto_batch_size)
+
+    def __post_init__(self):
+        check_placement(self.device, self.dtype, self.device_map, self.batch_size)
+
+
+# What a resumed metric search may take from the command line rather than from its session.
+RUN_RESUMABLE = ("device", "device_map", "batch_size")
+
+
+def resumed_run(stored: dict, given: MetricRun, session_id: str) -> MetricRun:
+    """The stored MetricRun with the placement the user gave; a dtype change is refused (sessions from before
+    devices existed ran in float32)."""
+    stored = {"dtype": "float32", **stored, "sessions_dir": given.sessions_dir}
+    if given.dtype not in ("auto", stored["dtype"]):
+        raise ConfigError(f"--dtype cannot change when resuming session {session_id}: it ran in {stored['dtype']}, "
+                          f"and {given.dtype} weights give other fitness values; start a new search instead")
+    default = MetricRun()
+    for k in RUN_RESUMABLE:
+        if getattr(given, k) != getattr(default, k) or (k == "device_map" and given.device != default.device):
+            stored[k] = getattr(given, k)
+    return MetricRun(**stored)
+
+
+def metric_proposer(name: str, cfg: MetricSearchConfig):
+    """The metric search's LLM proposer (prompt -> text) named `name`, from the one registry of proposers."""
+    from ..proposers.registry import METRIC_PROPOSERS
+    if name not in METRIC_PROPOSERS:
+        raise ProposerError(f"unknown metric proposer {name!r}; choose one of {', '.join(METRIC_PROPOSERS)}")
+    return METRIC_PROPOSERS[name].build(cfg)
+
+
+def llama_cpp_metric_proposer(cfg: MetricSearchConfig, model_path: str | None = None, temperature: float = 0.8):
+    """prompt -> text with llama.cpp, constrained by a grammar that admits only parseable metrics."""
+    from llama_cpp import Llama, LlamaGrammar
+
+    from ..model.models import bundled_gguf_path
+    from ..proposers.llama_cpp_backend import default_threads
+    llm = Llama(model_path=str(model_path or bundled_gguf_path()), n_ctx=2048, n_threads=default_threads(),
+                seed=cfg.seed, verbose=False)
+    grammar = LlamaGrammar.from_string(metric_grammar(cfg, cfg.llm_count), verbose=False)
+
+    def propose(prompt: str, seed: int | None = None) -> str:
+        # `seed` comes from the iteration (see pruner_zero.ask_llm) and the prompt cache starts empty, so a
+        # resumed search asks exactly what the uninterrupted one asked
+        llm.reset()
+        return llm(prompt, max_tokens=60 * cfg.llm_count, temperature=temperature, grammar=grammar,
+                   seed=cfg.seed if seed is None else seed)["choices"][0]["text"]
+    propose.name = "llama-cpp"
+    propose.seeded = True
+    return propose
+
+
+class Workspace:
+    """Fresh (never structurally permuted) model with calibration statistics and, if used, gradients."""
+
+    def __init__(self, cfg: MetricSearchConfig, run: MetricRun, bus: EventBus):
+        bus.emit(Stage("load", f"loading {cfg.model or 'bundled gemma-3-270m'}"))
+        self.lm = load_model(cfg.model, device=run.device, dtype=run.dtype, device_map=run.device_map)
+        bus.emit(Stage("data", "tokenising WikiText-2"))
+        self.data = load_token_data(self.lm.tokenizer, calib_tokens=run.calib_tokens, source=run.data)
+        self.seq_len = cfg.seq_len
+        windows = self.data.windows("calib", cfg.seq_len)
+        bus.emit(Stage("calibrate", f"calibration pass over {windows.numel()} tokens"))
+        self.stats, _, _ = load_or_collect(self.lm.model, self.lm.arch, self.lm.fingerprint, windows,
+                                           batch_size=run.batch_size or auto_batch_size(self.lm.model, windows))
+        grads = None
+        if cfg.uses_gradients:
+            from .gradients import load_or_collect_gradients
+            bus.emit(Stage("gradients", f"gradients over {cfg.grad_tokens} calibration tokens"))
+            grads, _ = load_or_collect_gradients(self.lm.model, self.lm.arch, self.lm.fingerprint,
+                                                 self.data.windows("calib", cfg.seq_len, cfg.grad_tokens))
+        self.pruner = UnstructuredPruner(self.lm.arch, self.stats, grads)
+        # sized after the pruner's copy of the projections took its share of the GPU
+        self.batch_size = run.batch_size or auto_batch_size(self.lm.model, windows)
+
+    @property
+    def dtype(self) -> str:
+        return dtype_name(self.lm.dtype)
+
+    def ppl(self, windows, should_stop=None, progress=None) -> float:
+        return perplexity(self.lm.model, windows, should_stop=should_stop, progress=progress,
+                          batch_size=self.batch_size)
+
+    def fitness_fn(self, windows, sparsity: float, should_stop=None):
+        """evaluate_fn for run_metric_search (search.pruner_zero.ppl_fitness, with this workspace's batch)."""
+        def fitness(tree) -> float:
+            with self.pruner.pruned_with(tree, sparsity):
+                return self.ppl(windows, should_stop=should_stop)
+        return fitness
+
+    def test_windows(self, tokens: int | None):
+        """`tokens` of held-out test text (None: the whole stream) in seq_len windows."""
+        return self.data.windows("test", self.seq_len, tokens and max(tokens, 1))
+
+    def test_ppl(self, tree, sparsity: float, tokens: int | None, should_stop=None) -> float:
+        windows = self.test_windows(tokens)
+        with self.pruner.pruned_with(tree, sparsity):
+            return self.ppl(windows, should_stop=should_stop)
+
+
+def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus, control: Control,
+                       resume: str | None = None) -> dict:
+    cfg.validate()
+    lock = None
+    try:
+        if resume:
+            path = resolve_session(resume, run.sessions_dir)
+            store = Store(path)
+            lock = RunLock(store, run_command()).acquire()  # one runner per session, before the model loads
+            s = store.session()
+            if s["kind"] != "metric":
+                raise StoreError(f"session {s['id']} is a {s['kind']} search, not a metric search")
+            cfg = MetricSearchConfig.from_dict(s["config"]["search"])
+            run = resumed_run(s["config"]["run"], run, s["id"])
+        proposer = metric_proposer(run.proposer, cfg) if run.proposer else None
+        ws = Workspace(cfg, run, bus)
+        if resume:
+            if ws.lm.fingerprint != s["model_fingerprint"]:
+                raise ConfigError(f"session {s['id']} was run on another model ({s['model_name']}, {run.dtype}) "
+                                  f"than this run loaded ({ws.lm.name}, {ws.dtype})")
+            store.update_session(status="running", config={"search": cfg.to_dict(), "run": run.__dict__})
+            sid = s["id"]
+        else:
+            run.dtype = ws.dtype  # 'auto' resolves per box; the session records what it ran in
+            store = Store.new_session(run.sessions_dir, "metric", {"search": cfg.to_dict(), "run": run.__dict__},
+                                      model_name=ws.lm.name, model_fingerprint=ws.lm.fingerprint,
+                                      data_source=ws.data.source, beta=cfg.sparsity, proposer=run.proposer or "gp")
+            sid = store.session_id
+            lock = RunLock(store, run_command()).acquire()
+    except BaseException:
+        if lock is not None:
+            lock.release("refused")
+        raise
+    outcome = "failed"
+    try:
+        out = _run_metric(cfg, run, ws, store, sid, proposer, bus, control, resumed=bool(resume))
+        outcome = out["status"]
+        return out
+    except BaseException as e:
+        outcome = "failed" if isinstance(e, Exception) else "aborted"
+        raise
+    finally:
+        lock.release(outcome)
+
+
+def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: Store, sid: str, proposer,
+                bus: EventBus, control: Control, resumed: bool) -> dict:
+    bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), ws.lm.arch.n_layers, resumed))
+    previous = [{**r, "id": r["gp_id"]} for r in store.metric_candidates()]
+
+    def on_candidate(c):
+        row = c.to_dict()
+        row["gp_id"] = row.pop("id")
+        store.add_metric_candidate(**row)
+        bus.emit(MetricEvaluated(c.id, c.iteration, c.expression, c.canonical, c.origin, c.fitness, c.eval_s))
+
+    def on_call(rec):
+        call_id = store.add_call(rec)
+        from ..events import LLMCall
+        bus.emit(LLMCall(call_id, rec))
+        return call_id
+
+    def on_reject(r):
+        store.add_result("metric_rejection", r.reason, {"text": r.text, "detail": r.detail,
+                                                         "iteration": r.iteration, "call_id": r.call_id})
+
+    windows = ws.data.windows("search", cfg.seq_len, cfg.budget_tokens)
+    stop = lambda: control.checkpoint()  # noqa: E731 - pause blocks here, stop ends the search
+    try:
+        res = run_metric_search(cfg, ws.fitness_fn(windows, cfg.sparsity, should_stop=lambda: control.stopped),
+                                on_candidate=on_candidate, should_stop=stop, proposer=proposer, on_call=on_call,
+                                on_reject=on_reject, resume_from=previous)
+    except Exception as e:
+        try:
+            store.update_session(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        except StoreError:
+            pass  # the DB itself failed (a full disk): its own error is the one to report
+        raise
+    out = {"session_id": sid, "status": res.status, "best": res.best.canonical if res.best else None,
+           "best_fitness": res.best.fitness if res.best else None, "evaluated": res.n_evaluated}
+    if res.status == "finished" and res.best is not None and run.final_tokens != 0:
+        bus.emit(Stage("final", "final evaluation of the best metric, Wanda and magnitude"))
+        finals = {}
+        for name, text in (("best", res.best.canonical), ("wanda", "mul(abs(W), X)"), ("magnitude", "abs(W)")):
+            finals[name] = {"metric": text, "ppl": ws.test_ppl(parse(text), cfg.sparsity, run.final_tokens)}
+        out["final"] = finals
+        store.add_result("final", "metric", {**finals, "tokens": ws.test_windows(run.final_tokens).numel()})
+    store.update_session(status=res.status, best_fitness=out["best_fitness"],
+                         final_ppl=out.get("final", {}).get("best", {}).get("ppl"))
+    bus.emit(SearchFinished(res.status, None, out["best_fitness"], None, out.get("final", {}).get("best", {})
+                            .get("ppl")))
+    return out
+
+
+def prune_with_metric(model_spec: str | None, metric: str, sparsity: float, *, tokens: int | None = 4096,
+                      calib_tokens: int = 16384, seq_len: int = 512, data: str = "auto",
+                      out_dir: str | None = None, device: str = "auto", dtype: str = "auto",
+                      device_map: str | None = None, batch_size: int | None = None) -> dict:
+    """Apply any metric as unstructured pruning; ppl before and after, optionally save the pruned model."""
+    tree = parse(metric)  # our own parser: rejects anything that is not a metric, with a reason
+    uses_g = "G" in to_text(tree)  # operands are the only upper-case tokens of the printed tree
+    cfg = MetricSearchConfig(model=model_spec, seq_len=seq_len, operands=("W", "G", "X") if uses_g else ("W", "X"))
+    run = MetricRun(calib_tokens=calib_tokens, data=data, device=device, dtype=dtype, device_map=device_map,
+                    batch_size=batch_size)
+    ws = Workspace(cfg, run, EventBus())
+    dense = ws.ppl(ws.test_windows(tokens))
+    achieved = ws.pruner.apply(tree, sparsity)
+    pruned = ws.ppl(ws.test_windows(tokens))
+    if out_dir:
+        ws.lm.model.save_pretrained(out_dir)
+        ws.lm.tokenizer.save_pretrained(out_dir)
+    ws.pruner.restore()
+    return {"metric": metric, "sparsity": achieved, "dense_ppl": dense, "pruned_ppl": pruned,
+            "tokens": ws.test_windows(tokens).numel(), "out_dir": out_dir}

@@ -1,0 +1,232 @@
+"""Structured (head / KV-group / MLP-channel) pruning with Wanda-sp scores on one resident model.
+
+Trick that makes fitness cheap: once, we permute every layer's attention units and MLP channels into
+descending score order. The permutation does not change the model's function, and afterwards "remove the
+r lowest-scoring units" is "keep a prefix", so applying any rate vector only swaps each projection's
+weight for a narrow() view of the full tensor — no copy, no reload, and the forward pass really runs on
+the smaller matrices. `restore()` puts the full views back.
+
+The permutation is done in place, so the pruner records it on the model (models.ORDER_ATTR): a loaded
+model knows its order, calibration caches key on it, and `reset_order` puts a reused model back in its
+checkpoint order. The CalibrationStats it is given are never modified; `pruner.stats` is a copy in the
+model's (permuted) order for later users (OWL, symbolic metrics).
+
+Rates → removed counts: see core/plans.py.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..plans import LayerPlan, plans
+from .calibration import CalibrationStats
+from .flap import flap_scores
+from .models import ORDER_ATTR, ModelArch, decoder_layers, order_digest
+from .wanda_sp import wanda_sp_scores
+
+IMPORTANCE = {"wanda-sp": wanda_sp_scores, "flap": flap_scores}
+
+
+class ZeroAttention(nn.Module):
+    """Stands in for an attention block whose every head was removed; with compensation it still adds its
+    removed heads' mean output (a constant bias)."""
+
+    def __init__(self, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = torch.zeros_like(hidden_states)
+        return (out if self.bias is None else out + self.bias), None
+
+
+def _rows(w: torch.Tensor, perm: torch.Tensor, block: int) -> torch.Tensor:
+    """Reorder w's rows in blocks of `block` rows."""
+    return w.view(-1, block, *w.shape[1:])[perm].reshape(w.shape)
+
+
+def _permute_layer(arch: ModelArch, i: int, unit_perm: torch.Tensor, chan_perm: torch.Tensor) -> None:
+    p, hd = arch.layers[i], arch.head_dim
+    q_block = arch.q_heads_per_unit * hd
+    with torch.no_grad():
+        for lin in (p.q,):
+            lin.weight.copy_(_rows(lin.weight, unit_perm, q_block))
+            if lin.bias is not None:
+                lin.bias.copy_(_rows(lin.bias, unit_perm, q_block))
+        if arch.attn_unit_is_group:
+            for lin in (p.k, p.v):
+                lin.weight.copy_(_rows(lin.weight, unit_perm, hd))
+                if lin.bias is not None:
+                    lin.bias.copy_(_rows(lin.bias, unit_perm, hd))
+        p.o.weight.copy_(_rows(p.o.weight.t(), unit_perm, q_block).t())
+        for lin in (p.gate, p.up):
+            lin.weight.copy_(lin.weight[chan_perm])
+            if lin.bias is not None:
+                lin.bias.copy_(lin.bias[chan_perm])
+        p.down.weight.copy_(p.down.weight[:, chan_perm])
+
+
+def _permuted_stats(arch: ModelArch, stats: CalibrationStats, perms, order: str) -> CalibrationStats:
+    """A copy of `stats` with the o_proj / down_proj inputs in the permuted order (the others are per hidden
+    feature, which no permutation touches)."""
+    def permuted(per_layer):
+        out = []
+        for s, (up, cp) in zip(per_layer, perms):
+            s = dict(s)
+            s["o_in"] = _rows(s["o_in"], up.to(s["o_in"].device), arch.q_heads_per_unit * arch.head_dim)
+            s["down_in"] = s["down_in"][cp.to(s["down_in"].device)]
+            out.append(s)
+        return out
+    return CalibrationStats(permuted(stats.sqsum), stats.n_tokens, order,
+                            permuted(stats.xsum) if stats.xsum is not None else None)
+
+
+def reset_order(model: nn.Module, arch: ModelArch) -> None:
+    """Put a model that a StructuredPruner permuted back into its checkpoint (dense) order."""
+    perms = getattr(model, ORDER_ATTR, None)
+    if perms is None:
+        return
+    for i, (up, cp) in enumerate(perms):
+        _permute_layer(arch, i, torch.argsort(up), torch.argsort(cp))
+    delattr(model, ORDER_ATTR)
+
+
+class StructuredPruner:
+    """Owns the resident model's reordering and swaps in any layer-rate vector in milliseconds.
+
+    `stats` must be in the model's current order (a model permuted by an earlier pruner is permuted again,
+    and the composed permutation is recorded). `self.stats` holds them in the new model order.
+    """
+
+    def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, compensate: bool = False,
+                 importance: str = "wanda-sp"):
+        if stats.order != order_digest(model):
+            raise ValueError(f"calibration statistics are in head/channel order {stats.order}, the model is in "
+                             f"{order_digest(model)}")
+        self.model, self.arch = model, arch
+        self.importance = importance  # which score orders the units and channels: wanda-sp | flap
+        units, chans = IMPORTANCE[importance](arch, stats)
+        self.unit_scores, self.chan_scores, perms = [], [], []
+        before = getattr(model, ORDER_ATTR, None)
+        composed = []
+        for i in range(arch.n_layers):
+            up = torch.argsort(units[i], descending=True, stable=True)
+            cp = torch.argsort(chans[i], descending=True, stable=True)
+            _permute_layer(arch, i, up, cp)
+            perms.append((up, cp))
+            composed.append((before[i][0][up], before[i][1][cp]) if before else (up, cp))
+            self.unit_scores.append(units[i][up])
+            self.chan_scores.append(chans[i][cp])
+        setattr(model, ORDER_ATTR, composed)
+        self.stats = _permuted_stats(arch, stats, perms, order_digest(model))
+        self._full = [{name: getattr(p, name).weight for name in ("q", "k", "v", "o", "gate", "up", "down")}
+                      | {"_bias": {n: getattr(p, n).bias for n in ("q", "k", "v", "gate", "up")}}
+                      for p in arch.layers]
+        self._groups = [p.attn.num_key_value_groups if hasattr(p.attn, "num_key_value_groups") else None
+                        for p in arch.layers]
+        self._layers = list(decoder_layers(model))
+        self.current: list[LayerPlan] | None = None
+        # FLAP's bias compensation: a removed head's or channel's output is replaced by its mean over the
+        # calibration tokens, W[:, removed] @ E[x_removed], added as a bias of o_proj / down_proj.
+        self._orig_bias = [(p.o.bias, p.down.bias) for p in arch.layers]
+        self._means = None
+        self.compensate = compensate
+
+    @property
+    def compensate(self) -> bool:
+        return self._means is not None
+
+    @compensate.setter
+    def compensate(self, on: bool) -> None:
+        """Switch bias compensation (takes effect at the next apply)."""
+        if on and self.stats.xsum is None:
+            raise ValueError("bias compensation needs the calibration's input means (collect them again)")
+        self._means = [(self.stats.mean(i, "o_in"), self.stats.mean(i, "down_in"))
+                       for i in range(self.arch.n_layers)] if on else None
+
+    # ---- rates -> counts -------------------------------------------------------------------
+    def plan(self, rates) -> list[LayerPlan]:
+        if len(rates) != self.arch.n_layers:
+            raise ValueError(f"expected {self.arch.n_layers} rates, got {len(rates)}")
+        return plans(self.arch.grain, rates)
+
+    def layer_params(self, plan: LayerPlan) -> int:
+        a = self.arch
+        kv = plan.attn_units * a.kv_heads_per_unit if a.attn_unit_is_group else (a.n_kv_heads if plan.attn_units else 0)
+        q = plan.attn_units * a.q_heads_per_unit
+        return 2 * (q + kv) * a.head_dim * a.hidden + plan.channels * a.params_per_channel
+
+    def achieved_sparsity(self, plans: list[LayerPlan]) -> float:
+        kept = sum(self.layer_params(p) for p in plans)
+        return 1.0 - kept / (self.arch.prunable_params_per_layer * self.arch.n_layers)
+
+    # ---- apply / restore -------------------------------------------------------------------
+    def apply(self, rates) -> list[LayerPlan]:
+        plans = self.plan(rates)
+        for i, pl in enumerate(plans):
+            self._apply_layer(i, pl)
+        self.current = plans
+        return plans
+
+    def restore(self) -> None:
+        full = LayerPlan(self.arch.n_attn_units, self.arch.intermediate)
+        for i, parts in enumerate(self.arch.layers):
+            self._apply_layer(i, full)
+            _set_bias(parts.o, self._orig_bias[i][0])  # the dense model has no compensation bias
+            _set_bias(parts.down, self._orig_bias[i][1])
+        self.current = None
+
+    @contextmanager
+    def applied(self, rates):
+        try:
+            yield self.apply(rates)
+        finally:
+            self.restore()
+
+    def _apply_layer(self, i: int, pl: LayerPlan) -> None:
+        a, parts, full, layer = self.arch, self.arch.layers[i], self._full[i], self._layers[i]
+        hd = a.head_dim
+        nq = pl.attn_units * a.q_heads_per_unit
+        nkv = pl.attn_units if a.attn_unit_is_group else (a.n_kv_heads if nq else 0)
+        o_bias, down_bias = self._out_bias(i, full["o"], nq * hd, 0), self._out_bias(i, full["down"], pl.channels, 1)
+        if nq == 0:
+            if not isinstance(layer.self_attn, ZeroAttention) or self.compensate:
+                layer.self_attn = ZeroAttention(o_bias)
+        else:
+            layer.self_attn = parts.attn
+            _set(parts.q, full["q"][: nq * hd], full["_bias"]["q"], nq * hd)
+            _set(parts.k, full["k"][: nkv * hd], full["_bias"]["k"], nkv * hd)
+            _set(parts.v, full["v"][: nkv * hd], full["_bias"]["v"], nkv * hd)
+            _set(parts.o, full["o"][:, : nq * hd], None, None)
+            _set_bias(parts.o, o_bias)
+            if self._groups[i] is not None:
+                parts.attn.num_key_value_groups = nq // nkv
+        c = pl.channels
+        _set(parts.gate, full["gate"][:c], full["_bias"]["gate"], c)
+        _set(parts.up, full["up"][:c], full["_bias"]["up"], c)
+        _set(parts.down, full["down"][:, :c], None, None)
+        _set_bias(parts.down, down_bias)
+
+    def _out_bias(self, i: int, w: torch.Tensor, kept: int, which: int) -> torch.Tensor | None:
+        """o_proj's (which 0) or down_proj's (1) bias with `kept` input columns: the checkpoint's own, plus
+        with compensation W[:, kept:] @ E[x[kept:]] (a matrix-vector product: nothing next to a forward)."""
+        orig = self._orig_bias[i][which]
+        if not self.compensate:
+            return orig  # (with it, a layer that keeps everything gets zeros: every layer has the bias)
+        mu = self._means[i][which]
+        comp = (w[:, kept:].float() @ mu[kept:].to(w.device, torch.float32)).to(w.dtype)
+        return comp if orig is None else orig + comp
+
+
+def _set_bias(lin: nn.Linear, bias: torch.Tensor | None) -> None:
+    lin.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+
+def _set(lin: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None, n_out: int | None) -> None:
+    lin.weight = nn.Parameter(weight, requires_grad=False)
+    lin.out_features, lin.in_features = weight.shape
+    if bias is not None:
+        lin.bias = nn.Parameter(bias[:n_out], requires_grad=False)
+

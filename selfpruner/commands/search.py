@@ -1,0 +1,105 @@
+"""search, baseline and replay: the commands that run a layer-rate search (or its one-shot peers)."""
+from __future__ import annotations
+
+import json
+
+from selfpruner.core.errors import UserError
+
+from .common import ProgressRenderer, _placement, _print_shares, _run_with_signals, _typed_placement, out
+
+
+def cmd_search(args) -> int:
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.events import Control, EventBus
+    from selfpruner.core.layer_search.session import resume_config, start_search
+
+    if args.no_mutation and args.no_crossover:
+        raise UserError("--no-mutation and --no-crossover together leave no operator")
+    settings = _search_settings(args)
+    if args.resume:
+        # only what the user typed counts as a change; every other setting comes from the session
+        from selfpruner.cli import build_parser  # the parser's own defaults, not a copy of them
+        defaults = _search_settings(build_parser().parse_args(["search"]))
+        typed = {k: v for k, v in settings.items() if v != defaults[k]}
+        cfg, resume = resume_config(args.resume, args.sessions_dir, typed)
+    else:
+        resume = None
+        cfg = SearchConfig(**settings, sessions_dir=args.sessions_dir)
+    bus, control = EventBus(), Control()
+    with ProgressRenderer(args.verbose) as renderer:
+        bus.subscribe(renderer)
+        search = start_search(cfg, bus=bus, control=control, resume=resume)
+        result = _run_with_signals(search.run, control)
+    _print_result(search.store, result)
+    return 0 if result.status == "finished" else 3
+
+
+def _search_settings(args) -> dict:
+    return dict(model=args.model, beta=args.ratio, proposer=args.proposer, proposer_model=args.proposer_model,
+                replay_from=args.replay_from, population=args.population, mutations=args.mutations,
+                crossovers=args.crossovers, generations=args.generations, lo=args.lo, hi=args.hi,
+                budget_tokens=args.budget_tokens, seq_len=args.seq_len, calib_tokens=args.calib_tokens,
+                final_tokens=args.final_tokens, final_eval=not args.no_final, init=args.init,
+                ablation="no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none",
+                selection=args.selection, max_retries=args.max_retries, temperature=args.temperature,
+                llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, base_url=args.base_url,
+                llm_concurrency=args.llm_concurrency, decimals=args.decimals, compensate=args.compensate,
+                prompt_sensitivity=args.prompt_sensitivity, prompt_fitness=args.prompt_fitness,
+                fitness=args.fitness, kl_k=args.kl_k, importance=args.importance,
+                vllm_gpu_share=args.vllm_gpu_share, race=args.race, workers=args.workers,
+                ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker, **_placement(args))
+
+
+def _print_result(store, result) -> None:
+    s = store.session()
+    out.print(f"[bold]{result.status}[/]: session {s['id']} ({store.path})")
+    _print_shares(store)
+    if result.best_rates is not None:
+        fit = s["config"].get("fitness") or "ppl"
+        out.print(f"best candidate #{result.best_id}: search {fit} {result.best_fitness:.3f}"
+                  + (f", final ppl {result.final_ppl:.3f}" if result.final_ppl is not None else ""))
+        out.print("rates: " + json.dumps([round(r, 5) for r in result.best_rates]))
+    if result.status == "stopped":
+        out.print(f"resume with: selfpruner search --resume {s['id']}")
+
+
+def cmd_baseline(args) -> int:
+    from selfpruner.core.baselines.run import run_baseline
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.events import EventBus
+
+    cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", budget_tokens=args.budget_tokens,
+                       seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
+                       lo=args.lo, hi=args.hi, data=args.data, bos=args.bos, compensate=args.compensate,
+                       importance=args.importance,
+                       **_placement(args), sessions_dir=args.sessions_dir).validate()
+    bus = EventBus()
+    with ProgressRenderer() as renderer:
+        bus.subscribe(renderer)
+        res = run_baseline(cfg, args.method, bus=bus, lam=args.owl_lambda, m=args.owl_m)
+    out.print(f"{args.method} at ratio {cfg.beta}: search ppl {res['search_ppl']:.3f}, "
+              f"final ppl {res['final_ppl']:.3f} ({res['final_tokens']} tokens), session {res['session_id']}")
+    out.print("rates: " + json.dumps([round(r, 5) for r in res["rates"]]))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from selfpruner.core.events import Control, EventBus
+    from selfpruner.core.layer_search.self_pruner import compare_trajectories
+    from selfpruner.core.layer_search.session import replay_session
+    from selfpruner.core.store import Store
+
+    bus, control = EventBus(), Control()
+    with ProgressRenderer(args.verbose) as renderer:
+        bus.subscribe(renderer)
+        search, path = replay_session(args.session, args.sessions_dir, bus=bus, control=control,
+                                      final_eval=not args.no_final, overrides=_typed_placement(args))
+        result = _run_with_signals(search.run, control)
+    diffs = compare_trajectories(Store(path, readonly=True), search.store)
+    _print_result(search.store, result)
+    if diffs:
+        out.print(f"[red]replay diverged[/] from {path.stem}: " + "; ".join(diffs[:10]))
+        return 4
+    out.print(f"[green]replay reproduced[/] the stored trajectory of {path.stem} "
+              f"({len(search.store.candidates())} candidates re-read from the stored replies, bit-identical fitness)")
+    return 0

@@ -1,0 +1,91 @@
+"""sessions, show and report: reading stored sessions (safe beside a running search)."""
+from __future__ import annotations
+
+import json
+import time
+
+from rich.table import Table
+
+from .common import _f, _print_shares, out
+
+
+def cmd_sessions(args) -> int:
+    from selfpruner.core.store import list_sessions
+    rows = list_sessions(args.sessions_dir)
+    if not rows:
+        out.print(f"no sessions in {args.sessions_dir}/")
+        return 0
+    t = Table("id", "kind", "status", "model", "β", "proposer", "best", "final", "gens", "created")
+    for r in rows:
+        if r["error"]:
+            t.add_row(r["id"], "?", "[red]unreadable[/]", r["error"][:50], "", "", "", "", "", "")
+            continue
+        t.add_row(r["id"], r["kind"], r["status"], (r["model"] or "")[:28], _f(r["beta"], 2), r["proposer"] or "",
+                  _f(r["best_fitness"]), _f(r["final_ppl"]), str(r["generations"]),
+                  time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])))
+    out.print(t)
+    return 0
+
+
+def _status_line(st, status: str) -> str:
+    from selfpruner.core.run_lock import holder_text, shown_status
+    shown = shown_status(st.path, status)
+    if shown == "running":
+        return f"running (by {holder_text(st)})"
+    if shown == "died":
+        return f"died (its process is gone; continue it with: selfpruner search --resume {st.path.stem})"
+    return shown
+
+
+def cmd_show(args) -> int:
+    from selfpruner.core.store import Store, resolve_session
+    with Store(resolve_session(args.session, args.sessions_dir), readonly=True) as st:
+        _show(st, args)
+    return 0
+
+
+def _show(st, args) -> None:
+    s = st.session()
+    out.print(f"[bold]{s['id']}[/] {s['kind']} search, status {_status_line(st, s['status'])}")
+    out.print(f"model {s['model_name']} (fingerprint {s['model_fingerprint']}), data {s['data_source']}")
+    if s.get("calib_key"):
+        bos = s.get("bos_token")
+        out.print(f"calibration {s['calib_key']}, " + (f"BOS token {bos} at every window" if bos is not None
+                                                        else "no BOS token"))
+    cfg = s["config"]
+    if s["kind"] in ("layer", "baseline"):
+        out.print(f"fitness {cfg.get('fitness', 'ppl')}, importance {cfg.get('importance', 'wanda-sp')}, "
+                  f"bias compensation {'on' if cfg.get('compensate') else 'off'}"
+                  + (f", race {cfg['race']}" if cfg.get("race") else ""))
+    out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
+    gens = st.generations()
+    fit = cfg.get("fitness", "ppl")  # what the search minimised: ppl, or KL from the dense model
+    if gens:
+        t = Table("generation", f"best {fit}", f"mean {fit}", "population")
+        for g in gens:
+            t.add_row(str(g["generation"]), _f(g["best"]), _f(g["mean"]), str(len(g["population"])))
+        out.print(t)
+    calls = st.calls()
+    if calls:
+        errs = sum(1 for c in calls if c["error"])
+        lat = sum(c["latency_s"] or 0 for c in calls)
+        out.print(f"LLM calls: {len(calls)} ({errs} with errors), {lat:.1f}s in total")
+    _print_shares(st)
+    for r in st.results():
+        out.print(f"result {r['kind']}/{r['name']}: " + json.dumps(r["payload"])[:400])
+    if s["best_candidate"] is not None:
+        best = next(c for c in st.candidates() if c["id"] == s["best_candidate"])
+        out.print(f"best candidate #{best['id']} ({best['origin']}, gen {best['generation']}): search {fit} "
+                  f"{_f(s['best_fitness'])}, final ppl {_f(s['final_ppl'])}")
+        out.print("rates: " + json.dumps(best["rates"]))
+    if args.json:
+        out.print_json(json.dumps({"session": s, "generations": gens}, default=str))
+
+
+def cmd_report(args) -> int:
+    from selfpruner.core.results.report import build_report
+    from selfpruner.core.store import resolve_session
+
+    page = build_report([resolve_session(ref, args.sessions_dir) for ref in args.session], args.out)
+    out.print(f"report of {len(args.session)} session(s): {page}")
+    return 0
