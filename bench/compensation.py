@@ -13,13 +13,13 @@ import statistics
 import tempfile
 import time
 
-from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
-
 from selfpruner.core.baselines.run import baseline_rates
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
 from selfpruner.core.layer_search.session import start_search
 from selfpruner.core.layer_search.workbench import Workbench
+
+from bench_args import add, add_protocol_args  # bench/ is on sys.path when run as a script
 
 
 def final(bench, rates, tokens, compensate: bool) -> float:
@@ -39,9 +39,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_protocol_args(ap)
     ap.add_argument("--ratios", default="0.3,0.5")
-    ap.add_argument("--final-tokens", type=int, default=4096)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
+    add(ap, final_tokens=4096, repeats=5, seed=0)
     ap.add_argument("--baselines-only", action="store_true", help="uniform, OWL and FLAP rows only (no searches)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

@@ -25,6 +25,8 @@ from selfpruner.core.proposers.repair import random_vector
 from selfpruner.core.store import Store
 from selfpruner.core.types import EvalJob, Problem, Proposal
 
+from bench_args import add  # bench/ is on sys.path when run as a script
+
 
 def score(bench, jobs) -> tuple[dict, float]:
     out, t0 = {}, time.perf_counter()
@@ -56,12 +58,7 @@ def driver_overhead_s(n: int = 200) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("--candidates", type=int, default=16)
-    ap.add_argument("--budget-tokens", type=int, default=512)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=8192)
+    add(ap, model="smollm2", ratio=0.3, candidates=16, budget_tokens=512, seq_len=512, calib_tokens=8192)
     ap.add_argument("--gpu-eval-s", type=float, default=0.25,
                     help="for the 8-GPU estimate: seconds of one 2,048-token fitness of a 7B model on one H100")
     args = ap.parse_args(argv)

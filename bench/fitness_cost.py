@@ -22,6 +22,8 @@ from selfpruner.core.model.calibration import collect_stats
 from selfpruner.core.model.evaluate import perplexity
 from selfpruner.core.model.models import describe_model
 
+from bench_args import add  # bench/ is on sys.path when run as a script
+
 
 def physically_pruned(bench: Workbench, rates) -> nn.Module:
     """A deep copy of the pruned model whose projections own contiguous, smaller weights."""
@@ -64,12 +66,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("--budget-tokens", type=int, default=1024)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=8192)
-    ap.add_argument("--repeats", type=int, default=3)
+    add(ap, model=None, ratio=0.3, budget_tokens=1024, seq_len=512, calib_tokens=8192, repeats=3)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")

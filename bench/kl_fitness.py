@@ -15,7 +15,6 @@ import statistics
 import tempfile
 import time
 
-from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
 from scipy.stats import spearmanr
 
 from selfpruner.core.config import SearchConfig
@@ -25,6 +24,8 @@ from selfpruner.core.layer_search.workbench import Workbench
 from selfpruner.core.model.kl import dense_full, full_kl
 from selfpruner.core.proposers.repair import random_vector, repair
 from selfpruner.core.types import Problem
+
+from bench_args import add, add_protocol_args  # bench/ is on sys.path when run as a script
 
 
 def candidates(n_layers: int, beta: float, count: int, seed: int) -> list[list[float]]:
@@ -37,8 +38,7 @@ def candidates(n_layers: int, beta: float, count: int, seed: int) -> list[list[f
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_protocol_args(ap)
-    ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("--candidates", type=int, default=16)
+    add(ap, ratio=0.3, candidates=16)
     ap.add_argument("--reference-tokens", type=int, default=4096)
     ap.add_argument("--ks", default="8,64,512")
     ap.add_argument("--no-search", action="store_true")

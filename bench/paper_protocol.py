@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 import torch
-from protocol_args import add_protocol_args  # bench/ is on sys.path when run as a script
 from search_quality import run_search
 
 from selfpruner.core.baselines.run import baseline_rates
 from selfpruner.core.layer_search.workbench import Workbench
 from selfpruner.core.results.lm_eval_bridge import evaluate_tasks
+
+from bench_args import add, add_protocol_args  # bench/ is on sys.path when run as a script
 
 TASK = Path(__file__).resolve().parent.parent / "tests" / "data" / "tiny_facts.yaml"
 SEEDED = {"numeric GA": dict(proposer="numeric"), "Self-Pruner (LLM)": dict()}
@@ -52,7 +53,7 @@ def main(argv=None):
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--proposer-model", default=None, help="llama-cpp proposer GGUF (default: the code default)")
-    ap.add_argument("--final-tokens", type=int, default=4096)
+    add(ap, final_tokens=4096)
     ap.add_argument("--out", default="paper_protocol.jsonl", help="one JSON line per method run")
     ap.add_argument("--report", metavar="FILE", help="print the tables from a run's JSON lines")
     args = ap.parse_args(argv)

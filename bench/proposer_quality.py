@@ -31,6 +31,8 @@ from selfpruner.core.proposers.numeric import NumericProposer, phase_rng
 from selfpruner.core.results.session_summary import proposal_shares
 from selfpruner.core.types import Proposal
 
+from bench_args import add  # bench/ is on sys.path when run as a script
+
 PROPOSERS = {
     "llama-cpp gemma": dict(proposer="llama-cpp"),
     "llama-cpp smollm2": dict(proposer="llama-cpp", proposer_model="smollm2"),
@@ -90,19 +92,9 @@ def offspring_stats(store) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("-K", type=int, default=6)
-    ap.add_argument("-M", type=int, default=3)
-    ap.add_argument("-S", type=int, default=3)
-    ap.add_argument("-N", type=int, default=4)
-    ap.add_argument("--budget-tokens", type=int, default=512)
-    ap.add_argument("--final-tokens", type=int, default=4096)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=8192)
-    ap.add_argument("--seed", type=int, default=0)
+    add(ap, model="smollm2", ratio=0.3, K=6, M=3, S=3, N=4, budget_tokens=512, final_tokens=4096, seq_len=512,
+            calib_tokens=8192, seed=0, sessions_dir=None)
     ap.add_argument("--proposers", default=",".join(PROPOSERS))
-    ap.add_argument("--sessions-dir", default=None)
     ap.add_argument("--report", metavar="DIR", help="print the table from the sessions a run left in DIR")
     args = ap.parse_args(argv)
     if args.report:

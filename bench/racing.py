@@ -22,6 +22,8 @@ from selfpruner.core.layer_search.racing import race_tokens
 from selfpruner.core.layer_search.session import start_search
 from selfpruner.core.layer_search.workbench import Workbench
 
+from bench_args import add  # bench/ is on sys.path when run as a script
+
 
 def search(bench, sessions, base: dict, **over) -> tuple[float, int, float, float]:
     """(final ppl, tokens scored, search fitness, seconds)."""
@@ -61,18 +63,10 @@ def from_log(path: str) -> dict[str, list[tuple[float, float]]]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("-K", type=int, default=6)
-    ap.add_argument("-M", type=int, default=5)
-    ap.add_argument("-S", type=int, default=5)
-    ap.add_argument("-N", type=int, default=6)
-    ap.add_argument("--seq-len", type=int, default=256)
+    add(ap, model="smollm2", ratio=0.3, K=6, M=5, S=5, N=6, seq_len=256, calib_tokens=8192, final_tokens=4096,
+            sessions_dir=None)
     ap.add_argument("--race", default="256:all,1024:3,2048:1")
-    ap.add_argument("--calib-tokens", type=int, default=8192)
-    ap.add_argument("--final-tokens", type=int, default=4096)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--sessions-dir", default=None)
     ap.add_argument("--report", default=None, metavar="LOG", help="re-print the summary from a run's output")
     args = ap.parse_args(argv)
     if args.report:

@@ -16,6 +16,8 @@ from pathlib import Path
 from selfpruner.core.results.report import build_report
 from selfpruner.core.store import resolve_session
 
+from bench_args import add  # bench/ is on sys.path when run as a script
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -39,7 +41,7 @@ def ink(png: Path) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("session", nargs="+")
-    ap.add_argument("--sessions-dir", default="sessions")
+    add(ap, sessions_dir="sessions")
     ap.add_argument("--out", default="/tmp/selfpruner-report")
     args = ap.parse_args(argv)
     page = build_report([resolve_session(s, args.sessions_dir) for s in args.session], args.out)

@@ -21,6 +21,8 @@ from pathlib import Path
 from selfpruner.core.layer_search.self_pruner import compare_trajectories
 from selfpruner.core.store import Store
 
+from bench_args import add  # bench/ is on sys.path when run as a script
+
 
 def cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "selfpruner.cli", *args], capture_output=True, text=True, **kw)
@@ -36,8 +38,7 @@ def calls_in(db: Path, generation: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("-N", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=7)
+    add(ap, N=3, seed=7)
     ap.add_argument("--kill-in", type=int, default=2, help="generation whose first LLM call triggers the kill")
     args = ap.parse_args()
     search = ["search", "--model", "smollm2", "--proposer", "llama-cpp", "--proposer-model", "smollm2",

@@ -27,15 +27,16 @@ import torch
 # The calibration cache would turn a repeated run's calibration time into a file read.
 os.environ.setdefault("SELFPRUNER_CACHE", tempfile.mkdtemp(prefix="selfpruner-scale-"))
 
-from fitness_cost import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
-from search_memory import rss_bytes  # noqa: E402
-
 from selfpruner.core.layer_search.workbench import Workbench  # noqa: E402
 from selfpruner.core.model.data import TokenData  # noqa: E402
 from selfpruner.core.model.evaluate import HEAD_CHUNK, perplexity  # noqa: E402
 from selfpruner.core.model.models import LoadedModel, resolve_device, resolve_dtype  # noqa: E402
 from selfpruner.core.results.export import build_pruned  # noqa: E402
 from selfpruner.core.results.speed import compare, param_count, weight_bytes  # noqa: E402
+
+from bench_args import add  # noqa: E402  (bench/ is on sys.path when run as a script)
+from fitness_cost import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+from search_memory import rss_bytes  # noqa: E402
 
 SHAPES = {
     "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -167,17 +168,12 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="bfloat16", choices=["auto", "bfloat16", "float16", "float32"])
     ap.add_argument("--batch-size", type=int, default=None, help="windows per forward (default: auto)")
-    ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--calib-tokens", type=int, default=512)
-    ap.add_argument("--budget-tokens", type=int, default=256)
+    add(ap, ratio=0.3, seq_len=256, calib_tokens=512, budget_tokens=256, repeats=2, seed=0)
     ap.add_argument("--candidates", type=int, default=3, help="distinct rate vectors scored (no copy each)")
-    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--physical", choices=["auto", "on", "off"], default="auto",
                     help="the physical comparison at full depth (auto: when the pruned copy fits in memory)")
     ap.add_argument("--physical-layers", type=int, default=4,
                     help="depth for the physical comparison when it does not run at full depth (0: skip)")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

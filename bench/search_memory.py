@@ -22,6 +22,8 @@ from selfpruner.core.layer_search.session import start_search
 from selfpruner.core.layer_search.workbench import Workbench
 from selfpruner.core.model.evaluate import HEAD_CHUNK
 
+from bench_args import add  # bench/ is on sys.path when run as a script
+
 
 def rss_bytes() -> int:
     with open("/proc/self/status") as f:
@@ -49,14 +51,8 @@ class PeakSampler(threading.Thread):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("--budget-tokens", type=int, default=512)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=8192)
+    add(ap, model=None, ratio=0.3, budget_tokens=512, seq_len=512, calib_tokens=8192, K=4, N=2)
     ap.add_argument("--proposer", default="numeric", help="llama-cpp adds the GGUF proposer's own memory")
-    ap.add_argument("-K", type=int, default=4)
-    ap.add_argument("-N", type=int, default=2)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")

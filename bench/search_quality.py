@@ -31,6 +31,8 @@ from selfpruner.core.proposers.replay import ReplayProposer
 from selfpruner.core.results.session_summary import proposal_shares
 from selfpruner.core.store import Store
 
+from bench_args import add  # bench/ is on sys.path when run as a script
+
 SEARCHES = {
     "numeric GA": dict(proposer="numeric"),
     "Self-Pruner (LLM)": dict(),
@@ -64,17 +66,10 @@ def race_generations(args) -> int:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
+    add(ap, model=None, K=4, M=2, S=2, N=2, budget_tokens=512, seq_len=512, calib_tokens=8192)
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--proposer", default="llama-cpp")
-    ap.add_argument("-K", type=int, default=4)
-    ap.add_argument("-M", type=int, default=2)
-    ap.add_argument("-S", type=int, default=2)
-    ap.add_argument("-N", type=int, default=2)
-    ap.add_argument("--budget-tokens", type=int, default=512)
     ap.add_argument("--final-tokens", type=int, default=2048, help="0 = whole test stream")
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--llm-threads", type=int, default=None, help="llama-cpp threads (default: torch's)")
     ap.add_argument("--race", default="128:all,256:2,512:1", help="the race row's stages (last = --budget-tokens)")
     ap.add_argument("--methods", default=",".join(["uniform", "owl", *SEARCHES]))

@@ -23,18 +23,15 @@ from selfpruner.core.model.evaluate import ppl_from_nlls, window_nlls
 from selfpruner.core.proposers.registry import make_proposer
 from selfpruner.core.types import Problem, Scored
 
+from bench_args import add  # bench/ is on sys.path when run as a script
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--ratio", type=float, default=0.3)
-    ap.add_argument("--candidates", type=int, default=20)
+    add(ap, model=None, ratio=0.3, candidates=20, seq_len=512, calib_tokens=8192, seed=1)
     ap.add_argument("--budgets", default="512,1024,2048")
     ap.add_argument("--reference-tokens", type=int, default=3072, help="0 = whole test stream")
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--candidates-from", choices=["random", "neighbours"], default="random")
-    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--kl-k", type=int, default=64)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
