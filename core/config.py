@@ -100,7 +100,7 @@ class SearchConfig:
 
     def __post_init__(self):
         if self.budget_tokens is None:
-            self.budget_tokens = self.race_budget() or self.seq_len
+            self.budget_tokens = self.race_budget()
         # An ablation removes an operator but keeps the offspring count: its share goes to the other one.
         # Idempotent, so a config read back from a session is not shifted twice.
         if self.ablation == "no-mutation":
@@ -108,11 +108,14 @@ class SearchConfig:
         elif self.ablation == "no-crossover":
             self.mutations, self.crossovers = self.mutations + self.crossovers, 0
 
-    def race_budget(self) -> int | None:
+    def race_budget(self) -> int:
+        """The search's budget by the race rule (layer_search.racing.search_budget), ignoring a --budget-tokens
+        given beside a race; validate() refuses that and says what is wrong with a bad spec."""
+        from .layer_search.racing import search_budget
         try:
-            return self.race_stages[-1].budget_tokens if self.race else None
+            return search_budget(self.race, self.seq_len, None)
         except ConfigError:
-            return None  # validate() says what is wrong with the spec
+            return self.seq_len
 
     @property
     def race_stages(self) -> list:
@@ -160,10 +163,8 @@ class SearchConfig:
         if self.bos not in ("auto", "on", "off"):
             raise ConfigError("--bos must be auto, on or off")
         check_placement(self.device, self.dtype, self.device_map, self.batch_size)
-        last = self.race_stages[-1].budget_tokens if self.race else self.budget_tokens
-        if last != self.budget_tokens:
-            raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be --race's last budget ({last}), "
-                              f"or left out")
+        from .layer_search.racing import search_budget
+        search_budget(self.race, self.seq_len, self.budget_tokens)
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 (this process) or more, got {self.workers}")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:

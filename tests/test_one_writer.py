@@ -462,7 +462,7 @@ def test_a_failing_write_is_one_line_and_loses_nothing(tmp_path, tiny_bench, tin
 def test_kill_9_and_resume_with_the_llama_cpp_proposer_on_smollm2(tmp_path):
     pytest.importorskip("llama_cpp")
     args = ["search", "--model", "smollm2", "--proposer", "llama-cpp", "--proposer-model", "smollm2",
-            "--llm-threads", "1", "--ratio", "0.3", "-K", "4", "-M", "2", "-S", "2", "-N", "2",
+            "--ratio", "0.3", "-K", "4", "-M", "2", "-S", "2", "-N", "1",
             "--calib-tokens", "2048", "--budget-tokens", "256", "--seq-len", "256", "--final-tokens", "512",
             "--data", "local", "--seed", "7"]
     code, _, err = cli(*args, "--sessions-dir", str(tmp_path / "ref"), timeout=1200)
@@ -470,14 +470,15 @@ def test_kill_9_and_resume_with_the_llama_cpp_proposer_on_smollm2(tmp_path):
     ref = Store(only_session(tmp_path / "ref"), readonly=True)
     sd = tmp_path / "cut"
     proc = spawn(*args, "--sessions-dir", str(sd))
-    # killed during generation 2: after its selection call, while its mutations are being written
+    # killed during generation 1: after its selection call, while its mutations are being written (the issue's
+    # generation 2 of N=3 is bench/resume_exact.py; here the smallest search with a generation to cut)
     wait_for(lambda: only_session(sd) is not None and db_count(
-        only_session(sd), "select count(*) from llm_calls where generation = 2") >= 1, timeout=1200,
-        what="generation 2's first LLM call")
+        only_session(sd), "select count(*) from llm_calls where generation = 1") >= 1, timeout=1200,
+        what="generation 1's first LLM call")
     proc.kill()
     proc.wait()
     path = only_session(sd)
-    assert not [c for c in Store(path, readonly=True).candidates() if c["generation"] == 2]
+    assert not [c for c in Store(path, readonly=True).candidates() if c["generation"] == 1]
     code, _, err = cli("search", "--resume", path.stem, "--sessions-dir", str(sd), timeout=1200)
     assert code == 0, err
     st = Store(path, readonly=True)

@@ -47,6 +47,17 @@ def parse_race(spec: str, seq_len: int) -> list[RaceStage]:
     return stages
 
 
+def search_budget(race: str | None, seq_len: int, budget_tokens: int | None) -> int:
+    """The rule, written once: a raced search's budget is its last stage's (a different --budget-tokens is
+    refused); without a race it is --budget-tokens, or one seq_len window when left out."""
+    if not race:
+        return budget_tokens or seq_len
+    last = parse_race(race, seq_len)[-1].budget_tokens
+    if budget_tokens is not None and budget_tokens != last:
+        raise ConfigError(f"--budget-tokens ({budget_tokens}) must be --race's last budget ({last}), or left out")
+    return last
+
+
 def survivors(scored: list[tuple[int, float]], keep: int | None) -> list[int]:
     """The ids a stage passes on: the `keep` best by (fitness, id), ties to the older candidate."""
     ranked = sorted(scored, key=lambda t: (t[1], t[0]))

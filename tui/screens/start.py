@@ -235,8 +235,8 @@ class StartScreen(Screen):
         cfg.batch_size = self._number("batch_size", "windows / forward", int, optional=True)
         cfg.workers = self._number("workers", "Ray workers", int, optional=True) or 0
         cfg.race = self.query_one("#race", Input).value.strip() or None
-        if cfg.race:  # the race's last budget is the search budget
-            cfg.budget_tokens = cfg.race_budget() or cfg.budget_tokens
+        if cfg.race:  # the form's budget field gives way to the race's (the race rule, in racing.search_budget)
+            cfg.budget_tokens = cfg.race_budget()
         return cfg.validate()
 
     def _number(self, key: str, label: str, typ, optional: bool = False):
