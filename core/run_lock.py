@@ -33,11 +33,10 @@ def _try_flock(path: Path, mode: int) -> int | None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as e:
         os.close(fd)
-        return None
-    except OSError:
-        os.close(fd)
+        if isinstance(e, BlockingIOError):
+            return None
         raise
     return fd
 
@@ -76,10 +75,11 @@ def refuse_if_live(path: Path | str) -> None:
 
 
 class RunLock:
-    """Held by the process that runs a session; `release` records how the run ended."""
+    """Held by the process that runs a session; `release` records how the run ended. `command` names the
+    program in the holder line (default: this process's, from its argv)."""
 
-    def __init__(self, store: Store, command: str):
-        self.store, self.command = store, command
+    def __init__(self, store: Store, command: str | None = None):
+        self.store, self.command = store, command or run_command()
         self.fd: int | None = None
         self.run_id: int | None = None
 

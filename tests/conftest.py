@@ -121,3 +121,14 @@ class HeldSession:
 
     def __exit__(self, *exc):
         self.kill()
+
+
+def cli(*args, env=None, cwd=None, timeout=600):
+    """(exit code, stdout, stderr) of `selfpruner ARGS` in a subprocess, as a user runs it (no API key)."""
+    import subprocess
+    import sys
+    e = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    e.update(env or {})
+    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=e, cwd=cwd)
+    return r.returncode, r.stdout, r.stderr

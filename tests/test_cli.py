@@ -1,7 +1,5 @@
 """Bad input gets one clear error line (exit 2) and nothing is lost."""
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,14 +8,7 @@ from selfpruner.core.config import SearchConfig
 from selfpruner.core.layer_search.session import build_proposer
 from selfpruner.core.store import Store, StoreError
 
-
-def cli(*args, env=None, cwd=None):
-    import os
-    e = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    e.update(env or {})
-    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", *args], capture_output=True, text=True,
-                       timeout=300, env=e, cwd=cwd)
-    return r.returncode, r.stdout, r.stderr
+from conftest import cli
 
 
 def _one_error_line(stderr):

@@ -29,7 +29,7 @@ from selfpruner.core.proposers.llm import LLMProposer, call_seed
 from selfpruner.core.run_lock import RunLock, SessionBusy, is_live
 from selfpruner.core.store import SCHEMA_VERSION, Store, StoreError
 
-from conftest import HeldSession
+from conftest import HeldSession, cli
 from test_proposers import Scripted
 from test_trust import FakeLLM
 
@@ -37,12 +37,6 @@ TINY = dict(beta=0.4, population=4, mutations=2, crossovers=2, generations=3, bu
             calib_tokens=256, final_tokens=256, data="local")
 CLI_TINY = ["--ratio", "0.4", "-K", "4", "-M", "2", "-S", "2", "--budget-tokens", "128", "--seq-len", "32",
             "--calib-tokens", "256", "--final-tokens", "256", "--data", "local", "--proposer", "numeric"]
-
-
-def cli(*args, timeout=600):
-    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", *args], capture_output=True, text=True,
-                       timeout=timeout)
-    return r.returncode, r.stdout, r.stderr
 
 
 def spawn(*args):

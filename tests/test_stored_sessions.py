@@ -7,23 +7,18 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from selfpruner.core.store import Store
 
+from conftest import cli
+
 pytestmark = pytest.mark.slow
 
 STORED = Path(__file__).parent / "data" / "sessions"
 LAYER = ["numeric", "llama-cpp", "racing", "ray"]
-
-
-def cli(*args):
-    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", *args], capture_output=True, text=True, timeout=900)
-    return r.returncode, r.stdout, r.stderr
 
 
 @pytest.fixture

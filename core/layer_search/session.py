@@ -7,7 +7,7 @@ from pathlib import Path
 from ..config import ConfigError, SearchConfig
 from ..events import Control, EventBus, SessionStarted
 from ..proposers.base import Proposer
-from ..run_lock import RunLock, run_command
+from ..run_lock import RunLock
 from ..store import Store, StoreError, resolve_session
 from .self_pruner import SelfPrunerSearch
 from .workbench import Workbench
@@ -140,7 +140,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
     try:
         if resume is not None:
             store = Store(resume)
-            lock = RunLock(store, command or run_command()).acquire()
+            lock = RunLock(store, command).acquire()
             s = store.session()
             if bench is None:
                 bench = session_workbench(cfg, s, bus)
@@ -157,7 +157,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
                                       beta=cfg.beta, proposer=proposer.name, calib_key=bench.calib_key,
                                       bos_token=bench.data.bos)
             sid = store.session_id
-            lock = RunLock(store, command or run_command()).acquire()
+            lock = RunLock(store, command).acquire()
             store_references(store, bench, cfg)
         if bench.pruner.importance != cfg.importance:  # the importance fixed the model's head/channel order
             raise ConfigError(f"the workbench orders heads and channels by {bench.pruner.importance}, the search "

@@ -10,7 +10,7 @@ from ..model.data import load_token_data
 from ..model.evaluate import auto_batch_size, perplexity
 from ..model.models import dtype_name, load_model
 from ..proposers.base import ProposerError
-from ..run_lock import RunLock, run_command
+from ..run_lock import RunLock
 from ..store import Store, StoreError, resolve_session
 from .expr_parse import parse
 from .expr_print import to_text
@@ -139,7 +139,7 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
         if resume:
             path = resolve_session(resume, run.sessions_dir)
             store = Store(path)
-            lock = RunLock(store, run_command()).acquire()  # one runner per session, before the model loads
+            lock = RunLock(store).acquire()  # one runner per session, before the model loads
             s = store.session()
             if s["kind"] != "metric":
                 raise StoreError(f"session {s['id']} is a {s['kind']} search, not a metric search")
@@ -159,7 +159,7 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
                                       model_name=ws.lm.name, model_fingerprint=ws.lm.fingerprint,
                                       data_source=ws.data.source, beta=cfg.sparsity, proposer=run.proposer or "gp")
             sid = store.session_id
-            lock = RunLock(store, run_command()).acquire()
+            lock = RunLock(store).acquire()
     except BaseException:
         if lock is not None:
             lock.release("refused")
