@@ -6,7 +6,8 @@ each made lazily inside the function that needs it: `config` parses a `--race` s
 `proposers.registry` builds the metric search's LLM proposer from `metric_search.session`, and
 `layer_search.workbench` asks `baselines.rates` for the uniform/OWL rates a report draws against.
 
-- top level: `config` (SearchConfig, ConfigError, placement checks), `errors` (UserError, the base of every error
+- top level: `config` (SearchConfig as the union of small frozen parts: what is pruned, placement, data, fitness,
+  evolution, proposer, cluster; each setting declares its CLI flag, form label and whether a resume may change it), `errors` (UserError, the base of every error
   whose one-line message tells the user what to fix), `types` (plain data between searches, proposers and the
   store), `plans` (which pruned model a rate vector stands for: the identity of a layer-rate candidate),
   `events` (what the core reports while it runs; the CLI and TUI only subscribe), `store` (one SQLite file per

@@ -1,7 +1,13 @@
-"""SearchConfig: everything a layer-rate search needs, validated once, stored with the session."""
+"""SearchConfig: everything a layer-rate search needs, validated once, stored with the session.
+
+It is declared in parts, small frozen specs grouped by what they decide (what is pruned, where the model runs,
+which text, how fitness is measured, the evolution, the proposer, the cluster). SearchConfig is their flat union:
+that is the shape a session stores and every old session reads back. Each setting's metadata says what the CLI
+and the TUI form call it and whether a resumed search may change it, so those lists are not written twice.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 
 from .errors import UserError
 
@@ -12,6 +18,17 @@ class ConfigError(UserError, ValueError):
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's spreading strategies
+DATA_SOURCES = ("auto", "hub", "local")
+
+
+def setting(default, *, help: str | None = None, flags: tuple | None = (), choices: tuple | None = None,
+            metavar: str | None = None, label: str | None = None, resume: bool = False):
+    """A config field with what the front ends need to offer it: `flags` (CLI option strings, default
+    --field-name; None = not a CLI option of its own; a bool is a switch, --no-x meaning False), `help`, `choices`, `metavar`, the TUI form's `label`,
+    and `resume` (a resumed search may change it)."""
+    meta = {"help": help, "flags": None if flags is None else tuple(flags), "choices": choices, "metavar": metavar, "label": label,
+            "resume": resume}
+    return field(default=default, metadata=meta)
 
 
 def valid_device(device: str) -> bool:
@@ -32,71 +49,157 @@ def check_placement(device: str, dtype: str, device_map: str | None, batch_size:
         raise ConfigError(f"--batch-size must be at least 1 (or auto), got {batch_size}")
 
 
-@dataclass
-class SearchConfig:
-    model: str | None = None  # None = bundled gemma-3-270m GGUF
-    beta: float = 0.3  # target mean pruning rate
-    proposer: str = "llama-cpp"  # openai | llama-cpp | vllm | numeric | replay
-    proposer_model: str | None = None  # GGUF path / OpenAI model / vLLM model; None = proposer's default
-    replay_from: str | None = None  # session path for the replay proposer
-    population: int = 30  # K
-    mutations: int = 10  # M
-    crossovers: int = 10  # S
-    generations: int = 20  # N
-    lo: float = 0.0  # per-layer rate bounds
-    hi: float = 1.0
-    # search-time fitness tokens; None = one seq_len window, which ranks as well as four (bench/token_budget.py)
-    budget_tokens: int | None = None
-    seq_len: int = 512
-    calib_tokens: int = 16384
-    final_tokens: int | None = None  # final evaluation budget; None = the whole test stream
-    final_eval: bool = True
-    init: str = "llm"  # llm | random  (paper ablation: random initial population)
-    # no-mutation | no-crossover: the paper's ablations, at the same evaluation count (see __post_init__)
-    ablation: str = "none"
+@dataclass(frozen=True)
+class Pruning:
+    """What is pruned, to what mean rate, and how a layer's heads and channels are ordered for removal."""
+    model: str | None = setting(None, label="model", help="HF dir, hub id or .gguf (default: bundled gemma-3-270m)")
+    beta: float = setting(0.3, flags=("--ratio", "--beta"), label="ratio β", help="mean pruning rate β in (0,1)")
+    lo: float = setting(0.0, help="lowest per-layer rate")
+    hi: float = setting(1.0, help="highest per-layer rate")
+    # wanda-sp (|W|·||X||) or flap (Var(X)·||W||²)
+    importance: str = setting("wanda-sp", choices=("wanda-sp", "flap"),
+                              help="what orders a layer's heads and channels for removal (flap: Var(X)·||W||²)")
+    # FLAP's bias compensation: removed heads/channels leave their mean output as a bias of o_proj/down_proj
+    compensate: bool = setting(False, label="bias compensation (FLAP: removed units leave their mean output)",
+                               help="FLAP bias compensation: removed heads/channels leave their mean output as a bias")
+    # of every rate: what prompts show and ask for, and repair's unit (10**-decimals)
+    decimals: int = setting(5, help="decimals of every rate (prompts and repair)")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the model runs. device: auto | cpu | cuda | cuda:N (auto: CUDA when visible, else the CPU). dtype: a
+    new session stores the dtype it actually ran in, since it changes every fitness (auto: bfloat16 on CUDA,
+    float32 on the CPU), so a resume may not change it. device_map: accelerate's 'auto' spreads a model larger
+    than one GPU over all visible ones. batch_size: windows per forward, None = auto."""
+    device: str = setting("auto", label="device", resume=True,
+                          help="auto | cpu | cuda | cuda:N (auto: CUDA when visible, else CPU)")
+    dtype: str = setting("auto", choices=DTYPES, label="dtype",
+                         help="weights (auto: bfloat16 on CUDA, float32 on CPU)")
+    device_map: str | None = setting(None, choices=DEVICE_MAPS, label="device map", resume=True,
+                                     help="spread a model larger than one GPU over all visible GPUs (accelerate)")
+    batch_size: int | None = setting(None, metavar="N|auto", label="windows / forward", resume=True,
+                                     help="windows per forward (auto: as many as free GPU memory holds; 1 on the CPU)")
+
+    def loads_same_model_as(self, other: Placement) -> bool:
+        """Only the windows per forward differ: the resident weights can be reused."""
+        return (self.device, self.dtype, self.device_map) == (other.device, other.dtype, other.device_map)
+
+
+@dataclass(frozen=True)
+class Data:
+    """The WikiText-2 text and how it is cut into windows (the calibration depends on all of it)."""
+    data: str = setting("auto", choices=DATA_SOURCES, label="WikiText-2")
+    seq_len: int = setting(512, label="context (seq len)")
+    calib_tokens: int = setting(16384, label="calibration tokens")
+    # BOS at the start of every window: auto (the tokenizer's habit) | on | off
+    bos: str = setting("auto", choices=("auto", "on", "off"),
+                       help="BOS token at the start of every window (auto: as the model's tokenizer does)")
+
+
+@dataclass(frozen=True)
+class Fitness:
+    """How a candidate is scored during the search, and the final evaluation of the best."""
+    # ppl, or kl = mean per-token KL(dense ‖ pruned) over the same windows, from the dense model's top-kl_k
+    # log-probs (core/model/kl.py); the final evaluation is ppl on test text either way
+    fitness: str = setting("ppl", choices=("ppl", "kl"),
+                           help="search fitness: ppl, or KL from the dense model (EvoPress); the final score is ppl")
+    kl_k: int = setting(64, help="dense top-k log-probs kept for --fitness kl")
+    # None = one seq_len window, which ranks as well as four (bench/token_budget.py)
+    budget_tokens: int | None = setting(None, label="tokens / fitness",
+                                        help="tokens per search-time fitness (default: one --seq-len window)")
+    # Racing (core/layer_search/racing.py), e.g. "512:all,2048:4,8192:1"; its last budget is budget_tokens.
+    race: str | None = setting(None, metavar="TOKENS:N,...", label="race",
+                               help="racing, e.g. 512:all,2048:4,8192:1: offspring on 512 tokens, the best 4 on "
+                                    "2048, the best 1 on 8192 (joins the population); the last budget is the search "
+                                    "budget")
+    final_tokens: int | None = setting(None, label="final eval tokens", resume=True,
+                                       help="final evaluation tokens (default: all)")
+    final_eval: bool = setting(True, flags=("--no-final",), label="final evaluation on the test stream", resume=True,
+                               help="skip the final test-set evaluation")
+
+
+@dataclass(frozen=True)
+class Evolution:
+    """Algorithm 1's sizes and variants."""
+    population: int = setting(30, flags=("-K", "--population"), label="population K")
+    mutations: int = setting(10, flags=("-M", "--mutations"), label="mutations M")
+    crossovers: int = setting(10, flags=("-S", "--crossovers"), label="crossovers S")
+    generations: int = setting(20, flags=("-N", "--generations"), label="generations N", resume=True)
+    init: str = setting("llm", choices=("llm", "random"), label="random initial population (paper ablation)",
+                        help="random = paper's ablation")
+    # no-mutation | no-crossover: the paper's ablations, at the same evaluation count (see __post_init__);
+    # the CLI offers them as two switches
+    ablation: str = setting("none", flags=None, choices=("none", "no-mutation", "no-crossover"))
     # llm: Algorithm 1's selection step (the LLM picks the parents, mutation and crossover see only those);
     # inline: mutation/crossover prompts show the whole population and the LLM cites parents as it writes
-    selection: str = "llm"
-    bos: str = "auto"  # BOS at the start of every window: auto (the tokenizer's habit) | on | off
-    max_retries: int = 3
-    temperature: float = 0.8
-    llm_threads: int | None = None  # llama-cpp threads; None = as many as torch uses
-    # search fitness: ppl, or kl = mean per-token KL(dense ‖ pruned) over the same windows, from the dense
-    # model's top-kl_k log-probs (core/model/kl.py); the final evaluation is ppl on test text either way
-    fitness: str = "ppl"
-    kl_k: int = 64
-    # what orders a layer's heads and channels for removal: wanda-sp (|W|·||X||) or flap (Var(X)·||W||²)
-    importance: str = "wanda-sp"
-    # FLAP's bias compensation: removed heads/channels leave their mean output as a bias of o_proj/down_proj
-    compensate: bool = False
-    decimals: int = 5  # of every rate: what prompts show and ask for, and repair's unit (10**-decimals)
-    prompt_fitness: str = "ppl"  # ppl | rank: what the LLM sees of each population member's fitness
+    selection: str = setting("llm", choices=("llm", "inline"),
+                             help="llm: the LLM selects M parents first (Algorithm 1); inline: it cites parents as it "
+                                  "writes")
+    seed: int = setting(0, label="seed")
+
+
+@dataclass(frozen=True)
+class Proposing:
+    """Which proposer writes the candidates, what its prompts show, and how its process runs (the last part a
+    resume may change)."""
+    proposer: str = setting("llama-cpp", label="proposer")  # choices: proposers.registry.LAYER_PROPOSERS
+    proposer_model: str | None = setting(None, label="proposer model",
+                                         help="GGUF / OpenAI model / vLLM model for the proposer")
+    replay_from: str | None = setting(None, help="session to replay (with --proposer replay)")
+    temperature: float = setting(0.8)
+    prompt_fitness: str = setting("ppl", choices=("ppl", "rank"),
+                                  help="what the LLM sees of each population member: its ppl or its rank")
     # prompts carry a per-layer sensitivity table, measured once (n_layers extra evaluations)
-    prompt_sensitivity: bool = False
-    base_url: str | None = None  # openai: an OpenAI-compatible server (vllm serve, llama-cpp-python, Ollama)
-    llm_concurrency: int = 4  # openai: requests in flight at once
-    vllm_gpu_share: float = 0.3  # vllm: its gpu_memory_utilization, so the pruned model fits beside it
-    seed: int = 0
-    data: str = "auto"  # auto | hub | local
-    sessions_dir: str = "sessions"
-    # Where the model runs. device: auto | cpu | cuda | cuda:N (auto: CUDA when visible, else the CPU).
-    # dtype: auto | bfloat16 | float16 | float32; a new session stores the dtype it actually ran in, since the
-    # dtype changes every fitness (auto: bfloat16 on CUDA, float32 on the CPU). device_map: accelerate's
-    # 'auto' spreads a model larger than one GPU over all visible ones. batch_size: windows per forward,
-    # None = auto (from free memory on a GPU, evaluate.CPU_BATCH on the CPU).
-    device: str = "auto"
-    dtype: str = "auto"
-    device_map: str | None = None
-    batch_size: int | None = None
-    # Racing (core/layer_search/racing.py), e.g. "512:all,2048:4,8192:1"; its last budget is budget_tokens.
-    race: str | None = None
-    # Ray (core/layer_search/distributed.py): evaluations run on `workers` actors, each holding one resident workbench;
-    # 0 = in this process. ray_address joins a running cluster ('auto' or host:port) instead of starting one.
-    # gpus_per_worker: None = 1 where the cluster has GPUs, else 0; above 1 the worker spreads the model
-    # over its GPUs with a device map.
-    workers: int = 0
-    ray_address: str | None = None
-    gpus_per_worker: float | None = None
+    prompt_sensitivity: bool = setting(False, help="measure each layer's sensitivity once (n_layers evaluations) "
+                                                   "and show it in the prompts")
+    max_retries: int = setting(3, resume=True)
+    llm_threads: int | None = setting(None, metavar="N", resume=True,
+                                      help="llama-cpp threads (default: as many as torch uses; 1 on a box busy with "
+                                           "other jobs)")
+    base_url: str | None = setting(None, metavar="URL", resume=True,
+                                   help="--proposer openai against any OpenAI-compatible server (vllm serve, "
+                                        "llama-cpp-python's server, Ollama), e.g. http://127.0.0.1:8000/v1; no API "
+                                        "key needed")
+    llm_concurrency: int = setting(4, metavar="N", resume=True,
+                                   help="openai: requests in flight at once (a generation's mutation and crossover "
+                                        "calls)")
+    # vllm: its gpu_memory_utilization, so the pruned model fits beside it
+    vllm_gpu_share: float = setting(0.3, metavar="F", resume=True,
+                                    help="vllm: fraction of the GPU's memory the proposer takes (the pruned model "
+                                         "shares the rest)")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Ray (core/layer_search/distributed.py): evaluations run on `workers` actors, each holding one resident
+    workbench; 0 = in this process. ray_address joins a running cluster ('auto' or host:port) instead of starting
+    one. gpus_per_worker: None = 1 where the cluster has GPUs, else 0; above 1 the worker spreads the model over its
+    GPUs with a device map."""
+    workers: int = setting(0, metavar="N", label="Ray workers", resume=True,
+                           help="evaluate candidates on N Ray workers, each holding the model (pip install "
+                                "'selfpruner[distributed]'); 0 = in this process")
+    ray_address: str | None = setting(None, metavar="ADDR|auto", resume=True,
+                                      help="join a running Ray cluster instead of starting a local one")
+    gpus_per_worker: float | None = setting(None, metavar="G", resume=True,
+                                            help="GPUs each Ray worker owns (default 1 where the cluster has GPUs); "
+                                                 "above 1 it spreads the model over them with a device map")
+
+
+PARTS = (Pruning, Placement, Data, Fitness, Evolution, Proposing, Cluster)
+
+# What a resumed search may change: how long it runs, how it ends, how the proposer's process runs, where the
+# model runs (device, device map, windows per forward: the same numbers within floating-point tolerance) and the
+# cluster. Every other setting would give another search, so a resume that asks for one is refused.
+RESUMABLE = frozenset(f.name for part in PARTS for f in fields(part) if f.metadata["resume"])
+
+
+def part_fields(*parts) -> list:
+    return [f for part in parts for f in fields(part)]
+
+
+class _SearchConfigBase:
+    """SearchConfig's behaviour; its fields are the parts' (see the make_dataclass call below)."""
 
     def __post_init__(self):
         if self.budget_tokens is None:
@@ -107,6 +210,15 @@ class SearchConfig:
             self.mutations, self.crossovers = 0, self.mutations + self.crossovers
         elif self.ablation == "no-crossover":
             self.mutations, self.crossovers = self.mutations + self.crossovers, 0
+
+    def part(self, spec):
+        """The frozen view of one part (e.g. cfg.part(Placement)): hashable, comparable, passable as kwargs."""
+        return spec(**{f.name: getattr(self, f.name) for f in fields(spec)})
+
+    def workbench_key(self) -> tuple:
+        """What a resident workbench depends on: the model and where it runs, the text and its windows, and the
+        importance that orders the units (compensation is switched on the built pruner)."""
+        return (self.model, self.part(Placement), self.part(Data), self.importance)
 
     def race_budget(self) -> int:
         """The search's budget by the race rule (layer_search.racing.search_budget), ignoring a --budget-tokens
@@ -126,7 +238,7 @@ class SearchConfig:
     def distributed(self) -> bool:
         return self.workers > 0 or self.ray_address is not None
 
-    def validate(self) -> "SearchConfig":
+    def validate(self):
         if not 0.0 < self.beta < 1.0:
             raise ConfigError(f"--ratio must be in (0, 1), got {self.beta}")
         if not 0.0 <= self.lo <= self.beta <= self.hi <= 1.0:
@@ -142,26 +254,17 @@ class SearchConfig:
             raise ConfigError(f"--llm-threads must be at least 1, got {self.llm_threads}")
         if not 1 <= self.decimals <= 6:
             raise ConfigError(f"--decimals must be 1 to 6, got {self.decimals}")
-        if self.importance not in ("wanda-sp", "flap"):
-            raise ConfigError("--importance must be wanda-sp or flap")
-        if self.fitness not in ("ppl", "kl"):
-            raise ConfigError("--fitness must be ppl or kl")
+        for f in part_fields(*PARTS):  # every setting with a fixed list of values (placement: check_placement)
+            choices, value = f.metadata["choices"], getattr(self, f.name)
+            if choices and f.name not in ("dtype", "device_map") and value not in choices:
+                flag = f.name if f.metadata["flags"] is None else "--" + f.name.replace("_", "-")
+                raise ConfigError(f"{flag} must be {', '.join(choices[:-1])} or {choices[-1]}")
         if self.kl_k < 1:
             raise ConfigError(f"--kl-k must be at least 1, got {self.kl_k}")
-        if self.prompt_fitness not in ("ppl", "rank"):
-            raise ConfigError("--prompt-fitness must be ppl or rank")
         if self.llm_concurrency < 1:
             raise ConfigError(f"--llm-concurrency must be at least 1, got {self.llm_concurrency}")
         if not 0.0 < self.vllm_gpu_share < 1.0:
             raise ConfigError(f"--vllm-gpu-share must be in (0, 1), got {self.vllm_gpu_share}")
-        if self.init not in ("llm", "random"):
-            raise ConfigError("--init must be llm or random")
-        if self.ablation not in ("none", "no-mutation", "no-crossover"):
-            raise ConfigError("ablation must be none, no-mutation or no-crossover")
-        if self.selection not in ("llm", "inline"):
-            raise ConfigError("--selection must be llm or inline")
-        if self.bos not in ("auto", "on", "off"):
-            raise ConfigError("--bos must be auto, on or off")
         check_placement(self.device, self.dtype, self.device_map, self.batch_size)
         from .layer_search.racing import search_budget
         search_budget(self.race, self.seq_len, self.budget_tokens)
@@ -183,6 +286,21 @@ class SearchConfig:
         return min(self.population, max(2, self.mutations or self.crossovers))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SearchConfig":
+    def from_dict(cls, d: dict):
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _fresh(f):
+    """A copy of a part's field for SearchConfig (dataclass() takes ownership of the Field it is given)."""
+    kw = {"default": f.default} if f.default is not MISSING else {"default_factory": f.default_factory}
+    return field(**kw, metadata=f.metadata)
+
+
+SearchConfig = make_dataclass(
+    "SearchConfig",
+    [(f.name, f.type, _fresh(f)) for f in part_fields(*PARTS)]
+    + [("sessions_dir", "str", field(default="sessions", metadata={"flags": None, "resume": False}))],
+    bases=(_SearchConfigBase,))
+SearchConfig.__module__ = __name__  # so pickle (Ray) finds it here
+SearchConfig.__doc__ = "The flat union of the parts (PARTS) plus where sessions are stored; see the module doc."

@@ -5,13 +5,15 @@ import argparse
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from textual.app import App
 from textual.binding import Binding
 
-from selfpruner.core.config import SearchConfig
+from selfpruner.commands.options import add_settings, settings_from
+from selfpruner.core.config import Data, Placement, Proposing, Pruning, SearchConfig
+from selfpruner.core.proposers.registry import LAYER_PROPOSERS
 
 from .screens.browser import SessionBrowser
 from .screens.start import StartScreen
@@ -91,15 +93,14 @@ class SelfPrunerApp(App):
         """Called on the search thread: build (or reuse) the model, data and calibration statistics."""
         from selfpruner.core.layer_search.workbench import Workbench
 
-        key = workbench_settings(cfg)
+        key = cfg.workbench_key()
         with self._bench_lock:
             if key != self._bench_key:
-                same_model = self._bench is not None and self._bench_key[0] == key[0]
+                old = self._bench_key
+                same_model = self._bench is not None and old[0] == key[0] and old[1].loads_same_model_as(key[1])
                 lm = self._bench.lm if same_model else None
                 self._bench = self._bench_key = None  # let a different model go before loading the next
-                self._bench = Workbench.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens,
-                                              data=cfg.data, bos=cfg.bos, bus=bus, lm=lm, device=cfg.device,
-                                              dtype=cfg.dtype, device_map=cfg.device_map, batch_size=cfg.batch_size,
+                self._bench = Workbench.build(cfg.model, **asdict(key[1]), **asdict(key[2]), bus=bus, lm=lm,
                                               importance=cfg.importance)
                 self._bench_key = key
             bench = self._bench
@@ -125,12 +126,12 @@ class SelfPrunerApp(App):
     def resident(self, model: str | None, data: str):
         """The resident workbench if it holds `model` with `data`'s WikiText-2 (what the form would reuse)."""
         key, bench = self._bench_key, self._bench
-        return bench if key is not None and bench is not None and key[0][0] == model and key[3] == data else None
+        return bench if key is not None and bench is not None and key[0] == model and key[2].data == data else None
 
     def use_workbench(self, cfg: SearchConfig, bench) -> None:
         """Adopt an already built workbench for searches with cfg's model and data settings."""
         with self._bench_lock:
-            self._bench_key, self._bench = workbench_settings(cfg), bench
+            self._bench_key, self._bench = cfg.workbench_key(), bench
 
     async def action_quit(self) -> None:
         # A running search stops after the evaluation in flight; what it did stays stored.
@@ -141,33 +142,26 @@ class SelfPrunerApp(App):
         self.exit()
 
 
+# The settings the command line may preset in the start form.
+FORM_DEFAULTS = (Pruning, Proposing, Data, Placement)
+FORM_OPTIONS = ("model", "beta", "proposer", "data", "device", "dtype")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = SearchConfig()
     ap = argparse.ArgumentParser(prog="selfpruner-tui", description="Watch and steer a Self-Pruner search")
     ap.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
-    ap.add_argument("--model", default=None, help="default model in the form (empty = bundled gemma-3-270m)")
-    ap.add_argument("--ratio", "--beta", dest="ratio", type=float, default=d.beta)
-    ap.add_argument("--proposer", default=d.proposer, choices=["openai", "llama-cpp", "vllm", "numeric"])
-    ap.add_argument("--data", choices=["auto", "hub", "local"], default=d.data)
-    ap.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (the form's default)")
-    ap.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default=d.dtype)
+    form = ap.add_argument_group("the start form's defaults")
+    add_settings(form, *FORM_DEFAULTS, only=FORM_OPTIONS,
+                 choices={"proposer": [e.name for e in LAYER_PROPOSERS.values() if e.in_form]})
     ap.add_argument("--open", dest="open_session", default=None, metavar="SESSION",
                     help="open a stored session (path, id or id prefix) in the replay view")
     ap.add_argument("--browse", action="store_true", help="start in the session browser")
     return ap
 
 
-def workbench_settings(cfg: SearchConfig) -> tuple:
-    """The settings a workbench depends on; the first is the model (a model change, or a change of where and in
-    what precision it runs, reloads it)."""
-    return ((cfg.model, cfg.device, cfg.dtype, cfg.device_map), cfg.seq_len, cfg.calib_tokens, cfg.data, cfg.bos,
-            cfg.batch_size, cfg.importance)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    defaults = SearchConfig(model=args.model, beta=args.ratio, proposer=args.proposer, data=args.data,
-                            device=args.device, dtype=args.dtype,
+    defaults = SearchConfig(**settings_from(args, *FORM_DEFAULTS, only=FORM_OPTIONS),
                             final_tokens=DEFAULT_FINAL_TOKENS, sessions_dir=args.sessions_dir)
     app = SelfPrunerApp(args.sessions_dir, defaults, open_session=args.open_session, browse=args.browse)
     app.run()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import ConfigError, SearchConfig
+from ..config import RESUMABLE, ConfigError, SearchConfig
 from ..events import Control, EventBus, SessionStarted
 from ..proposers.base import Proposer
 from ..run_lock import RunLock
@@ -24,15 +24,6 @@ def build_init_proposer(cfg: SearchConfig) -> Proposer | None:
         return None
     from ..proposers.registry import make_proposer
     return make_proposer("random", seed=cfg.seed)
-
-
-# What a resumed search may change: how long it runs, how it ends, how the proposer's process runs, and where
-# the model runs (device, device map, windows per forward: the same numbers within floating-point tolerance).
-# Every other setting would give another search, so a resume that asks for one is refused. The dtype above
-# all: bfloat16 weights are another model (another fingerprint) and move every fitness.
-RESUMABLE = {"generations", "final_tokens", "final_eval", "llm_threads", "max_retries", "device", "device_map",
-             "batch_size", "base_url", "llm_concurrency", "vllm_gpu_share", "workers", "ray_address",
-             "gpus_per_worker"}
 
 
 def stored_config(s: dict) -> SearchConfig:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, Data, Placement
 from ..events import EventBus, Stage
 from ..model.calibration import CalibrationStats, load_or_collect
 from ..model.data import TokenData, load_token_data
@@ -70,9 +70,8 @@ class Workbench(Evaluator):
     @classmethod
     def from_config(cls, cfg, bus: EventBus | None = None, data: str | None = None) -> "Workbench":
         """The model, data and calibration of a SearchConfig, on its device, in its dtype."""
-        return cls.build(cfg.model, seq_len=cfg.seq_len, calib_tokens=cfg.calib_tokens, data=data or cfg.data,
-                         bos=cfg.bos, bus=bus, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map,
-                         batch_size=cfg.batch_size, compensate=cfg.compensate, importance=cfg.importance)
+        parts = asdict(cfg.part(Placement)) | asdict(cfg.part(Data)) | {"data": data or cfg.data}
+        return cls.build(cfg.model, **parts, bus=bus, compensate=cfg.compensate, importance=cfg.importance)
 
     @property
     def dtype(self) -> str:

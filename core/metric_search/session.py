@@ -1,9 +1,9 @@
 """Start or resume a Pruner-Zero metric search session: model, statistics, gradients, store, events."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from ..config import ConfigError, check_placement
+from ..config import ConfigError, Placement, check_placement
 from ..events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
 from ..model.calibration import load_or_collect
 from ..model.data import load_token_data
@@ -37,7 +37,7 @@ class MetricRun:
 
 
 # What a resumed metric search may take from the command line rather than from its session.
-RUN_RESUMABLE = ("device", "device_map", "batch_size")
+RUN_RESUMABLE = tuple(f.name for f in fields(Placement) if f.metadata["resume"])
 
 
 def resumed_run(stored: dict, given: MetricRun, session_id: str) -> MetricRun:

@@ -100,12 +100,18 @@ def _run_with_signals(run, control):
 
 def _placement(args) -> dict:
     """--device/--dtype/--device-map/--batch-size as SearchConfig / MetricRun fields."""
-    return dict(device=args.device, dtype=args.dtype, device_map=args.device_map, batch_size=args.batch_size)
+    from selfpruner.core.config import Placement
+
+    from .options import settings_from
+    return settings_from(args, Placement)
 
 
 def _typed_placement(args) -> dict:
     """The placement options the user gave (what a replay or export may take over the session's)."""
-    return {k: v for k, v in _placement(args).items() if v not in ("auto", None)}
+    from selfpruner.core.config import Placement
+
+    from .options import typed_settings
+    return typed_settings(args, Placement)
 
 
 def _f(x, nd=3) -> str:

@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import json
 
+from selfpruner.core.config import Cluster, Data, Evolution, Fitness, Placement, Proposing, Pruning
 from selfpruner.core.errors import UserError
 
-from .common import ProgressRenderer, _placement, _print_shares, _run_with_signals, _typed_placement, out
+from .common import ProgressRenderer, _print_shares, _run_with_signals, _typed_placement, out
+from .options import settings_from
+
+# The parts a search takes from its own options (Placement comes with every command that loads a model).
+SEARCH_PARTS = (Pruning, Data, Fitness, Evolution, Proposing, Cluster)
+# A baseline takes what is pruned (but the decimals of an LLM's answers), the text and these two budgets.
+BASELINE_FITNESS = ("budget_tokens", "final_tokens")
 
 
 def cmd_search(args) -> int:
@@ -35,19 +42,8 @@ def cmd_search(args) -> int:
 
 
 def _search_settings(args) -> dict:
-    return dict(model=args.model, beta=args.ratio, proposer=args.proposer, proposer_model=args.proposer_model,
-                replay_from=args.replay_from, population=args.population, mutations=args.mutations,
-                crossovers=args.crossovers, generations=args.generations, lo=args.lo, hi=args.hi,
-                budget_tokens=args.budget_tokens, seq_len=args.seq_len, calib_tokens=args.calib_tokens,
-                final_tokens=args.final_tokens, final_eval=not args.no_final, init=args.init,
-                ablation="no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none",
-                selection=args.selection, max_retries=args.max_retries, temperature=args.temperature,
-                llm_threads=args.llm_threads, seed=args.seed, data=args.data, bos=args.bos, base_url=args.base_url,
-                llm_concurrency=args.llm_concurrency, decimals=args.decimals, compensate=args.compensate,
-                prompt_sensitivity=args.prompt_sensitivity, prompt_fitness=args.prompt_fitness,
-                fitness=args.fitness, kl_k=args.kl_k, importance=args.importance,
-                vllm_gpu_share=args.vllm_gpu_share, race=args.race, workers=args.workers,
-                ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker, **_placement(args))
+    ablation = "no-mutation" if args.no_mutation else "no-crossover" if args.no_crossover else "none"
+    return settings_from(args, *SEARCH_PARTS, Placement) | {"ablation": ablation}
 
 
 def _print_result(store, result) -> None:
@@ -68,11 +64,9 @@ def cmd_baseline(args) -> int:
     from selfpruner.core.config import SearchConfig
     from selfpruner.core.events import EventBus
 
-    cfg = SearchConfig(model=args.model, beta=args.ratio, proposer="numeric", budget_tokens=args.budget_tokens,
-                       seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_tokens=args.final_tokens,
-                       lo=args.lo, hi=args.hi, data=args.data, bos=args.bos, compensate=args.compensate,
-                       importance=args.importance,
-                       **_placement(args), sessions_dir=args.sessions_dir).validate()
+    settings = settings_from(args, Pruning, Data, Placement, skip=("decimals",))
+    settings |= settings_from(args, Fitness, only=BASELINE_FITNESS)
+    cfg = SearchConfig(**settings, proposer="numeric", sessions_dir=args.sessions_dir).validate()
     bus = EventBus()
     with ProgressRenderer() as renderer:
         bus.subscribe(renderer)

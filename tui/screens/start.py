@@ -14,7 +14,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Collapsible, Footer, Header, Input, Label, Select, Static
 
-from selfpruner.core.config import ConfigError, SearchConfig
+from selfpruner.core.config import PARTS, ConfigError, SearchConfig, part_fields
 from selfpruner.core.proposers.registry import LAYER_PROPOSERS
 
 from ..errors import RunError
@@ -26,12 +26,12 @@ DTYPE_CHOICES = [("auto (bfloat16 on a GPU, float32 on the CPU)", "auto"), ("bfl
                  ("float16", "float16"), ("float32", "float32")]
 DEVICE_MAP_CHOICES = [("none (one device)", ""), ("auto (spread over all GPUs)", "auto"),
                       ("balanced", "balanced"), ("sequential", "sequential")]
+# A setting's label comes with its declaration (core/config.py); the form's input id is the field's name.
+LABELS = {f.name: f.metadata["label"] for f in part_fields(*PARTS) if f.metadata["label"]}
 # (SearchConfig field = input id, label, type)
-NUMBERS = [("population", "population K", int), ("mutations", "mutations M", int),
-           ("crossovers", "crossovers S", int), ("generations", "generations N", int)]
-ADVANCED = [("seq_len", "context (seq len)", int), ("calib_tokens", "calibration tokens", int),
-            ("seed", "seed", int)]
-FINAL = ("final_tokens", "final eval tokens", int)  # empty = the whole test stream
+NUMBERS = [(k, LABELS[k], int) for k in ("population", "mutations", "crossovers", "generations")]
+ADVANCED = [(k, LABELS[k], int) for k in ("seq_len", "calib_tokens", "seed")]
+FINAL = ("final_tokens", LABELS["final_tokens"], int)  # empty = the whole test stream
 
 # Before a model has loaded, the final evaluation's size and speed are known only for the bundled
 # gemma-3-270m, roughly: its tokenizer makes 292,281 tokens of the WikiText-2 test text (the local copy; the
@@ -42,13 +42,15 @@ FINAL = ("final_tokens", "final eval tokens", int)  # empty = the whole test str
 BUNDLED_TEST_TOKENS = 292_281
 BUNDLED_TOKENS_PER_S = 120.0
 
-# CLI flag in the core's messages -> (form label, input id).
-FLAGS = {"--ratio": ("ratio β", "beta"), "--budget-tokens": ("tokens / fitness", "budget_tokens"),
-         "--seq-len": ("context (seq len)", "seq_len"), "--population": ("population K", "population"),
-         "--generations": ("generations N", "generations"), "mutation and crossover": (None, "mutations"),
-         "bounds": (None, "beta"), "--device-map": ("device map", "device"), "--device": ("device", "device"),
-         "--batch-size": ("windows / forward", "batch_size"), "--workers": ("Ray workers", "workers"),
-         "--race": ("race", "race")}
+# CLI flag in the core's messages -> (form label, input id): every setting typed into the form under its long flag,
+# and the messages that name no flag; longest first, so that --device-map is said before --device.
+TYPED = [k for k, _, _ in NUMBERS + ADVANCED] + ["beta", "budget_tokens", "final_tokens", "device", "batch_size",
+                                                 "workers", "race"]
+_SAID = {next(x for x in (f.metadata["flags"] or ("--" + f.name.replace("_", "-"),)) if x.startswith("--")):
+         (LABELS[f.name], f.name) for f in part_fields(*PARTS) if f.name in TYPED}
+_SAID |= {"mutation and crossover": (None, "mutations"), "bounds": (None, "beta"),
+          "--device-map": (LABELS["device_map"], "device")}
+FLAGS = dict(sorted(_SAID.items(), key=lambda kv: -len(kv[0])))
 
 
 def _input(key: str, value, **kw) -> Input:
@@ -223,7 +225,7 @@ class StartScreen(Screen):
         cfg.proposer = str(self.query_one("#proposer", Select).value)
         cfg.proposer_model = self.query_one("#proposer_model", Input).value.strip() or None
         cfg.beta = self._number("beta", "ratio β", float)
-        for key, label, typ in NUMBERS + [("budget_tokens", "tokens / fitness", int), FINAL] + ADVANCED:
+        for key, label, typ in NUMBERS + [("budget_tokens", LABELS["budget_tokens"], int), FINAL] + ADVANCED:
             setattr(cfg, key, self._number(key, label, typ, optional=key == "final_tokens"))
         cfg.init = "random" if self.query_one("#init_random", Checkbox).value else "llm"
         cfg.final_eval = self.query_one("#final_eval", Checkbox).value

@@ -11,7 +11,6 @@ from textual.widgets import Label, ProgressBar, Sparkline
 from ..state import fmt_fitness
 from .plot import PLOT_MIN_COLUMNS, PLOT_MIN_ROWS, FitnessPlot
 
-
 CELLS_PER_GENERATION = 3
 
 
