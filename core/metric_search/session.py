@@ -1,10 +1,12 @@
 """Start or resume a Pruner-Zero metric search session: model, statistics, gradients, store, events."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
 
 from ..config import ConfigError, Placement, check_placement
 from ..events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
+from ..layer_search.evaluator import Evaluator
 from ..model.calibration import load_or_collect
 from ..model.data import load_token_data
 from ..model.evaluate import auto_batch_size, perplexity
@@ -83,8 +85,10 @@ def llama_cpp_metric_proposer(cfg: MetricSearchConfig, model_path: str | None = 
     return propose
 
 
-class Workspace:
-    """Fresh (never structurally permuted) model with calibration statistics and, if used, gradients."""
+class Workspace(Evaluator):
+    """Fresh (never structurally permuted) model with calibration statistics and, if used, gradients. An
+    Evaluator like the layer search's workbench: its candidate is (metric tree, sparsity), and its final
+    evaluation is the shared one."""
 
     def __init__(self, cfg: MetricSearchConfig, run: MetricRun, bus: EventBus):
         bus.emit(Stage("load", f"loading {cfg.model or 'bundled gemma-3-270m'}"))
@@ -114,21 +118,26 @@ class Workspace:
         return perplexity(self.lm.model, windows, should_stop=should_stop, progress=progress,
                           batch_size=self.batch_size)
 
-    def fitness_fn(self, windows, sparsity: float, should_stop=None):
-        """evaluate_fn for run_metric_search (search.pruner_zero.ppl_fitness, with this workspace's batch)."""
-        def fitness(tree) -> float:
-            with self.pruner.pruned_with(tree, sparsity):
-                return self.ppl(windows, should_stop=should_stop)
-        return fitness
+    def fitness(self, candidate, budget_tokens: int, *, which: str = "search", should_stop=None, progress=None,
+                **_) -> tuple[float, float]:
+        """(ppl, seconds) of the model pruned by candidate = (metric tree, sparsity) on `budget_tokens` of `which`."""
+        tree, sparsity = candidate
+        windows = self.data.windows(which, self.seq_len, budget_tokens)
+        t0 = time.perf_counter()
+        with self.pruner.pruned_with(tree, sparsity):
+            value = self.ppl(windows, should_stop=should_stop, progress=progress)
+        return value, time.perf_counter() - t0
+
+    def fitness_fn(self, budget_tokens: int, sparsity: float, should_stop=None):
+        """evaluate_fn for run_metric_search: a tree's search ppl at `sparsity`."""
+        return lambda tree: self.fitness((tree, sparsity), budget_tokens, should_stop=should_stop)[0]
+
+    def test_tokens(self, max_tokens: int | None) -> int:
+        return self.test_windows(max_tokens).numel()
 
     def test_windows(self, tokens: int | None):
         """`tokens` of held-out test text (None: the whole stream) in seq_len windows."""
         return self.data.windows("test", self.seq_len, tokens and max(tokens, 1))
-
-    def test_ppl(self, tree, sparsity: float, tokens: int | None, should_stop=None) -> float:
-        windows = self.test_windows(tokens)
-        with self.pruner.pruned_with(tree, sparsity):
-            return self.ppl(windows, should_stop=should_stop)
 
 
 def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus, control: Control,
@@ -197,10 +206,9 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
         store.add_result("metric_rejection", r.reason, {"text": r.text, "detail": r.detail,
                                                          "iteration": r.iteration, "call_id": r.call_id})
 
-    windows = ws.data.windows("search", cfg.seq_len, cfg.budget_tokens)
-    stop = lambda: control.checkpoint()  # noqa: E731 - pause blocks here, stop ends the search
+    stop = lambda: control.checkpoint()
     try:
-        res = run_metric_search(cfg, ws.fitness_fn(windows, cfg.sparsity, should_stop=lambda: control.stopped),
+        res = run_metric_search(cfg, ws.fitness_fn(cfg.budget_tokens, cfg.sparsity, should_stop=lambda: control.stopped),
                                 on_candidate=on_candidate, should_stop=stop, proposer=proposer, on_call=on_call,
                                 on_reject=on_reject, resume_from=previous)
     except Exception as e:
@@ -213,11 +221,12 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
            "best_fitness": res.best.fitness if res.best else None, "evaluated": res.n_evaluated}
     if res.status == "finished" and res.best is not None and run.final_tokens != 0:
         bus.emit(Stage("final", "final evaluation of the best metric, Wanda and magnitude"))
-        finals = {}
+        finals, tokens = {}, 0
         for name, text in (("best", res.best.canonical), ("wanda", "mul(abs(W), X)"), ("magnitude", "abs(W)")):
-            finals[name] = {"metric": text, "ppl": ws.test_ppl(parse(text), cfg.sparsity, run.final_tokens)}
+            ppl, _, tokens = ws.final_ppl((parse(text), cfg.sparsity), run.final_tokens)
+            finals[name] = {"metric": text, "ppl": ppl}
         out["final"] = finals
-        store.add_result("final", "metric", {**finals, "tokens": ws.test_windows(run.final_tokens).numel()})
+        store.add_result("final", "metric", {**finals, "tokens": tokens})
     store.update_session(status=res.status, best_fitness=out["best_fitness"],
                          final_ppl=out.get("final", {}).get("best", {}).get("ppl"))
     bus.emit(SearchFinished(res.status, None, out["best_fitness"], None, out.get("final", {}).get("best", {})
