@@ -94,7 +94,7 @@ def main(argv=None):
             variant = dict(SEARCHES.get(name, {}))
             if "race" in variant:
                 variant.update(race=args.race, budget_tokens=None, generations=race_generations(args))
-            bench.set_compensate(False)
+            bench.set_pruning(False)
             if name in BASELINES:
                 rates, n, share = baseline_rates(bench, name, beta), 1, "-"
                 search_ppl = bench.fitness(rates, args.budget_tokens)[0]
@@ -103,7 +103,7 @@ def main(argv=None):
                 if name == "Self-Pruner (LLM)":
                     llm_session = path
             comp = bool(variant.get("compensate"))
-            bench.set_compensate(comp)
+            bench.set_pruning(comp)
             # searches that end on the same best share its final evaluation
             key = (candidate_key_text(candidate_key(rates)), comp)
             if key not in finals:

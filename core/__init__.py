@@ -22,10 +22,11 @@ each made lazily inside the function that needs it: `config` parses a `--race` s
   evaluator interface (`evaluator`: the final evaluation is written there once) with the resident workbench
   (`workbench`) and its Ray stand-in (`distributed`), and starting/resuming a session (`session`).
 - `metric_search/`: Pruner-Zero's search of symbolic metrics: the expression trees (`expr*`), gradients,
-  unstructured pruning, its prompts and the GP loop (`pruner_zero`), and its sessions (`session`).
+  unstructured pruning, its prompts and the GP loop (`pruner_zero`), and its sessions (`session`, whose
+  `Workspace` is an evaluator of the layer search's interface).
 - `baselines/`: uniform, OWL and FLAP layer rates (`rates`) and a baseline evaluated and stored like a searched
   candidate (`run`).
 - `results/`: what comes after a search: the physically smaller model (`export`, `pruned_modeling`,
-  `session_export`), speed (`speed`), zero-shot accuracy (`lm_eval_bridge`), LoRA recovery (`lora`), reports
+  `session_export`) and its GGUF for llama.cpp / Ollama (`gguf_export`), speed (`speed`; on llama.cpp `gguf_speed`), zero-shot accuracy (`lm_eval_bridge`), LoRA recovery (`lora`), reports
   (`report`) and what a session says about itself (`session_summary`).
 """

@@ -62,6 +62,10 @@ class Pruning:
     # FLAP's bias compensation: removed heads/channels leave their mean output as a bias of o_proj/down_proj
     compensate: bool = setting(False, label="bias compensation (FLAP: removed units leave their mean output)",
                                help="FLAP bias compensation: removed heads/channels leave their mean output as a bias")
+    # MLP channels kept in multiples of N, so an exported model quantizes (Q8_0: 32) and suits aligned kernels
+    channel_multiple: int = setting(1, metavar="N",
+                                    help="keep each layer's MLP channels in multiples of N (32 for Q8_0 GGUF; 64 or "
+                                         "128 for aligned GPU kernels)")
     # of every rate: what prompts show and ask for, and repair's unit (10**-decimals)
     decimals: int = setting(5, help="decimals of every rate (prompts and repair)")
 
@@ -252,6 +256,8 @@ class _SearchConfigBase:
             raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be at least --seq-len ({self.seq_len})")
         if self.llm_threads is not None and self.llm_threads < 1:
             raise ConfigError(f"--llm-threads must be at least 1, got {self.llm_threads}")
+        if self.channel_multiple < 1:
+            raise ConfigError(f"--channel-multiple must be at least 1, got {self.channel_multiple}")
         if not 1 <= self.decimals <= 6:
             raise ConfigError(f"--decimals must be 1 to 6, got {self.decimals}")
         for f in part_fields(*PARTS):  # every setting with a fixed list of values (placement: check_placement)

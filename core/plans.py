@@ -26,11 +26,19 @@ class LayerGrain:
     channels: int
     params_per_channel: int
     prunable_params: int
+    # MLP channels are kept in multiples of this (--channel-multiple), so that an exported model's widths suit
+    # quantized types (Q8_0 blocks of 32) and aligned GPU kernels; a dense layer is always whole
+    channel_multiple: int = 1
 
     @property
     def channel_rate(self) -> float:
         """The rate one MLP channel is worth."""
         return self.params_per_channel / self.prunable_params
+
+    @property
+    def channel_step_rate(self) -> float:
+        """The rate between two kept-channel counts: one channel, or one multiple of channels."""
+        return self.channel_multiple * self.channel_rate
 
     @property
     def unit_rate(self) -> float:
@@ -43,7 +51,10 @@ def layer_plan(grain: LayerGrain, p: float) -> LayerPlan:
     removed_units = min(grain.attn_units, math.floor(p * grain.attn_units + 0.5))
     rest = p * grain.prunable_params - removed_units * grain.params_per_attn_unit
     removed_ch = min(grain.channels, max(0, round(rest / grain.params_per_channel)))
-    return LayerPlan(grain.attn_units - removed_units, grain.channels - removed_ch)
+    kept, m = grain.channels - removed_ch, grain.channel_multiple
+    if m > 1 and kept < grain.channels:
+        kept = min(grain.channels, m * math.floor(kept / m + 0.5))
+    return LayerPlan(grain.attn_units - removed_units, kept)
 
 
 def plans(grain: LayerGrain, rates) -> list[LayerPlan]:

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from selfpruner.core.config import DATA_SOURCES, Data, Fitness, Placement, Pruning
 from selfpruner.core.proposers.registry import LAYER_PROPOSERS, METRIC_PROPOSERS
+from selfpruner.core.results.gguf_export import FORMATS, OUTTYPES
 
 from .commands.common import USER_ERRORS, console
 from .commands.metric import cmd_metric_search, cmd_prune
@@ -118,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session")
     p.add_argument("--out", required=True)
     p.add_argument("--candidate", type=int, default=None, help="candidate id (default: the best)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="hf: a transformers directory; gguf: one file for llama.cpp, llama-server and Ollama "
+                        "(default: gguf when --out ends in .gguf)")
+    p.add_argument("--outtype", choices=OUTTYPES, default="f16", help="GGUF weight type (default f16)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_export)
 
@@ -134,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speed", parents=[sessions, device],
                        help="parameters, memory and tokens/s of a saved model vs dense")
     p.add_argument("model_dir")
-    p.add_argument("--dense", default=None, help="the dense model spec (default: bundled)")
+    p.add_argument("--dense", default=None,
+                   help="the dense model: a name as for search (smollm2, bundled, HF dir) or, with --engine llama-cpp, "
+                        "a .gguf (a name is written as GGUF in the pruned file's type first); default: bundled")
+    p.add_argument("--engine", choices=["transformers", "llama-cpp"], default=None,
+                   help="what runs the models (default: llama-cpp for a .gguf, else transformers)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--repeats", type=int, default=3)

@@ -167,10 +167,10 @@ class RayWorkbench(Evaluator):
     def reference_rates(self, beta: float, lo: float, hi: float) -> dict:
         return self._call("reference_rates", beta, lo, hi)
 
-    def set_compensate(self, on: bool) -> None:
+    def set_pruning(self, compensate: bool, channel_multiple: int = 1) -> None:
         for w in list(self.alive):
             try:
-                self.ray.get(self.actors[w].call.remote("set_compensate", on))
+                self.ray.get(self.actors[w].call.remote("set_pruning", compensate, channel_multiple))
             except self.ray.exceptions.RayActorError as e:
                 self._dead(w, e)
 

@@ -1,6 +1,7 @@
-"""The one evaluator interface of the layer-rate search: Workbench (the resident model in this process) and
-RayWorkbench (one resident workbench per Ray worker) both are an Evaluator, and the search, the baselines and
-the benches score candidates only through these calls. The final evaluation is written here, once."""
+"""The one evaluator interface: Workbench (the resident model in this process), RayWorkbench (one resident
+workbench per Ray worker) and Pruner-Zero's Workspace (candidates are metric trees at a sparsity) all are an
+Evaluator, and the searches, the baselines and the benches score candidates only through these calls. The final
+evaluation is written here, once."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,11 +11,11 @@ WHOLE_STREAM = 10**12
 
 
 class Evaluator:
-    """Implemented by each evaluator:
+    """Implemented by each evaluator (the metric search's Workspace: fitness and test_tokens):
         fitness(rates, budget_tokens, *, which, should_stop, progress, measure, kl_k) -> (value, seconds)
         evaluate_many(jobs, *, done, before, should_stop, progress)   (EvalJobs; done(job, value, seconds))
         test_tokens(max_tokens) -> int, dense_ppl(budget_tokens, which) -> float,
-        reference_rates(beta, lo, hi) -> dict, set_compensate(on), pin_dtype(cfg), close()
+        reference_rates(beta, lo, hi) -> dict, set_pruning(compensate, channel_multiple), pin_dtype(cfg), close()
     """
 
     def final_ppl(self, rates, final_tokens: int | None,

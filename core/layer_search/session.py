@@ -111,7 +111,6 @@ def session_workbench(cfg: SearchConfig, s: dict, bus: EventBus | None = None) -
     return bench
 
 
-
 def store_references(store: Store, bench: Workbench, cfg: SearchConfig) -> None:
     """Uniform and OWL rates at the session's β, for reports to draw the searched profile against."""
     store.add_result("reference", "rates", bench.reference_rates(cfg.beta, cfg.lo, cfg.hi))
@@ -157,7 +156,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
         if lock is not None:
             lock.release("refused")
         raise
-    bench.set_compensate(cfg.compensate)
+    bench.set_pruning(cfg.compensate, cfg.channel_multiple)
     bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
     return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench,
                             lock=lock)

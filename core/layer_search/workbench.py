@@ -71,7 +71,9 @@ class Workbench(Evaluator):
     def from_config(cls, cfg, bus: EventBus | None = None, data: str | None = None) -> "Workbench":
         """The model, data and calibration of a SearchConfig, on its device, in its dtype."""
         parts = asdict(cfg.part(Placement)) | asdict(cfg.part(Data)) | {"data": data or cfg.data}
-        return cls.build(cfg.model, **parts, bus=bus, compensate=cfg.compensate, importance=cfg.importance)
+        bench = cls.build(cfg.model, **parts, bus=bus, compensate=cfg.compensate, importance=cfg.importance)
+        bench.set_pruning(cfg.compensate, cfg.channel_multiple)
+        return bench
 
     @property
     def dtype(self) -> str:
@@ -128,9 +130,10 @@ class Workbench(Evaluator):
             owl = None
         return {"uniform": [beta] * n, "owl": owl}
 
-    def set_compensate(self, on: bool) -> None:
-        """A shared workbench serves searches with and without bias compensation."""
-        self.pruner.compensate = on
+    def set_pruning(self, compensate: bool, channel_multiple: int = 1) -> None:
+        """A shared workbench serves searches with and without bias compensation, at any channel multiple."""
+        self.pruner.compensate = compensate
+        self.pruner.channel_multiple = channel_multiple
 
     def close(self) -> None:
         """Nothing to release in-process (Ray's pool stops its workers)."""

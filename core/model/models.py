@@ -163,6 +163,7 @@ class LoadedModel:
     arch: ModelArch
     name: str
     fingerprint: str  # of the checkpoint in its own (dense) head/channel order, taken at load
+    gguf_path: Path | None = None  # the GGUF file it was read from (a GGUF export copies its tokenizer)
 
     @classmethod
     def wrap(cls, model: nn.Module, name: str, tokenizer=None) -> "LoadedModel":
@@ -352,12 +353,14 @@ def load_model(spec: str | None = None, *, dtype: str | torch.dtype = "auto", de
             gguf = bundled_gguf_path("smollm2" if spec == "smollm2" else BUNDLED)
             model, tok = _load_gguf(gguf, dtype, device, device_map)
             name = f"{BUNDLED_NAMES[spec]} (bundled {gguf.name})"
+            source = gguf
         elif spec.endswith(".gguf"):
             gguf = Path(spec).expanduser()
             if not gguf.is_file():
                 raise ModelLoadError(f"model file not found: {spec}")
             model, tok = _load_gguf(gguf, dtype, device, device_map)
             name = gguf.name
+            source = gguf
         else:
             path = Path(spec).expanduser()
             looks_local = path.exists() or spec.startswith((".", "/", "~"))
@@ -365,7 +368,7 @@ def load_model(spec: str | None = None, *, dtype: str | torch.dtype = "auto", de
                 raise ModelLoadError(f"model not found: {spec} (no config.json there)")
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, **placement(device, device_map))
             tok = AutoTokenizer.from_pretrained(spec)
-            name = spec
+            name, source = spec, None
     except ModelLoadError:
         raise
     except (OSError, ValueError) as e:
@@ -379,4 +382,4 @@ def load_model(spec: str | None = None, *, dtype: str | torch.dtype = "auto", de
         model.set_attn_implementation(attn_implementation)
     except (AttributeError, ValueError):
         pass
-    return LoadedModel(model, tok, describe_model(model), name, _fingerprint(model))
+    return LoadedModel(model, tok, describe_model(model), name, _fingerprint(model), source)

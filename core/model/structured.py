@@ -16,11 +16,12 @@ Rates → removed counts: see core/plans.py.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from ..plans import LayerPlan, plans
+from ..plans import LayerGrain, LayerPlan, plans
 from .calibration import CalibrationStats
 from .flap import flap_scores
 from .models import ORDER_ATTR, ModelArch, decoder_layers, order_digest
@@ -101,11 +102,12 @@ class StructuredPruner:
     """
 
     def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, compensate: bool = False,
-                 importance: str = "wanda-sp"):
+                 importance: str = "wanda-sp", channel_multiple: int = 1):
         if stats.order != order_digest(model):
             raise ValueError(f"calibration statistics are in head/channel order {stats.order}, the model is in "
                              f"{order_digest(model)}")
         self.model, self.arch = model, arch
+        self.channel_multiple = channel_multiple  # MLP channels are kept in multiples of it (plans.LayerGrain)
         self.importance = importance  # which score orders the units and channels: wanda-sp | flap
         units, chans = IMPORTANCE[importance](arch, stats)
         self.unit_scores, self.chan_scores, perms = [], [], []
@@ -150,7 +152,12 @@ class StructuredPruner:
     def plan(self, rates) -> list[LayerPlan]:
         if len(rates) != self.arch.n_layers:
             raise ValueError(f"expected {self.arch.n_layers} rates, got {len(rates)}")
-        return plans(self.arch.grain, rates)
+        return plans(self.grain, rates)
+
+    @property
+    def grain(self) -> LayerGrain:
+        """The layers' grain with this pruner's channel multiple."""
+        return replace(self.arch.grain, channel_multiple=self.channel_multiple)
 
     def layer_params(self, plan: LayerPlan) -> int:
         a = self.arch

@@ -25,10 +25,11 @@ def identity(values, problem: Problem) -> tuple:
 
 
 def _step_units(problem: Problem) -> int:
-    """The smallest move (in 10**-decimals units) that changes a layer's plan: one MLP channel's rate."""
+    """The smallest move (in 10**-decimals units) that changes a layer's plan: one MLP channel's rate (or one
+    multiple of channels')."""
     if problem.grain is None:
         return 1
-    return max(1, math.ceil(problem.grain.channel_rate * 10 ** problem.decimals))
+    return max(1, math.ceil(problem.grain.channel_step_rate * 10 ** problem.decimals))
 
 
 def _check_problem(problem: Problem) -> None:

@@ -43,8 +43,12 @@ def shares_line(sh: dict) -> str:
 def record_for_model_dir(model_dir: str | Path, sessions_dir: str, kind: str, name: str, payload: dict) -> str | None:
     """Store a result in the session an exported model came from, when that session is at hand; its id."""
     try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-        sid = cfg.get("selfpruner", {}).get("meta", {}).get("session")
+        if str(model_dir).endswith(".gguf"):
+            from .gguf_export import gguf_record
+            record = gguf_record(model_dir)
+        else:
+            record = json.loads((Path(model_dir) / "config.json").read_text()).get("selfpruner", {})
+        sid = record.get("meta", {}).get("session")
         if not sid:
             return None
         with Store(resolve_session(sid, sessions_dir)) as st:

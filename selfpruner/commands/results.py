@@ -18,13 +18,35 @@ def cmd_export(args) -> int:
         info = export_session_candidate(args.session, args.out, sessions_dir=args.sessions_dir,
                                         candidate=args.candidate, dtype=args.dtype, overwrite=args.overwrite,
                                         device=args.device if {"device", "device_map"} & set(where) else None,
-                                        device_map=args.device_map)
+                                        device_map=args.device_map, fmt=args.format, outtype=args.outtype)
+    if info["format"] == "gguf":
+        _print_gguf(info)
+        return 0
     out.print(f"exported candidate #{info['candidate']} of {info['session']} to {info['out_dir']}: "
               f"{info['params']:,} parameters (dense {info['dense_params']:,}), prunable sparsity "
               f"{info['achieved_sparsity']:.4f}")
     out.print("load it with: import selfpruner.core.results.export; AutoModelForCausalLM.from_pretrained(DIR) "
               "(or trust_remote_code=True without selfpruner)")
     return 0
+
+
+def _print_gguf(info: dict) -> None:
+    out.print(f"exported candidate #{info['candidate']} of {info['session']} to {info['path']} ({info['outtype']}, "
+              f"{info['file_bytes'] / 2**20:.1f} MiB): {info['params']:,} parameters (dense {info['dense_params']:,}), "
+              f"prunable sparsity {info['achieved_sparsity']:.4f}")
+    notes = []
+    if info["padded_channels"]:
+        notes.append(f"{info['padded_channels']} zero MLP channels added (empty MLPs, Q8_0 blocks; the output is "
+                     f"unchanged; --channel-multiple 32 in the search avoids them)")
+    if info["kept_bias_groups"]:
+        notes.append(f"{info['kept_bias_groups']} removed attention blocks keep one zero KV group to carry their "
+                     f"compensation bias")
+    if info["unquantized"]:
+        notes.append(f"{len(info['unquantized'])} tensors stay F16 (rows not a multiple of 32)")
+    for n in notes:
+        out.print("note: " + n)
+    out.print(f"run it: llama-cli -m {info['path']}  |  llama-server -m {info['path']}  |  "
+              f"ollama create NAME -f {info['modelfile']}")
 
 
 def cmd_eval(args) -> int:
@@ -59,6 +81,9 @@ def cmd_speed(args) -> int:
     from selfpruner.core.results.session_summary import record_for_model_dir
     from selfpruner.core.results.speed import benchmark_vllm, compare, to_markdown, vllm_status
 
+    engine = args.engine or ("llama-cpp" if str(args.model_dir).endswith(".gguf") else "transformers")
+    if engine == "llama-cpp":
+        return _speed_gguf(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     dense = load_model(args.dense, device=args.device, dtype=args.dtype, device_map=args.device_map).model
@@ -75,6 +100,24 @@ def cmd_speed(args) -> int:
         out.print_json(json.dumps(report["vllm"], default=str))
     sid = record_for_model_dir(args.model_dir, args.sessions_dir, "speed", str(args.model_dir),
                              json.loads(json.dumps(report, default=str)))
+    if sid:
+        out.print(f"stored in session {sid}")
+    return 0
+
+
+def _speed_gguf(args) -> int:
+    """The GGUF file against a dense GGUF on llama.cpp; a dense model name is written as GGUF first, in the
+    pruned file's type, so both sides run the same kernels."""
+    from selfpruner.core.results.gguf_speed import compare_gguf, dense_gguf, gguf_markdown
+    from selfpruner.core.results.session_summary import record_for_model_dir
+
+    if not str(args.model_dir).endswith(".gguf"):
+        raise UserError(f"--engine llama-cpp runs GGUF files; export one with --format gguf (got {args.model_dir})")
+    dense = dense_gguf(args.dense, like=args.model_dir)
+    report = compare_gguf({"dense": dense, "pruned": args.model_dir}, baseline="dense", threads=args.threads,
+                          repeats=args.repeats, prompt_len=args.prefill_len, decode_tokens=args.decode_tokens)
+    out.print(gguf_markdown(report))
+    sid = record_for_model_dir(args.model_dir, args.sessions_dir, "speed", str(args.model_dir), report)
     if sid:
         out.print(f"stored in session {sid}")
     return 0

@@ -1,0 +1,224 @@
+"""GGUF export (deci architecture): llama.cpp loads what the writer produces and computes what torch computes,
+for the bundled SmolLM2 pruned every way a search can prune it, and for HF-directory sources whose vocabulary the
+writer builds itself; what llama.cpp cannot run is refused in one line."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from selfpruner.core.model.models import bundled_gguf_path, load_model
+from selfpruner.core.plans import candidate_key, layer_plan
+from selfpruner.core.results.gguf_export import GgufExportError, check_exportable, write_gguf
+
+
+def llama_cpp_logits(path, ids, kv_f32: bool = False) -> np.ndarray:
+    """All positions' logits; `kv_f32`: keep the KV cache in F32 (llama.cpp's default F16 rounds K and V)."""
+    f32 = {"type_k": 0, "type_v": 0} if kv_f32 else {}
+    llm = llama_cpp.Llama(str(path), n_ctx=len(ids) + 8, logits_all=True, n_threads=2, verbose=False, **f32)
+    llm.eval(list(ids))
+    return np.array(llm.scores[:len(ids)], dtype=np.float64)
+
+
+def ppl(logits: np.ndarray, ids) -> float:
+    z = logits[:-1] - logits[:-1].max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(np.exp(-logp[np.arange(len(ids) - 1), np.asarray(ids[1:])].mean()))
+
+
+def agreement(got: np.ndarray, ref: np.ndarray, ids) -> dict:
+    return {"top1": float((got.argmax(-1) == ref.argmax(-1)).mean()),
+            "corr": float(np.corrcoef(got.ravel(), ref.ravel())[0, 1]),
+            "ppl_ratio": ppl(got, ids) / ppl(ref, ids)}
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+    p = bundled_gguf_path("smollm2")
+    return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+
+
+def _tiny_dir(tmp_path, kind, tokenizer, biases=False):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    kw = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": False}
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**kw)) if kind == "llama" else Qwen2ForCausalLM(Qwen2Config(**kw))
+    if biases:  # Qwen2's q/k/v biases, made large enough to matter
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    d = tmp_path / kind
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+TEXT = "The 12345 apples, isn't it? <|im_start|>user\nHello  world!\n"
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_hf_directory_source_round_trips(tmp_path, smollm2_tokenizer, kind):
+    """A tiny LLaMA / Qwen2 (q/k/v biases) with a real tokenizer.json: the vocabulary is built from it, llama.cpp
+    tokenizes as transformers does (special tokens included) and computes the same logits."""
+    lm = load_model(str(_tiny_dir(tmp_path, kind, smollm2_tokenizer, biases=kind == "qwen2")), device="cpu",
+                    dtype="float32")
+    rep = write_gguf(lm.model, lm.tokenizer, tmp_path / "m.gguf", outtype="f32")
+    assert rep.tokenizer == "built from the HF tokenizer"
+    ids = lm.tokenizer(TEXT).input_ids
+    llm = llama_cpp.Llama(rep.path, n_ctx=64, verbose=False)
+    assert llm.tokenize(TEXT.encode(), add_bos=False, special=True) == ids
+    assert llm.token_bos() == lm.tokenizer.bos_token_id or lm.tokenizer.bos_token_id is None
+    with torch.no_grad():
+        ref = lm.model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+    a = agreement(llama_cpp_logits(rep.path, ids), ref, ids)
+    assert a["top1"] == 1.0 and a["corr"] > 0.99999 and abs(a["ppl_ratio"] - 1) < 1e-3, a
+
+
+def test_llama3_split_is_recognised_and_tokenizes_alike(tmp_path, smollm2_tokenizer):
+    """The LLaMA-3 split pattern (llama-bpe) written into a tokenizer.json: llama.cpp splits text the same way."""
+    from transformers import PreTrainedTokenizerFast
+
+    from selfpruner.core.results.gguf_export import _LLAMA3_RE
+    smollm2_tokenizer.save_pretrained(tmp_path / "tok")
+    spec = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": _LLAMA3_RE}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(spec))
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tok" / "tokenizer.json"))
+    lm = load_model(str(_tiny_dir(tmp_path, "llama", smollm2_tokenizer)), device="cpu", dtype="float32")
+    rep = write_gguf(lm.model, tok, tmp_path / "l3.gguf", outtype="f16")
+    text = "I've 1234567 ideas!!  Don't\n\n  you?"
+    from gguf import GGUFReader
+    assert GGUFReader(rep.path).fields["tokenizer.ggml.pre"].contents() == "llama-bpe"
+    llm = llama_cpp.Llama(rep.path, n_ctx=64, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok(text).input_ids
+
+
+def test_what_llama_cpp_cannot_run_is_refused_in_one_line(tmp_path, tiny_tokenizer):
+    from transformers import Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+    with pytest.raises(GgufExportError, match="gemma3_text.*per-layer arrays") as e:
+        check_exportable(Gemma3TextConfig(num_hidden_layers=1))
+    assert "\n" not in str(e.value)
+    with pytest.raises(GgufExportError, match="RoPE scaling 'yarn'"):
+        check_exportable(LlamaConfig(rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                   "original_max_position_embeddings": 2048}))
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(GgufExportError, match="byte-level BPE vocabularies only") as e:  # a WordLevel tokenizer
+        write_gguf(model, tiny_tokenizer, tmp_path / "w.gguf")
+    assert "\n" not in str(e.value) and not (tmp_path / "w.gguf").exists()
+
+
+def test_channel_multiple_keeps_mlp_widths_aligned_and_dedups_on_them(tiny_bench):
+    grain = replace(tiny_bench.pruner.arch.grain, channel_multiple=32)
+    widths = {layer_plan(grain, p).channels for p in np.linspace(0, 1, 201)}
+    assert all(w % 32 == 0 or w == grain.channels for w in widths) and len(widths) > 2
+    close = [0.3] * 4, [0.3 + grain.channel_rate * 3] * 4  # three channels apart: one plan at multiple 32
+    assert candidate_key(close[0], grain) == candidate_key(close[1], grain)
+    assert candidate_key(close[0], replace(grain, channel_multiple=1)) != candidate_key(close[1], replace(
+        grain, channel_multiple=1))
+
+
+# ---- the bundled SmolLM2, pruned every way a search prunes it (slow) ---------------------------------------------
+@pytest.fixture(scope="module")
+def smol():
+    from selfpruner.core.layer_search.workbench import Workbench
+    return Workbench.build(None, lm=load_model("smollm2"), seq_len=256, calib_tokens=4096, data="local")
+
+
+SEARCHED = [0.1, 0.5, 0.34, 0.2, 0.7, 0.0] * 5
+ATTENTION_FREE = [1.0, 0.2, 0.3, 0.9, 0.1, 0.3] * 5  # every sixth layer removed entirely, others without attention
+
+
+def _zero_mlp(model, layer: int):
+    """A layer whose MLP has no channel left but whose attention stays (llama.cpp would skip the whole layer)."""
+    mlp = model.model.layers[layer].mlp
+    for name in ("gate_proj", "up_proj"):
+        setattr(mlp, name, torch.nn.Linear(mlp.gate_proj.in_features, 0, bias=False))
+    mlp.down_proj = torch.nn.Linear(0, mlp.down_proj.out_features, bias=mlp.down_proj.bias is not None)
+    return model
+
+
+CASES = {  # name: (rates, compensation, outtype, channel multiple, edit)
+    "dense": ([0.0] * 30, False, "f32", 1, None),
+    "searched": (SEARCHED, False, "f16", 1, None),
+    "searched+comp": (SEARCHED, True, "f16", 1, None),
+    "attention-free+comp": (ATTENTION_FREE, True, "f32", 1, None),
+    "mlp-free layer": (SEARCHED, False, "f32", 1, lambda m: _zero_mlp(m, 2)),
+    "q8_0": ([0.2] * 30, True, "q8_0", 32, None),  # a usable model: SEARCHED's ppl is ~1,000, where noise grows
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_llama_cpp_runs_the_export_as_torch_does(smol, tmp_path, case):
+    from selfpruner.core.results.export import build_pruned
+
+    rates, comp, outtype, multiple, edit = CASES[case]
+    smol.set_pruning(comp, multiple)
+    try:
+        model = build_pruned(smol.lm, smol.pruner, rates, dtype=torch.float32, device="cpu")
+    finally:
+        smol.set_pruning(False)
+    if edit:
+        model = edit(model)
+    rep = write_gguf(model, smol.lm.tokenizer, tmp_path / f"{case}.gguf", source_gguf=smol.lm.gguf_path,
+                     outtype=outtype)
+    ids = smol.windows("test", 256)[0].tolist()
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+    a = agreement(llama_cpp_logits(rep.path, ids, kv_f32=outtype == "f32"), ref, ids)
+    if outtype == "q8_0":  # quantization noise on top: the logits move a little, the ppl hardly
+        assert a["top1"] >= 0.9 and a["corr"] >= 0.998 and abs(a["ppl_ratio"] - 1) < 0.01, a
+        assert rep.unquantized == [] and rep.padded_channels == 0  # the search kept multiples of 32
+    else:
+        assert a["top1"] >= 0.99 and a["corr"] >= 0.9999 and abs(a["ppl_ratio"] - 1) < 0.005, a
+    if case == "attention-free+comp":
+        assert 0 < rep.kept_bias_groups and rep.heads[0] == 3 and rep.kv_heads[0] == 1
+    if case == "mlp-free layer":
+        assert rep.channels[2] == 1 and rep.padded_channels == 1
+    if case == "dense":
+        assert rep.heads == [9] * 30 and rep.channels == [1536] * 30
+
+
+@pytest.mark.slow
+def test_cli_exports_a_session_to_gguf_with_a_modelfile(tmp_path):
+    from conftest import cli
+    sessions = tmp_path / "s"
+    code, stdout, stderr = cli("baseline", "--model", "smollm2", "--method", "flap", "--ratio", "0.3", "--channel-multiple", "32",
+            "--seq-len", "256", "--calib-tokens", "4096", "--final-tokens", "512", "--data", "local",
+            "--sessions-dir", str(sessions))
+    assert code == 0, stderr
+    sid = next(sessions.glob("*.db")).stem
+    out = tmp_path / "smol-flap.gguf"
+    code, stdout, stderr = cli("export", sid, "--out", str(out), "--outtype", "q8_0", "--sessions-dir", str(sessions))
+    assert code == 0, stderr
+    assert "ollama create NAME -f" in stdout and "note:" not in stdout  # nothing padded: multiples of 32
+    assert (tmp_path / "Modelfile").read_text() == "FROM ./smol-flap.gguf\n"
+    llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)
+    assert llm.n_vocab() == 49152
+    code, _, stderr = cli("export", sid, "--out", str(out), "--sessions-dir", str(sessions))
+    assert code == 2 and "exists" in stderr and len(stderr.strip().splitlines()) == 1
+    code, stdout, _ = cli("show", sid, "--json", "--sessions-dir", str(sessions))
+    assert "smol-flap.gguf" in stdout
+
+
+def test_speed_command_compares_gguf_files_on_llama_cpp(tmp_path, smollm2_tokenizer):
+    from conftest import cli
+    lm = load_model(str(_tiny_dir(tmp_path, "llama", smollm2_tokenizer)), device="cpu", dtype="float32")
+    dense = write_gguf(lm.model, lm.tokenizer, tmp_path / "dense.gguf", outtype="f16").path
+    code, stdout, stderr = cli("speed", dense, "--dense", dense, "--threads", "1", "--repeats", "2",
+                               "--prefill-len", "16", "--decode-tokens", "4")
+    assert code == 0, stderr
+    rows = [ln for ln in stdout.splitlines() if ln.startswith(("| dense", "| pruned"))]
+    assert len(rows) == 2 and "1 threads" in stdout and "median of 2 interleaved rounds" in stdout
+    assert rows[0].split("|")[-3].strip() == "1.00"  # dense against itself
+    code, _, stderr = cli("speed", str(tmp_path / "missing.gguf"), "--dense", dense)
+    assert code == 2 and "not found" in stderr
