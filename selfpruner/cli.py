@@ -127,18 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("eval", parents=[sessions, device],
-                       help="zero-shot accuracy of a saved model through lm-eval")
-    p.add_argument("model_dir")
+                       help="zero-shot accuracy through lm-eval")
+    p.add_argument("model_dir", metavar="MODEL", help="an export, or a model as search takes it (smollm2, bundled, "
+                                                      "a GGUF, an HF dir)")
     p.add_argument("--tasks", default=None, help="comma list of lm-eval tasks or task YAML files "
                                                  "(default: the paper's seven)")
     p.add_argument("--limit", type=float, default=None)
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--include-path", default=None)
+    p.add_argument("--data-dir", default=None, metavar="PATH",
+                   help="read piqa from local files here (PIQA's valid.jsonl + valid-labels.lst) instead of the hub")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("speed", parents=[sessions, device],
                        help="parameters, memory and tokens/s of a saved model vs dense")
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", metavar="MODEL", help="an export (directory or .gguf), or a model as search takes it")
     p.add_argument("--dense", default=None,
                    help="the dense model: a name as for search (smollm2, bundled, HF dir) or, with --engine llama-cpp, "
                         "a .gguf (a name is written as GGUF in the pruned file's type first); default: bundled")

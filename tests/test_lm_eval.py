@@ -1,4 +1,5 @@
 """lm-eval bridge on the offline local task (tests/data/tiny_facts.yaml + .jsonl)."""
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,29 @@ def test_bundled_dense_beats_heavily_pruned(bundled):
         pruned = _check(evaluate_tasks(bundled.model, bundled.tokenizer, [TASK], batch_size=8))
     print(f"tiny_facts acc: dense {dense['acc']:.3f}, 90% pruned {pruned['acc']:.3f}")
     assert dense["acc"] > pruned["acc"]
+
+
+PIQA = Path(__file__).resolve().parents[2] / "shared" / "data" / "piqa"
+
+
+def test_piqa_task_joins_items_with_their_labels(tmp_path):
+    from selfpruner.core.results.lm_eval_bridge import piqa_task, resolve_tasks
+    cfg = piqa_task(PIQA, limit_items=5)
+    rows = [json.loads(x) for x in Path(cfg["dataset_kwargs"]["data_files"]["validation"]).read_text().splitlines()]
+    golds = [int(x) for x in (PIQA / "valid-labels.lst").read_text().split()[:5]]
+    assert [r["label"] for r in rows] == golds and rows[0]["goal"].startswith("How do I ready a guinea pig cage")
+    assert cfg["doc_to_text"] == "Question: {{goal}}\nAnswer:" and cfg["doc_to_choice"] == "{{[sol1, sol2]}}"
+    assert resolve_tasks(["piqa", "winogrande"], None) == ["piqa", "winogrande"]  # the hub task by default
+    assert resolve_tasks(["piqa", "winogrande"], PIQA)[1] == "winogrande"
+    with pytest.raises(TaskUnavailable, match="PIQA data not found") as e:
+        piqa_task(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_piqa_offline_on_smollm2_by_name():
+    """`eval smollm2 --tasks piqa --data-dir` in process: the model by its search name, PIQA from local files
+    (a 50-item slice; the dense instruct model is well above chance on it)."""
+    from selfpruner.core.results.lm_eval_bridge import evaluate_dir, resolve_tasks
+    res = evaluate_dir("smollm2", resolve_tasks(["piqa"], PIQA), limit=50, device="cpu")
+    assert res["piqa"]["n"] == 50 and 0.55 <= res["piqa"]["acc"] <= 0.85 and "acc_norm" in res["piqa"]

@@ -170,3 +170,24 @@ def load_pruned(path, *, dtype: str | torch.dtype | None = None, device: str | N
     kwargs = {"dtype": resolve_dtype(dtype, dev)} if dtype is not None else {}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **placement(dev, device_map))
     return model.eval().requires_grad_(False), AutoTokenizer.from_pretrained(path)
+
+
+def is_export_dir(path) -> bool:
+    """A directory written by export_pruned (its config names a selfpruner_* model type)."""
+    cfg = Path(str(path)).expanduser() / "config.json"
+    try:
+        return cfg.is_file() and json.loads(cfg.read_text()).get("model_type", "").startswith(pruned_modeling.PREFIX)
+    except (OSError, ValueError):
+        return False
+
+
+def load_any(spec, *, dtype: str | torch.dtype | None = None, device: str | None = None,
+             device_map: str | None = None):
+    """(model, tokenizer) of an exported directory, or of any model `search` takes by name (smollm2, bundled, a
+    GGUF, an HF directory or hub id), so a dense row is one command like the pruned one."""
+    from ..model.models import load_model
+
+    if spec is not None and is_export_dir(spec):
+        return load_pruned(spec, dtype=dtype, device=device, device_map=device_map)
+    lm = load_model(spec, dtype=dtype or "auto", device=device or "cpu", device_map=device_map)
+    return lm.model, lm.tokenizer

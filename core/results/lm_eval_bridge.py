@@ -7,7 +7,9 @@ by name. A task is one of:
     its local cache), so offline they fail with one `TaskUnavailable` line naming the task;
   * a path to an lm-eval task YAML for local data (`dataset_path: json`, `dataset_kwargs.data_files`);
     relative data_files are resolved against the YAML's directory (see tests/data/tiny_facts.yaml);
-  * a task config dict, as lm-eval accepts.
+  * a task config dict, as lm-eval accepts;
+  * with `data_dir`, `piqa` read from local files: PIQA's own release (valid.jsonl + valid-labels.lst, the
+    split lm-eval's hub task scores), with the hub task's prompt, choices and metrics (`piqa_task`).
 Results are `{task: {metric: value}}`, metric names without lm-eval's ",none" filter suffix.
 """
 from __future__ import annotations
@@ -47,6 +49,47 @@ def local_task_config(yaml_path) -> dict:
             files = absolute(files)
         cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": files}
     return cfg
+
+
+def piqa_task(data_dir, limit_items: int | None = None) -> dict:
+    """lm-eval's `piqa` task (its prompt "Question: {goal}\nAnswer:", the two solutions as choices, acc and
+    acc_norm) over PIQA's validation release in `data_dir`. The labels live in a separate file, so the two are
+    joined once into a JSON-lines file in the cache; `limit_items` keeps the first N items."""
+    import hashlib
+    import json
+
+    from ..model.models import cache_root
+
+    d = Path(data_dir).expanduser()
+    items, labels = d / "valid.jsonl", d / "valid-labels.lst"
+    if not (items.is_file() and labels.is_file()):
+        raise TaskUnavailable(f"PIQA data not found in {d} (expected valid.jsonl and valid-labels.lst)")
+    rows = [json.loads(line) for line in items.read_text(encoding="utf-8").splitlines() if line.strip()]
+    golds = [int(x) for x in labels.read_text().split()]
+    if len(rows) != len(golds):
+        raise TaskUnavailable(f"PIQA data in {d}: {len(rows)} items but {len(golds)} labels")
+    rows = [r | {"label": g} for r, g in zip(rows, golds)][:limit_items]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    out = cache_root() / "piqa" / f"valid-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    return {"task": "piqa", "dataset_path": "json", "dataset_kwargs": {"data_files": {"validation": str(out)}},
+            "validation_split": "validation", "output_type": "multiple_choice",
+            "doc_to_text": "Question: {{goal}}\nAnswer:", "doc_to_target": "label",
+            "doc_to_choice": "{{[sol1, sol2]}}",
+            "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                            for m in ("acc", "acc_norm")], "metadata": {"version": 1.0}}
+
+
+LOCAL_TASKS = {"piqa": piqa_task}  # tasks `--data-dir` serves from local files
+
+
+def resolve_tasks(tasks: Sequence, data_dir=None) -> list:
+    """Task names, with those LOCAL_TASKS knows read from `data_dir` when it is given."""
+    if data_dir is None:
+        return list(tasks)
+    return [LOCAL_TASKS[t](data_dir) if isinstance(t, str) and t in LOCAL_TASKS else t for t in tasks]
 
 
 def _spec(task):
@@ -117,8 +160,9 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence, *, limit: int | float | No
 
 def evaluate_dir(path, tasks: Sequence, *, device: str | None = None, dtype: str | None = None,
                  device_map: str | None = None, **kwargs) -> dict[str, dict[str, float]]:
-    """Metrics of a saved (exported or stock) model directory, loaded as export.load_pruned places it."""
-    from .export import load_pruned
+    """Metrics of a model named as `search` names one (smollm2, bundled, a GGUF, an HF dir or hub id) or of an
+    exported directory (export.load_any)."""
+    from .export import load_any
 
-    model, tokenizer = load_pruned(path, dtype=dtype, device=device, device_map=device_map)
+    model, tokenizer = load_any(path, dtype=dtype, device=device, device_map=device_map)
     return evaluate_tasks(model, tokenizer, tasks, **kwargs)

@@ -50,12 +50,12 @@ def _print_gguf(info: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from selfpruner.core.results.lm_eval_bridge import PAPER_TASKS, TaskUnavailable, evaluate_dir
+    from selfpruner.core.results.lm_eval_bridge import PAPER_TASKS, TaskUnavailable, evaluate_dir, resolve_tasks
     from selfpruner.core.results.session_summary import record_for_model_dir
 
     tasks = args.tasks.split(",") if args.tasks else list(PAPER_TASKS)
     try:
-        res = evaluate_dir(args.model_dir, tasks, limit=args.limit, batch_size=args.batch_size or _auto_batch(args),
+        res = evaluate_dir(args.model_dir, resolve_tasks(tasks, args.data_dir), limit=args.limit, batch_size=args.batch_size or _auto_batch(args),
                            num_fewshot=args.num_fewshot, include_path=args.include_path, device=args.device,
                            dtype=args.dtype, device_map=args.device_map)
     except TaskUnavailable as e:
@@ -65,7 +65,7 @@ def cmd_eval(args) -> int:
         for m, v in metrics.items():
             t.add_row(task, m, f"{v:.4f}" if isinstance(v, float) else str(v))
     out.print(t)
-    payload = {"model_dir": str(args.model_dir), "tasks": tasks, "limit": args.limit,
+    payload = {"model_dir": str(args.model_dir), "tasks": tasks, "data_dir": args.data_dir, "limit": args.limit,
                "num_fewshot": args.num_fewshot, "results": res}
     sid = record_for_model_dir(args.model_dir, args.sessions_dir, "lm_eval", ",".join(tasks), payload)
     if sid:
@@ -77,7 +77,7 @@ def cmd_speed(args) -> int:
     import torch
 
     from selfpruner.core.model.models import load_model
-    from selfpruner.core.results.export import load_pruned
+    from selfpruner.core.results.export import load_any
     from selfpruner.core.results.session_summary import record_for_model_dir
     from selfpruner.core.results.speed import benchmark_vllm, compare, to_markdown, vllm_status
 
@@ -87,7 +87,7 @@ def cmd_speed(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dense = load_model(args.dense, device=args.device, dtype=args.dtype, device_map=args.device_map).model
-    pruned, _ = load_pruned(args.model_dir, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    pruned, _ = load_any(args.model_dir, dtype=args.dtype, device=args.device, device_map=args.device_map)
     report = compare({"dense": dense, "pruned": pruned}, baseline="dense", repeats=args.repeats,
                      clock=args.clock, prefill_len=args.prefill_len, decode_tokens=args.decode_tokens,
                      batch=args.batch_size or 1)
