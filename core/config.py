@@ -141,6 +141,10 @@ class Evolution:
                              help="llm: the LLM selects M parents first (Algorithm 1); inline: it cites parents as it "
                                   "writes")
     seed: int = setting(0, label="seed")
+    # the uniform, OWL and FLAP allocations join the initial population (origin reference:NAME), so a search never
+    # ends behind them on search fitness; None = on for the numeric GA, off for LLM proposers (the paper's protocol)
+    seed_references: bool | None = setting(None, help="put the uniform, OWL and FLAP allocations into the initial "
+                                                      "population (default: on for --proposer numeric)")
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,10 @@ class Proposing:
     # prompts carry a per-layer sensitivity table, measured once (n_layers extra evaluations)
     prompt_sensitivity: bool = setting(False, help="measure each layer's sensitivity once (n_layers evaluations) "
                                                    "and show it in the prompts")
+    # the numeric GA's mutation: gauss (noise on every rate), level-switch (EvoPress: move one step of rate from
+    # one layer to another, keeping the mean) or mixed (each mutation picks one of the two)
+    numeric_mutation: str = setting("gauss", choices=("gauss", "level-switch", "mixed"),
+                                    help="the numeric GA's mutation: gauss, level-switch (EvoPress) or mixed")
     max_retries: int = setting(3, resume=True)
     llm_threads: int | None = setting(None, metavar="N", resume=True,
                                       help="llama-cpp threads (default: as many as torch uses; 1 on a box busy with "
@@ -206,6 +214,8 @@ class _SearchConfigBase:
     """SearchConfig's behaviour; its fields are the parts' (see the make_dataclass call below)."""
 
     def __post_init__(self):
+        if self.seed_references is None:
+            self.seed_references = self.proposer == "numeric"
         if self.budget_tokens is None:
             self.budget_tokens = self.race_budget()
         # An ablation removes an operator but keeps the offspring count: its share goes to the other one.

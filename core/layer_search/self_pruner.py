@@ -33,10 +33,10 @@ from ..events import (
 )
 from ..plans import candidate_key_text
 from ..proposers.base import Proposer
-from ..proposers.repair import identity
+from ..proposers.repair import identity, repair
 from ..run_lock import RunLock
 from ..store import Store, StoreError
-from ..types import CallRecord, EvalJob, Problem, Scored
+from ..types import CallRecord, EvalJob, Problem, Proposal, Scored
 from .racing import stage_counts, survivors
 from .workbench import Workbench
 
@@ -94,7 +94,10 @@ class SelfPrunerSearch:
         seen = self._seen()
         try:
             if phase == "init":
-                proposals = (self.init_proposer or self.proposer).initial(self.problem, count, seen)
+                proposals = self._references(seen, count) if self.cfg.seed_references else []
+                if count > len(proposals):
+                    proposals += (self.init_proposer or self.proposer).initial(self.problem, count - len(proposals),
+                                                                                seen)
             elif phase == "mutation":
                 proposals = self.proposer.mutate(self.problem, population, count, generation, seen)
             else:
@@ -106,6 +109,20 @@ class SelfPrunerSearch:
         for cid, p in zip(ids, proposals):
             self.bus.emit(CandidateProposed(cid, generation, p.origin, p.rates, p.parents))
         return self._stored_phase(generation, phase)
+
+    def _references(self, seen: set, count: int) -> list[Proposal]:
+        """The one-shot peers' allocations (uniform, OWL, FLAP), repaired to this problem, distinct, at most
+        `count`; their identities join `seen`."""
+        out = []
+        for name, rates in self.bench.reference_rates(self.cfg.beta, self.cfg.lo, self.cfg.hi).items():
+            if rates is None or len(out) == count:
+                continue
+            rates = repair(rates, self.problem)[0]
+            key = identity(rates, self.problem)
+            if key not in seen:
+                seen.add(key)
+                out.append(Proposal(rates=rates, origin=f"reference:{name}"))
+        return out
 
     def _sensitivity(self) -> None:
         """--prompt-sensitivity: per layer, the search ppl with only that layer pruned at 2β (at most hi), measured

@@ -30,6 +30,7 @@ def stored_config(s: dict) -> SearchConfig:
     """A session's SearchConfig. Sessions from before devices existed all ran in float32 on the CPU."""
     d = dict(s["config"])
     d.setdefault("dtype", "float32")
+    d.setdefault("seed_references", False)  # sessions from before references existed had none
     return SearchConfig.from_dict(d)
 
 

@@ -121,14 +121,18 @@ class Workbench(Evaluator):
         return self.windows("test", max_tokens).numel()
 
     def reference_rates(self, beta: float, lo: float, hi: float) -> dict:
-        """Uniform and OWL rates at β, for reports to draw a searched profile against (OWL None on OOM)."""
-        from ..baselines.rates import owl_rates
+        """Uniform, OWL and FLAP rates at β: what reports draw a searched profile against and what
+        --seed-references puts into the initial population (OWL/FLAP None on OOM)."""
+        from ..baselines.rates import flap_rates, owl_rates
         n = self.lm.arch.n_layers
-        try:
-            owl = owl_rates(self.lm.arch, self.stats, beta, lo=lo, hi=hi)
-        except RuntimeError:  # out of memory on a huge model: the report goes without
-            owl = None
-        return {"uniform": [beta] * n, "owl": owl}
+        refs = {"uniform": [beta] * n}
+        for name, fn in (("owl", lambda: owl_rates(self.lm.arch, self.stats, beta, lo=lo, hi=hi)),
+                         ("flap", lambda: flap_rates(self.lm.arch, self.stats, beta))):
+            try:
+                refs[name] = fn()
+            except RuntimeError:  # out of memory on a huge model: go without
+                refs[name] = None
+        return refs
 
     def set_pruning(self, compensate: bool, channel_multiple: int = 1) -> None:
         """A shared workbench serves searches with and without bias compensation, at any channel multiple."""

@@ -25,9 +25,13 @@ def ranked(population: list[Scored]) -> list[Scored]:
 
 class NumericProposer:
     def __init__(self, seed: int = 0, sigma: float = 0.05, tournament: int = 3, crossover: str = "uniform",
-                 init_spread: float | None = None, init_origin: str = "init"):
+                 init_spread: float | None = None, init_origin: str = "init", mutation: str = "gauss",
+                 level_step: float = 0.05):
         if crossover not in ("uniform", "blend"):
             raise ProposerError(f"unknown crossover {crossover!r} (uniform | blend)")
+        if mutation not in ("gauss", "level-switch", "mixed"):
+            raise ProposerError(f"unknown mutation {mutation!r} (gauss | level-switch | mixed)")
+        self.mutation_kind, self.level_step = mutation, level_step
         self.name = "numeric"
         self.on_call: CallSink | None = None
         self.seed, self.sigma, self.tournament = seed, sigma, tournament
@@ -43,8 +47,27 @@ class NumericProposer:
 
     def mutate_one(self, problem: Problem, pop: list[Scored], rng: random.Random, taken):
         parent = self.pick(pop, rng)
-        child = [v + rng.gauss(0.0, self.sigma) for v in parent.rates]
+        kind = self.mutation_kind if self.mutation_kind != "mixed" else rng.choice(("gauss", "level-switch"))
+        if kind == "gauss":
+            child = [v + rng.gauss(0.0, self.sigma) for v in parent.rates]
+        else:
+            child = self.level_switch(parent.rates, problem, rng)
         return repair(child, problem, taken)[0], [parent.id]
+
+    def level_switch(self, rates: list[float], problem: Problem, rng: random.Random) -> list[float]:
+        """EvoPress's mutation: move one step of rate from one layer to another, a geometric number of times
+        (1, 2, ... with halving odds); the mean stays β, and a move that would leave [lo, hi] is not made."""
+        child = list(rates)
+        moves = 1
+        while rng.random() < 0.5 and moves < len(child):
+            moves += 1
+        for _ in range(moves):
+            up, down = rng.sample(range(len(child)), 2) if len(child) > 1 else (0, 0)
+            step = min(self.level_step, problem.hi - child[up], child[down] - problem.lo)
+            if step > 0:
+                child[up] += step
+                child[down] -= step
+        return child
 
     def cross_one(self, problem: Problem, pop: list[Scored], rng: random.Random, taken):
         a = self.pick(pop, rng)

@@ -32,7 +32,7 @@ def _layer_options(cfg) -> dict:
 
 
 def _numeric(cfg) -> Proposer:
-    return make_proposer("numeric", **_layer_options(cfg))
+    return make_proposer("numeric", mutation=cfg.numeric_mutation, **_layer_options(cfg))
 
 
 def _llama_cpp(cfg) -> Proposer:

@@ -35,7 +35,10 @@ class ReplayProposer:
 
     def _phase(self, problem: Problem, population: list[Scored], generation: int, phase: str, count: int,
                seen) -> list[Proposal]:
-        rows = [c for c in self.source.candidates(generation) if c["phase"] == phase]
+        # the one-shot peers' allocations (--seed-references) came from the search, not the proposer: it puts them
+        # in again itself
+        rows = [c for c in self.source.candidates(generation)
+                if c["phase"] == phase and not c["origin"].startswith("reference:")]
         if len(rows) != count:
             raise ProposerError(f"session {self.source_id} stored {len(rows)} {phase} candidates for generation "
                                 f"{generation}, the replay asked for {count}: run with the same K/M/S")

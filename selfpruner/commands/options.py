@@ -38,7 +38,9 @@ def add_settings(p, *parts, skip: tuple = (), only: tuple | None = None, choices
         m = f.metadata
         flags = m["flags"] or ("--" + f.name.replace("_", "-"),)
         kw = {"dest": f.name, "help": m["help"]}
-        if _kind(f) is bool:  # a switch: --x turns it on, --no-x off
+        if _kind(f) is bool and f.default is None:  # --x / --no-x, unset = the config decides
+            kw.update(action=argparse.BooleanOptionalAction, default=None)
+        elif _kind(f) is bool:  # a switch: --x turns it on, --no-x off
             kw.update(action="store_false" if flags[-1].startswith("--no-") else "store_true", default=f.default)
         else:
             kw.update(type=PARSERS.get(f.name, _kind(f)), default=f.default, metavar=m["metavar"])

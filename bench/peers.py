@@ -1,0 +1,106 @@
+"""The searched model against its one-shot peers on SmolLM2, side by side: uniform, OWL and FLAP (each with and
+without bias compensation) and the numeric GA with and without the quality pieces of this round, at β 0.3 and 0.5.
+
+Every search prunes as FLAP does (FLAP's importance orders the units, compensation on), so a search differs from
+the FLAP baseline only in the layer allocation; it spends --evaluations fitness calls of --budget-tokens
+(K + N·(M+S)). Final ppl on --final-tokens held-out tokens, mean ± sd over --seeds; the ratio is against FLAP with
+compensation. `--llm` adds the paper's protocol (llama.cpp proposer, one seed: it is slow on a CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from selfpruner.core.baselines.run import baseline_rates
+from selfpruner.core.config import SearchConfig
+from selfpruner.core.events import Control, EventBus
+from selfpruner.core.layer_search.session import start_search
+from selfpruner.core.layer_search.workbench import Workbench
+
+from bench_args import add  # bench/ is on sys.path when run as a script
+
+VARIANTS = {  # name: SearchConfig overrides
+    "GA": dict(seed_references=False, numeric_mutation="gauss"),
+    "GA + references": dict(seed_references=True, numeric_mutation="gauss"),
+    "GA + references + level-switch": dict(seed_references=True, numeric_mutation="mixed"),
+    "GA + references + level-switch, racing + KL": dict(seed_references=True, numeric_mutation="mixed",
+                                                        fitness="kl", race="512:all,2048:3"),
+}
+
+
+def final(bench, rates, tokens: int, compensate: bool) -> float:
+    bench.set_pruning(compensate)
+    return bench.fitness(rates, tokens, which="test")[0]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add(ap, model="smollm2", seq_len=512, calib_tokens=8192, budget_tokens=512, final_tokens=8192)
+    ap.add_argument("--ratios", default="0.3,0.5")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("-K", type=int, default=20)
+    ap.add_argument("-M", type=int, default=5)
+    ap.add_argument("-S", type=int, default=5)
+    ap.add_argument("-N", type=int, default=8)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--llm", action="store_true", help="also the paper's protocol with the llama.cpp proposer")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local",
+                            importance="flap")
+    wanda = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
+    sessions = tempfile.mkdtemp(prefix="selfpruner-peers-")
+    tokens = bench.windows("test", args.final_tokens).numel()
+    evals = args.K + args.N * (args.M + args.S)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"model {bench.lm.name}; searches: {evals} evaluations of {args.budget_tokens} tokens, FLAP importance, "
+          f"compensation on, seeds {seeds}; final ppl on {tokens} held-out tokens")
+    print(f"dense ppl {bench.dense_ppl(args.final_tokens, which='test'):.2f}\n")
+    print(f"{'β':>4}  {'method':<46} {'final ppl':>18} {'× FLAP+comp':>11} {'evals':>6} {'wall s':>7}  notes")
+    for beta in [float(x) for x in args.ratios.split(",")]:
+        rows = []
+        for name, wb, method in (("uniform Wanda-sp", wanda, "uniform"), ("OWL (Wanda-sp)", wanda, "owl"),
+                                 ("FLAP", bench, "flap")):
+            rates = baseline_rates(wb, method, beta)
+            for comp in (False, True):
+                rows.append((f"{name}{' + comp' if comp else ''}", [final(wb, rates, args.final_tokens, comp)], 0, 0.0,
+                             ""))
+        flap_comp = rows[-1][1][0]
+        chosen = [v for v in args.variants.split(",") if v]
+        runs = [(v, VARIANTS[v], "numeric") for v in chosen]
+        if args.llm:
+            runs.append(("Self-Pruner protocol (llama.cpp SmolLM2 proposer)", dict(seed_references=False),
+                         "llama-cpp"))
+        for name, over, proposer in runs:
+            ppls, walls, best_refs, n_evals = [], [], 0, 0
+            for seed in (seeds if proposer == "numeric" else seeds[:1]):
+                cfg = SearchConfig(model=args.model, beta=beta, proposer=proposer, population=args.K,
+                                   mutations=args.M, crossovers=args.S, generations=args.N,
+                                   budget_tokens=None if over.get("race") else args.budget_tokens,
+                                   seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_eval=False,
+                                   data="local", seed=seed, sessions_dir=sessions, compensate=True,
+                                   importance="flap", **over)
+                t = time.perf_counter()
+                search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
+                res = search.run()
+                walls.append(time.perf_counter() - t)
+                n_evals = len([e for e in search.store.evaluations() if e["kind"] == "search"])
+                best = next(c for c in search.store.candidates() if c["id"] == res.best_id)
+                best_refs += best["origin"].startswith("reference:")
+                ppls.append(final(bench, res.best_rates, args.final_tokens, True))
+            note = f"best is a reference in {best_refs}/{len(ppls)}" if over.get("seed_references") else ""
+            rows.append((name, ppls, n_evals, statistics.mean(walls), note))
+        for name, ppls, n_evals, wall, note in rows:
+            sd = statistics.stdev(ppls) if len(ppls) > 1 else 0.0
+            val = f"{statistics.mean(ppls):.2f}" + (f" ± {sd:.2f}" if len(ppls) > 1 else "")
+            ev, wl = (str(n_evals), f"{wall:.0f}") if n_evals else ("", "")
+            print(f"{beta:>4}  {name:<46} {val:>18} {statistics.mean(ppls) / flap_comp:>11.3f} {ev:>6} {wl:>7}  "
+                  f"{note}", flush=True)
+        print()
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
