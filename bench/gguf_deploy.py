@@ -46,9 +46,11 @@ def main(argv=None):
     add_protocol_args(ap)
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--multiples", default="1,32,64,128")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--decode-tokens", type=int, default=128, help="generated tokens per round (short rounds: noise)")
     ap.add_argument("--skip-multiples", action="store_true")
-    add(ap, final_tokens=8192, repeats=5, seed=0)
+    add(ap, final_tokens=8192, repeats=7, seed=0)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
@@ -85,7 +87,8 @@ def main(argv=None):
                       "FLAP": export(flap, baseline_rates(flap, "flap", beta), out / f"f{beta}-{outtype}.gguf", outtype,
                                      32),
                       "searched": export(bench, rates, out / f"s{beta}-{outtype}.gguf", outtype, 32)}
-            report = compare_gguf(models, threads=args.threads, repeats=args.repeats)
+            report = compare_gguf(models, threads=args.threads, repeats=args.repeats, prompt_len=args.prompt_len,
+                                  decode_tokens=args.decode_tokens)
             print(f"\nβ {beta}, {outtype}:\n" + gguf_markdown(report), flush=True)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 

@@ -127,9 +127,14 @@ class EventBus:
 
 @dataclass
 class Control:
-    """Pause / stop requested by a UI; the search checks it between (and inside) evaluations."""
+    """Pause / stop requested by a UI; the search checks it between (and inside) evaluations. `poll`, when set
+    (core/steering.py), is called at every checkpoint and while paused: it applies commands stored by other
+    processes."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _running: threading.Event = field(default_factory=threading.Event)
+    _after_generation: threading.Event = field(default_factory=threading.Event)
+    poll: Callable[[], None] | None = None
+    poll_s: float = 0.5
 
     def __post_init__(self):
         self._running.set()
@@ -140,6 +145,14 @@ class Control:
 
     def pause(self) -> None:
         self._running.clear()
+
+    def stop_after_generation(self) -> None:
+        """Finish the generation in flight, then stop (resumable like any stop)."""
+        self._after_generation.set()
+
+    @property
+    def stopping_after_generation(self) -> bool:
+        return self._after_generation.is_set()
 
     def resume(self) -> None:
         self._running.set()
@@ -154,5 +167,9 @@ class Control:
 
     def checkpoint(self) -> bool:
         """Block while paused; True when the search should stop."""
+        if self.poll is not None:
+            self.poll()
+            while not self._running.wait(self.poll_s):
+                self.poll()
         self._running.wait()
         return self._stop.is_set()

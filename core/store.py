@@ -24,8 +24,9 @@ from .errors import UserError
 from .plans import candidate_key, candidate_key_text
 from .types import CallRecord, Proposal
 
-# 1: the first format; 2: the `runs` table (who ran the session, core/run_lock.py) and PRAGMA user_version.
-SCHEMA_VERSION = 2
+# 1: the first format; 2: the `runs` table (who ran the session, core/run_lock.py) and PRAGMA user_version;
+# 3: the `controls` table (pause/resume/stop asked from another process, core/steering.py).
+SCHEMA_VERSION = 3
 DEFAULT_DIR = Path("sessions")
 
 
@@ -203,11 +204,16 @@ class Store:
                                         "call_id": int, "created": float}, pk="id")
         db["metric_candidates"].create_index(["canonical"])
         self._create_runs()
+        self._create_controls()
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _create_runs(self) -> None:
         self.db["runs"].create({"id": int, "pid": int, "host": str, "command": str, "selfpruner_version": str,
                                 "started": float, "ended": float, "outcome": str}, pk="id", if_not_exists=True)
+
+    def _create_controls(self) -> None:
+        self.db["controls"].create({"id": int, "command": str, "requested_by": str, "requested": float,
+                                    "obeyed": float, "run_id": int, "note": str}, pk="id", if_not_exists=True)
 
     # ---- session --------------------------------------------------------------------------------
     @_writes
@@ -313,8 +319,9 @@ class Store:
     @_writes
     def begin_run(self, pid: int, host: str, command: str) -> int:
         """Called under the run lock: earlier runs still open died without a word (their lock is free)."""
-        if self.schema_version < 2:  # a schema-1 DB gains the runs table on its first run by this version
+        if self.schema_version < SCHEMA_VERSION:  # an older DB gains the newer tables on its first run by this one
             self._create_runs()
+            self._create_controls()
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.schema_version = SCHEMA_VERSION
         now = time.time()
@@ -324,6 +331,25 @@ class Store:
             run_id = self.db["runs"].insert({"pid": pid, "host": host, "command": command,
                                              "selfpruner_version": selfpruner_version(), "started": now}).last_pk
         return run_id
+
+    # ---- controls (core/steering.py) ---------------------------------------------------------------------
+    @_writes
+    def request_control(self, command: str, requested_by: str) -> int:
+        if "controls" not in self.db.table_names():  # a run of an older version holds it: it would never look
+            raise StoreError(f"session {self.session()['id']} is run by an older selfpruner, which takes no "
+                             f"commands from other processes")
+        return self.db["controls"].insert({"command": command, "requested_by": requested_by,
+                                           "requested": time.time()}).last_pk
+
+    def controls(self, pending: bool = False) -> list[dict]:
+        if "controls" not in self.db.table_names():
+            return []
+        where = " where obeyed is null" if pending else ""
+        return [dict(r) for r in self.db.query(f"select * from controls{where} order by id")]
+
+    @_writes
+    def obey_control(self, control_id: int, run_id: int | None, note: str = "") -> None:
+        self.db["controls"].update(control_id, {"obeyed": time.time(), "run_id": run_id, "note": note})
 
     @_writes
     def end_run(self, run_id: int, outcome: str) -> None:
@@ -441,13 +467,17 @@ def list_sessions(directory: Path | str = DEFAULT_DIR) -> list[dict]:
             with Store(path, readonly=True) as st:
                 s = st.session()
                 s["status"] = shown_status(path, s["status"])
+                runner = None
+                if s["status"] == "running":  # live: who runs it
+                    last = (st.runs() or [None])[-1]
+                    runner = f"pid {last['pid']} on {last['host']}" if last else None
                 n_gen = st.db["generations"].count
                 n_cand = st.db["candidates"].count + st.db["metric_candidates"].count
             rows.append({"id": s["id"], "path": str(path), "kind": s["kind"], "status": s["status"],
                          "model": s["model_name"], "beta": s["beta"], "proposer": s["proposer"],
                          "best_fitness": _from_db(s["best_fitness"]), "final_ppl": s["final_ppl"],
                          "created": s["created"], "generations": n_gen, "candidates": n_cand, "error": None,
-                         "config": s.get("config") or {}})
+                         "config": s.get("config") or {}, "runner": runner})
         except (StoreError, sqlite3.DatabaseError) as e:
             rows.append({"id": path.stem, "path": str(path), "kind": "?", "status": "unreadable",
                          "error": str(e).splitlines()[0]})

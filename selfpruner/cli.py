@@ -17,7 +17,7 @@ from .commands.metric import cmd_metric_search, cmd_prune
 from .commands.options import add_settings
 from .commands.results import cmd_eval, cmd_export, cmd_lora, cmd_speed
 from .commands.search import BASELINE_FITNESS, SEARCH_PARTS, cmd_baseline, cmd_replay, cmd_search
-from .commands.sessions import cmd_report, cmd_sessions, cmd_show
+from .commands.sessions import cmd_control, cmd_report, cmd_sessions, cmd_show
 
 
 def _baseline_settings(p):
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("control", parents=[sessions],
+                       help="pause, resume or stop a search that runs in another process")
+    p.add_argument("session")
+    p.add_argument("command", choices=["pause", "resume", "stop", "stop-after-generation"])
+    p.add_argument("--wait", type=float, default=None, metavar="S", help="wait up to S seconds until it obeys")
+    p.set_defaults(fn=cmd_control)
 
     p = sub.add_parser("report", parents=[sessions],
                        help="an HTML page with plots (PNG and SVG) of one or more sessions, offline")

@@ -824,7 +824,8 @@ async def test_resume_of_a_session_another_process_runs_is_refused(stopped_real_
             await pilot.press("ctrl+o")
             await pilot.pause()
             table = app.screen.query_one("#sessions", DataTable)
-            assert cell_text(table, "0", "status") == "running"
+            # live, with who runs it
+            assert cell_text(table, "0", "status").startswith(f"running · pid {holder.pid} on ")
             await pilot.press("r")
             await wait_for(pilot, lambda: any("being run by" in m for m in said), what="the refusal")
             assert isinstance(app.screen, SessionBrowser)

@@ -35,6 +35,7 @@ from ..plans import candidate_key_text
 from ..proposers.base import Proposer
 from ..proposers.repair import identity, repair
 from ..run_lock import RunLock
+from ..steering import ControlPoller
 from ..store import Store, StoreError
 from ..types import CallRecord, EvalJob, Problem, Proposal, Scored
 from .racing import stage_counts, survivors
@@ -66,6 +67,8 @@ class SelfPrunerSearch:
             p.on_call = self._record_call
             if hasattr(p, "should_stop"):
                 p.should_stop = lambda: self.control.stopped
+        # commands from other processes (a TUI attached elsewhere, `selfpruner control`) reach this run's Control
+        self.control.poll = ControlPoller(self.store, self.control, self.lock.run_id if self.lock else None)
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _record_call(self, rec: CallRecord) -> int:
@@ -300,6 +303,8 @@ class SelfPrunerSearch:
             self.bus.emit(GenerationStarted(0, cfg.population))
             pop = self._select(0, self._evaluate(self._propose(0, "init", cfg.population, []), known))
             for g in range(1, cfg.generations + 1):
+                if self.control.stopping_after_generation:  # asked to stop once a generation is complete
+                    raise Stopped
                 self.bus.emit(GenerationStarted(g, self._offspring_evaluations()))
                 parents = self._parents(g, pop)
                 self._prefetch(g, parents)

@@ -89,3 +89,27 @@ def cmd_report(args) -> int:
     page = build_report([resolve_session(ref, args.sessions_dir) for ref in args.session], args.out)
     out.print(f"report of {len(args.session)} session(s): {page}")
     return 0
+
+
+def cmd_control(args) -> int:
+    """Ask the process running a session to pause, resume or stop; --wait: until it has obeyed."""
+    from selfpruner.core.errors import UserError
+    from selfpruner.core.steering import request
+    from selfpruner.core.store import Store, resolve_session
+
+    with Store(resolve_session(args.session, args.sessions_dir)) as st:
+        cid = request(st, args.command)
+        sid = st.session()["id"]
+        out.print(f"asked session {sid} to {args.command} (request {cid}); its runner obeys at the next evaluation "
+                  f"boundary")
+        deadline = time.time() + (args.wait or 0)
+        while args.wait:
+            row = next(r for r in st.controls() if r["id"] == cid)
+            if row["obeyed"] is not None:
+                out.print(f"obeyed after {row['obeyed'] - row['requested']:.1f} s")
+                break
+            if time.time() > deadline:
+                raise UserError(f"session {sid} has not obeyed {args.command} within {args.wait:g} s (still stored: "
+                                f"it will when it reaches an evaluation boundary)")
+            time.sleep(0.2)
+    return 0

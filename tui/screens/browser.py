@@ -23,8 +23,13 @@ STATUS_STYLE = {"finished": "green", "running": "cyan", "stopped": "yellow", "di
                 "unreadable": "bold red"}
 
 
+LIVE_REFRESH_S = 3.0  # while a listed session runs elsewhere, its row follows it
+
+
 def _cells(r: dict) -> tuple:
     status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
+    if r.get("runner"):
+        status.append(f" · {r['runner']}", style="dim")
     if r.get("error"):
         # The message repeats the file's path; the session column already names it.
         err = r["error"].replace(f" {r['path']}", "").replace(r["path"], Path(r["path"]).name)
@@ -65,6 +70,11 @@ class SessionBrowser(Screen):
         for key, label in COLUMNS:
             table.add_column(label, key=key)
         self.action_refresh()
+        self.set_interval(LIVE_REFRESH_S, self._refresh_live)
+
+    def _refresh_live(self) -> None:
+        if any(r.get("runner") for r in self.rows) and self.is_current:
+            self.action_refresh()
 
     def on_screen_resume(self) -> None:
         self.action_refresh()  # a resumed or new run may have changed the list

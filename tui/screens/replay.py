@@ -1,4 +1,7 @@
-"""A stored session, rebuilt from its DB, with a scrubber to step through the search as it happened."""
+"""A stored session, rebuilt from its DB, with a scrubber to step through the search as it happened. A session
+that another process is running (a headless search, a Ray driver, a TUI elsewhere) is followed live: the screen
+re-reads the DB every FOLLOW_S seconds (a WAL reader: it never blocks the run), notices when the run ends or its
+process dies, and its pause / stop keys reach that process through the session's control table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +9,7 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 
+from selfpruner.core.run_lock import is_live, shown_status
 from selfpruner.core.store import Store
 
 from ..state import SearchState, View
@@ -13,6 +17,7 @@ from ..widgets.scrubber import GenerationScrubber
 from .search import ALL_PARTS, SearchScreen
 
 RESUMABLE = ("running", "stopped", "failed")
+FOLLOW_S = 1.0
 
 
 class ReplayScreen(SearchScreen):
@@ -20,6 +25,10 @@ class ReplayScreen(SearchScreen):
         Binding("left_square_bracket", "step(-1)", "◀ gen"),
         Binding("right_square_bracket", "step(1)", "gen ▶"),
         Binding("r", "resume", "Resume"),
+        Binding("p", "control('pause')", "Pause"),
+        Binding("u", "control('resume')", "Unpause"),
+        Binding("g", "control('stop-after-generation')", "Stop after gen"),
+        Binding("s", "control('stop')", "Stop"),
     ]
 
     def __init__(self, path: Path | str) -> None:
@@ -37,6 +46,28 @@ class ReplayScreen(SearchScreen):
     def on_mount(self) -> None:
         last = self.state.last_generation
         self.query_one(GenerationScrubber).set_range(last or 0, last or 0)
+        self.render_view()
+        self.following = self.state.kind == "layer" and is_live(self.db_path)
+        if self.following:
+            self.sub_title = "following a live run"
+            self._follower = self.set_interval(FOLLOW_S, self._follow)
+
+    def _follow(self) -> None:
+        """Re-read the session; stay on the newest generation if the view was there."""
+        live = is_live(self.db_path)
+        at_end = self.generation == self.state.last_generation
+        self.state = self._load()
+        if not live:  # ended, stopped or died (its lock went with its process)
+            self.following = False
+            self._follower.stop()
+            self.state.status = shown_status(self.db_path, self.state.status)
+            self.sub_title = f"run {self.state.status}"
+            self.notify(f"the run of {self.state.session_id} is {self.state.status}", timeout=8)
+        last = self.state.last_generation or 0
+        if at_end or self.generation is None:
+            self.generation = last
+        self.query_one(GenerationScrubber).set_range(last, self.generation or 0)
+        self.refresh_bindings()
         self.render_view()
 
     def current_view(self) -> View:
@@ -56,9 +87,25 @@ class ReplayScreen(SearchScreen):
 
     # ---- resume an interrupted session -------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> bool | None:
+        following = getattr(self, "following", False)
         if action == "resume":
-            return self.state.kind == "layer" and self.state.status in RESUMABLE
+            return self.state.kind == "layer" and self.state.status in RESUMABLE and not following
+        if action == "control":
+            return following
         return True
+
+    def action_control(self, command: str) -> None:
+        """Ask the process that runs this session to pause, resume or stop (core/steering.py)."""
+        from selfpruner.core.steering import request
+
+        from ..errors import USER_ERRORS, one_line
+        try:
+            with Store(self.db_path) as store:
+                request(store, command, tool="selfpruner-tui")
+        except USER_ERRORS as e:
+            self.notify(one_line(e), severity="error")
+            return
+        self.notify(f"asked the run to {command}; it obeys at its next evaluation boundary", timeout=5)
 
     def action_resume(self) -> None:
         from selfpruner.core.layer_search.session import resume_config

@@ -1,0 +1,128 @@
+"""Steering a search that runs in another process (core/steering.py): `selfpruner control ID pause|resume|
+stop-after-generation|stop` is stored, obeyed at the next evaluation boundary, and the run resumes to the same
+trajectory as an uninterrupted one."""
+import time
+from pathlib import Path
+
+import pytest
+
+from selfpruner.core.config import ConfigError
+from selfpruner.core.events import Control
+from selfpruner.core.layer_search.self_pruner import compare_trajectories
+from selfpruner.core.run_lock import RunLock
+from selfpruner.core.steering import ControlPoller, request
+from selfpruner.core.store import Store, list_sessions
+
+from conftest import cli
+from test_one_writer import CLI_TINY, db_count, only_session, spawn, wait_for
+
+
+def evaluations(path: Path) -> int:
+    return db_count(path, "select count(*) from evaluations")
+
+
+def test_commands_reach_the_control_of_the_process_that_runs_the_session(tmp_path):
+    st = Store(tmp_path / "s.db", create=True)
+    st.create_session("s", "layer", {})
+    with pytest.raises(ConfigError, match="session s is not running .*nothing to pause"):
+        request(st, "pause")
+    lock = RunLock(st, "test").acquire()
+    control = Control()
+    control.poll = ControlPoller(st, control, lock.run_id)
+    other = Store(tmp_path / "s.db")  # another process's connection
+    request(other, "pause", tool="selfpruner-tui")
+    request(other, "stop-after-generation")
+    with pytest.raises(ConfigError, match="must be one of pause, resume, stop, stop-after-generation"):
+        request(other, "halt")
+    control.poll()
+    assert control.paused and control.stopping_after_generation and not control.stopped
+    rows = st.controls()
+    assert [r["command"] for r in rows] == ["pause", "stop-after-generation"]
+    assert all(r["obeyed"] and r["run_id"] == lock.run_id for r in rows)
+    assert rows[0]["requested_by"].startswith("selfpruner-tui (")
+    request(other, "resume")  # obeyed while the runner waits in its checkpoint
+    t0 = time.monotonic()
+    assert control.checkpoint() is False and not control.paused and time.monotonic() - t0 < 5
+    lock.release("stopped")
+
+
+def test_pause_resume_and_stop_after_generation_from_the_cli(tmp_path, tiny_llama_dir):
+    sd = str(tmp_path / "s")
+    search = ["search", "--model", str(tiny_llama_dir), *CLI_TINY, "-N", "25"]
+    code, _, err = cli(*search, "--sessions-dir", str(tmp_path / "ref"))  # the uninterrupted reference
+    assert code == 0, err
+    ref = Store(only_session(tmp_path / "ref"), readonly=True)
+
+    run = spawn(*search, "--sessions-dir", sd)
+    try:
+        wait_for(lambda: only_session(Path(sd)) is not None and db_count(
+            only_session(Path(sd)), "select count(*) from generations") >= 2, what="two generations")
+        path = only_session(Path(sd))
+        code, out, err = cli("control", path.stem, "pause", "--wait", "60", "--sessions-dir", sd)
+        assert code == 0 and "obeyed after" in out, err
+        paused_at = evaluations(path)
+        time.sleep(1.5)
+        assert evaluations(path) == paused_at  # nothing evaluated while paused
+        code, out, err = cli("control", path.stem, "resume", "--wait", "60", "--sessions-dir", sd)
+        assert code == 0, err
+        wait_for(lambda: evaluations(path) > paused_at, what="evaluations after resume")
+        code, out, err = cli("control", path.stem, "stop-after-generation", "--wait", "60", "--sessions-dir", sd)
+        assert code == 0, err
+        assert run.wait(timeout=300) == 3  # stopped
+    finally:
+        run.kill()
+    st = Store(path, readonly=True)
+    gens = st.generations()
+    assert st.session()["status"] == "stopped" and 2 <= len(gens) < 26
+    assert all(st.fitness_by_candidate().get(c["id"]) is not None for c in st.candidates())  # whole generations
+    assert [r["command"] for r in st.controls()] == ["pause", "resume", "stop-after-generation"]
+    code, out, err = cli("control", path.stem, "stop", "--sessions-dir", sd)
+    assert code == 2 and "is not running (stopped)" in err and "--resume" in err
+    code, _, err = cli("search", "--resume", path.stem, "--sessions-dir", sd)
+    assert code == 0, err
+    assert compare_trajectories(ref, Store(path, readonly=True)) == []
+
+
+async def test_tui_follows_a_run_elsewhere_steers_it_and_sees_it_die(tmp_path, tiny_llama_dir):
+    """The TUI opened on a session another process runs: generations arrive live, its pause key reaches that
+    process, and a kill -9 shows as died within seconds."""
+    from selfpruner.tui.app import SelfPrunerApp
+    from selfpruner.tui.screens.replay import ReplayScreen
+
+    sd = tmp_path / "s"
+    run = spawn("search", "--model", str(tiny_llama_dir), *CLI_TINY, "-N", "400", "--sessions-dir", str(sd))
+    try:
+        wait_for(lambda: only_session(sd) is not None and db_count(
+            only_session(sd), "select count(*) from generations") >= 1, what="a first generation")
+        path = only_session(sd)
+        (row,) = list_sessions(sd)  # the browser's rows: live, with who runs it
+        assert row["status"] == "running" and row["runner"].startswith(f"pid {run.pid} on ")
+        app = SelfPrunerApp(sd, open_session=path.stem)
+        async with app.run_test(size=(150, 44)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, ReplayScreen) and screen.following
+            first = screen.state.last_generation
+            for _ in range(120):
+                await pilot.pause(0.25)
+                if screen.state.last_generation >= first + 2:
+                    break
+            assert screen.state.last_generation >= first + 2  # at least two generations arrived
+            assert screen.generation == screen.state.last_generation  # the view stays on the newest
+            await pilot.press("p")
+            for _ in range(120):
+                await pilot.pause(0.25)
+                rows = Store(path, readonly=True).controls()
+                if rows and rows[-1]["obeyed"]:
+                    break
+            assert rows[-1]["command"] == "pause" and rows[-1]["requested_by"].startswith("selfpruner-tui")
+            assert rows[-1]["obeyed"] is not None
+            run.kill()  # kill -9 while paused
+            run.wait()
+            for _ in range(40):
+                await pilot.pause(0.25)
+                if not screen.following:
+                    break
+            assert not screen.following and screen.state.status == "died"
+    finally:
+        run.kill()
