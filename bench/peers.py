@@ -25,7 +25,7 @@ VARIANTS = {  # name: SearchConfig overrides
     "GA": dict(seed_references=False, numeric_mutation="gauss"),
     "GA + references": dict(seed_references=True, numeric_mutation="gauss"),
     "GA + references + level-switch": dict(seed_references=True, numeric_mutation="mixed"),
-    "GA + references + level-switch, racing + KL": dict(seed_references=True, numeric_mutation="mixed",
+    "GA + references + level-switch + racing + KL": dict(seed_references=True, numeric_mutation="mixed",
                                                         fitness="kl", race="512:all,2048:3"),
 }
 

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_one_writer import CLI_TINY, db_count, only_session, spawn, wait_for
 
 from selfpruner.core.config import ConfigError
 from selfpruner.core.events import Control
@@ -14,7 +15,6 @@ from selfpruner.core.steering import ControlPoller, request
 from selfpruner.core.store import Store, list_sessions
 
 from conftest import cli
-from test_one_writer import CLI_TINY, db_count, only_session, spawn, wait_for
 
 
 def evaluations(path: Path) -> int:
