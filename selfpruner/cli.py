@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", parents=[sessions],
                        help="a session's best config and per-generation fitness")
     p.add_argument("session")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the session and its generations as JSON")
+    p.add_argument("--csv", action="store_true", help="every candidate (generation, origin, parents, fitness, rates) "
+                                                      "as CSV")
+    p.add_argument("--history-json", action="store_true", help="every candidate as JSON")
     p.set_defaults(fn=cmd_show)
 
     p = sub.add_parser("control", parents=[sessions],

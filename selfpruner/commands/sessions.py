@@ -38,8 +38,14 @@ def _status_line(st, status: str) -> str:
 
 
 def cmd_show(args) -> int:
+    from selfpruner.core.results.session_summary import candidate_history, history_csv
     from selfpruner.core.store import Store, resolve_session
     with Store(resolve_session(args.session, args.sessions_dir), readonly=True) as st:
+        if args.csv or args.history_json:  # the whole candidate history, for a spreadsheet or a script
+            rows = candidate_history(st)
+            print(history_csv(rows) if args.csv else json.dumps({"session": st.session()["id"], "candidates": rows}),
+                  end="" if args.csv else "\n")
+            return 0
         _show(st, args)
     return 0
 

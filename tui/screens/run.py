@@ -41,6 +41,7 @@ class RunScreen(SearchScreen):
 
     BINDINGS = [
         Binding("p", "pause", "Pause/Resume"),
+        Binding("g", "stop_after_generation", "Stop after gen"),
         Binding("s", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
     ]
@@ -133,7 +134,7 @@ class RunScreen(SearchScreen):
 
     # ---- controls -------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if action in ("pause", "stop"):
+        if action in ("pause", "stop", "stop_after_generation"):
             return self.running
         if action == "resume":
             return self.state.status in ("stopped", "failed") and bool(self.state.path)
@@ -147,6 +148,11 @@ class RunScreen(SearchScreen):
             self.control.pause()
             self.state.status = "paused"
             self.note = "the evaluation in flight finishes first · p resumes"
+        self.render_view({"status"})
+
+    def action_stop_after_generation(self) -> None:
+        self.control.stop_after_generation()
+        self.note = "stopping when this generation is complete; s stops now"
         self.render_view({"status"})
 
     def action_stop(self) -> None:

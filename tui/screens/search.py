@@ -30,6 +30,7 @@ class SearchScreen(Screen):
         Binding("t", "top", "Top row", show=False),
         Binding("e", "save_rates", "Save best rates"),
         Binding("v", "screenshot", "SVG"),
+        Binding("ctrl+e", "export_history", "CSV/JSON"),
         Binding("escape", "back", "Back"),
     ]
 
@@ -175,6 +176,23 @@ class SearchScreen(Screen):
         path = self.app.save_screenshot(self.screenshot_name(), path=str(output_dir(self.state)))
         self.note = f"screenshot → {path}"
         self.notify(f"SVG screenshot written to {path}", title="export")
+        self.render_view({"status"})
+
+    def action_export_history(self) -> None:
+        """Every candidate so far (generation, origin, parents, fitness, rates) as CSV and JSON beside the DB."""
+        from selfpruner.core.results.session_summary import write_history
+        from selfpruner.core.store import Store
+        if not self.state.path:
+            self.notify("nothing stored yet", severity="warning")
+            return
+        try:
+            with Store(self.state.path, readonly=True) as st:
+                csv_path, _ = write_history(st, output_dir(self.state))
+        except OSError as e:
+            self.notify(str(e), severity="warning")
+            return
+        self.note = f"candidates → {csv_path} (+ .json)"
+        self.notify(f"candidate history written to {csv_path} and .json", title="export")
         self.render_view({"status"})
 
     def action_back(self) -> None:
