@@ -988,3 +988,22 @@ async def test_ctrl_e_writes_the_candidate_history_as_the_cli_does(demo_dir, tmp
     code, out, _ = cli("show", "20231114-221325", "--csv", "--sessions-dir", str(demo_dir))
     assert code == 0 and out == csv_path.read_text()
     assert data["session"] == sid
+
+
+async def test_command_palette_offers_the_screens_actions_and_f1_shows_every_key(demo_dir):
+    app = SelfPrunerApp(demo_dir, open_session="20231114-221325")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        titles = {c.title: c for c in app.get_system_commands(app.screen)}
+        assert {"New search", "Open a session", "Theme", "Resume", "CSV/JSON", "gen ▶"} <= set(titles)
+        assert "Pause" not in titles  # nothing runs this session: the follow keys are not offered
+        titles["gen ▶"].callback()
+        await pilot.press("f1")
+        await pilot.pause()
+        assert app.screen.query("HelpPanel")
+        await pilot.press("f1")
+        await pilot.pause()
+        assert not app.screen.query("HelpPanel")
+        titles["Open a session"].callback()
+        await pilot.pause()
+        assert isinstance(app.screen, SessionBrowser)

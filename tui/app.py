@@ -6,10 +6,11 @@ import importlib.util
 import os
 import sys
 import threading
+from functools import partial
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 
 from selfpruner.commands.options import add_settings, settings_from
@@ -42,8 +43,10 @@ class Throughput:
 class SelfPrunerApp(App):
     CSS_PATH = CSS_FILES
     TITLE = "selfpruner"
-    ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    # Ctrl+P: every action of the current screen, plus new search, open a session, theme and the keys panel
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True),
+                Binding("f1", "toggle_keys", "Keys", show=False)]
 
     def __init__(self, sessions_dir: Path | str = "sessions", defaults: SearchConfig | None = None,
                  open_session: str | None = None, browse: bool = False) -> None:
@@ -58,6 +61,24 @@ class SelfPrunerApp(App):
         self._bench = None
         self._bench_lock = threading.Lock()
         self.throughput: Throughput | None = None  # measured in the last search that evaluated anything
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("New search", "Open the start form", self.show_start)
+        yield SystemCommand("Open a session", "Browse the stored sessions (replay, resume, follow a live run)",
+                            self.show_browser)
+        for key, active in self.active_bindings.items():  # what this screen's keys do, by name
+            b = active.binding
+            if active.enabled and b.show and b.description and b.action not in ("quit", "command_palette"):
+                yield SystemCommand(b.description, f"{self.get_key_display(b)} on this screen",
+                                    partial(self.run_action, b.action, active.node))
+
+    def action_toggle_keys(self) -> None:
+        """F1: the panel of every key of the focused screen and widget."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
 
     def on_mount(self) -> None:
         self.push_screen(StartScreen(self.defaults))
