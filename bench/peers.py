@@ -35,6 +35,15 @@ def final(bench, rates, tokens: int, compensate: bool) -> float:
     return bench.fitness(rates, tokens, which="test")[0]
 
 
+def show(beta: float, row: tuple, flap_comp: float) -> None:
+    name, ppls, n_evals, wall, note = row
+    sd = statistics.stdev(ppls) if len(ppls) > 1 else 0.0
+    val = f"{statistics.mean(ppls):.2f}" + (f" ± {sd:.2f}" if len(ppls) > 1 else "")
+    ev, wl = (str(n_evals), f"{wall:.0f}") if n_evals else ("", "")
+    print(f"{beta:>4}  {name:<46} {val:>18} {statistics.mean(ppls) / flap_comp:>11.3f} {ev:>6} {wl:>7}  {note}",
+          flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add(ap, model="smollm2", seq_len=512, calib_tokens=8192, budget_tokens=512, final_tokens=8192)
@@ -68,6 +77,8 @@ def main(argv=None):
                 rows.append((f"{name}{' + comp' if comp else ''}", [final(wb, rates, args.final_tokens, comp)], 0, 0.0,
                              ""))
         flap_comp = rows[-1][1][0]
+        for row in rows:
+            show(beta, row, flap_comp)
         chosen = [v for v in args.variants.split(",") if v]
         runs = [(v, VARIANTS[v], "numeric") for v in chosen]
         if args.llm:
@@ -91,13 +102,7 @@ def main(argv=None):
                 best_refs += best["origin"].startswith("reference:")
                 ppls.append(final(bench, res.best_rates, args.final_tokens, True))
             note = f"best is a reference in {best_refs}/{len(ppls)}" if over.get("seed_references") else ""
-            rows.append((name, ppls, n_evals, statistics.mean(walls), note))
-        for name, ppls, n_evals, wall, note in rows:
-            sd = statistics.stdev(ppls) if len(ppls) > 1 else 0.0
-            val = f"{statistics.mean(ppls):.2f}" + (f" ± {sd:.2f}" if len(ppls) > 1 else "")
-            ev, wl = (str(n_evals), f"{wall:.0f}") if n_evals else ("", "")
-            print(f"{beta:>4}  {name:<46} {val:>18} {statistics.mean(ppls) / flap_comp:>11.3f} {ev:>6} {wl:>7}  "
-                  f"{note}", flush=True)
+            show(beta, (name, ppls, n_evals, statistics.mean(walls), note), flap_comp)
         print()
     print(f"total {time.perf_counter() - t0:.0f} s")
 

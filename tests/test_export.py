@@ -129,8 +129,9 @@ def test_speed_report_ratios(tiny_tokenizer):
     assert 0.5 < q["pruned"]["params"] < 0.95 and 0.5 < q["pruned"]["weight_bytes"] < 0.95
     for r in rep["results"].values():
         assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0
+        assert r["prefill_spread"][0] <= r["prefill_tok_s"] <= r["prefill_spread"][1]
     table = speed.to_markdown(rep)
-    assert "| pruned |" in table and "| dense |" in table
+    assert "| pruned |" in table and "| dense |" in table and "load average" in table
     ok, reason = speed.vllm_status()
     if not ok:
         assert speed.benchmark_vllm("unused") == {"available": False, "reason": reason}

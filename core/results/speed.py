@@ -10,6 +10,7 @@ unless named); absolute times depend on the box.
 """
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import sys
@@ -89,6 +90,7 @@ def compare(models: Mapping[str, nn.Module], *, baseline: str | None = None, pre
     descheduled is not counted. With several threads the CPU clock also counts threads' spin-waiting.
     """
     pick = {"median": statistics.median, "min": min}[estimator]
+    load_avg = round(os.getloadavg()[0], 2)  # a busy box moves every figure: say how busy it was
     timer = {"wall": time.perf_counter, "cpu": time.process_time}[clock]
     names = list(models)
     baseline = baseline or names[0]
@@ -111,9 +113,15 @@ def compare(models: Mapping[str, nn.Module], *, baseline: str | None = None, pre
     for name, m in models.items():
         t = {k: pick(v) for k, v in times[name].items()}
         decode_s = max(t["genN"] - t["gen1"], 1e-9)
+        # per-round rates, for the spread beside each median (decode: round i's N-token run less its 1-token one)
+        prefills = [batch * prefill_len / x for x in times[name]["prefill"]]
+        decodes = [batch * (decode_tokens - 1) / max(n - one, 1e-9)
+                   for n, one in zip(times[name]["genN"], times[name]["gen1"])]
         results[name] = {"params": param_count(m), "weight_bytes": weight_bytes(m),
                          "prefill_tok_s": batch * prefill_len / t["prefill"],
                          "decode_tok_s": batch * (decode_tokens - 1) / decode_s,
+                         "prefill_spread": [min(prefills), max(prefills)],
+                         "decode_spread": [min(decodes), max(decodes)],
                          "prefill_s": t["prefill"], "decode_s": decode_s}
         if name in work:  # all models sit on the GPU together, so the peak is weights + own working memory
             results[name]["peak_mem_bytes"] = results[name]["weight_bytes"] + work[name]
@@ -124,7 +132,7 @@ def compare(models: Mapping[str, nn.Module], *, baseline: str | None = None, pre
                      "decode_speedup": r["decode_tok_s"] / base["decode_tok_s"]}
               for name, r in results.items()}
     device = loads[baseline][0]
-    env = {"device": str(device), "torch_threads": torch.get_num_threads(),
+    env = {"device": str(device), "torch_threads": torch.get_num_threads(), "load_avg_1min": load_avg,
            "settings": {"prefill_len": prefill_len, "batch": batch, "prompt_len": prompt_len,
                         "decode_tokens": decode_tokens, "repeats": repeats, "estimator": estimator,
                         "clock": clock}}
@@ -141,15 +149,19 @@ def _peak_rss_bytes() -> int:
 
 
 def to_markdown(report: dict) -> str:
-    rows = ["| model | params (M) | weights (MB) | prefill tok/s | decode tok/s | prefill × | decode × |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| model | params (M) | weights (MB) | prefill tok/s (min-max) | decode tok/s (min-max) | prefill × | "
+            "decode × |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["results"].items():
         q = report["ratios"][name]
+        ps, ds = r.get("prefill_spread"), r.get("decode_spread")
         rows.append(f"| {name} | {r['params'] / 1e6:.1f} | {r['weight_bytes'] / 2**20:.1f} | "
-                    f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} | "
+                    f"{r['prefill_tok_s']:.0f}" + (f" ({ps[0]:.0f}-{ps[1]:.0f})" if ps else "") + " | "
+                    f"{r['decode_tok_s']:.1f}" + (f" ({ds[0]:.1f}-{ds[1]:.1f})" if ds else "") + " | "
                     f"{q['prefill_speedup']:.2f} | {q['decode_speedup']:.2f} |")
     env, st = report["env"], report["env"]["settings"]
     note = f"device {env['device']}" + (f" ({env['gpu']})" if "gpu" in env else f", {env['torch_threads']} threads")
+    if "load_avg_1min" in env:
+        note += f", load average {env['load_avg_1min']} at start"
     note += (f"; {st['estimator']} of {st['repeats']} runs, {st['clock']} clock; prefill {st['prefill_len']} tokens,"
              f" decode {st['decode_tokens']} tokens, batch {st['batch']}; ratios vs {report['baseline']}.")
     return "\n".join(rows) + "\n\n" + note
