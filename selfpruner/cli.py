@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what runs the models (default: llama-cpp for a .gguf, else transformers)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds per model after a warm-up (median and min-max reported)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved rounds per model after a warm-up (median and min-max reported)")
     p.add_argument("--prefill-len", type=int, default=256)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--vllm", action="store_true", help="also measure with vLLM (GPU box, .[gpu] extra)")
