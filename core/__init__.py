@@ -7,7 +7,8 @@ each made lazily inside the function that needs it: `config` parses a `--race` s
 `layer_search.workbench` asks `baselines.rates` for the uniform/OWL rates a report draws against.
 
 - top level: `config` (SearchConfig as the union of small frozen parts: what is pruned, placement, data, fitness,
-  evolution, proposer, cluster; each setting declares its CLI flag, form label and whether a resume may change it), `errors` (UserError, the base of every error
+  evolution, proposer, cluster; each setting declares its CLI flag, form label and whether a resume may change
+  it), `errors` (UserError, the base of every error
   whose one-line message tells the user what to fix), `types` (plain data between searches, proposers and the
   store), `plans` (which pruned model a rate vector stands for: the identity of a layer-rate candidate),
   `events` (what the core reports while it runs; the CLI and TUI only subscribe), `store` (one SQLite file per
@@ -28,6 +29,7 @@ each made lazily inside the function that needs it: `config` parses a `--race` s
 - `baselines/`: uniform, OWL and FLAP layer rates (`rates`) and a baseline evaluated and stored like a searched
   candidate (`run`).
 - `results/`: what comes after a search: the physically smaller model (`export`, `pruned_modeling`,
-  `session_export`) and its GGUF for llama.cpp / Ollama (`gguf_export`), speed (`speed`; on llama.cpp `gguf_speed`), zero-shot accuracy (`lm_eval_bridge`), LoRA recovery (`lora`), reports
+  `session_export`) and its GGUF for llama.cpp / Ollama (`gguf_export`), speed (`speed`; on llama.cpp
+  `gguf_speed`), zero-shot accuracy (`lm_eval_bridge`), LoRA recovery (`lora`), reports
   (`report`) and what a session says about itself (`session_summary`).
 """

@@ -24,9 +24,11 @@ DATA_SOURCES = ("auto", "hub", "local")
 def setting(default, *, help: str | None = None, flags: tuple | None = (), choices: tuple | None = None,
             metavar: str | None = None, label: str | None = None, resume: bool = False):
     """A config field with what the front ends need to offer it: `flags` (CLI option strings, default
-    --field-name; None = not a CLI option of its own; a bool is a switch, --no-x meaning False), `help`, `choices`, `metavar`, the TUI form's `label`,
+    --field-name; None = not a CLI option of its own; a bool is a switch, --no-x meaning False), `help`,
+    `choices`, `metavar`, the TUI form's `label`,
     and `resume` (a resumed search may change it)."""
-    meta = {"help": help, "flags": None if flags is None else tuple(flags), "choices": choices, "metavar": metavar, "label": label,
+    meta = {"help": help, "flags": None if flags is None else tuple(flags), "choices": choices, "metavar": metavar,
+            "label": label,
             "resume": resume}
     return field(default=default, metadata=meta)
 

@@ -44,8 +44,8 @@ def smollm2_tokenizer():
 
 def _tiny_dir(tmp_path, kind, tokenizer, biases=False):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-    kw = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": False}
+    kw = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**kw)) if kind == "llama" else Qwen2ForCausalLM(Qwen2Config(**kw))
     if biases:  # Qwen2's q/k/v biases, made large enough to matter
@@ -192,7 +192,8 @@ def test_llama_cpp_runs_the_export_as_torch_does(smol, tmp_path, case):
 def test_cli_exports_a_session_to_gguf_with_a_modelfile(tmp_path):
     from conftest import cli
     sessions = tmp_path / "s"
-    code, stdout, stderr = cli("baseline", "--model", "smollm2", "--method", "flap", "--ratio", "0.3", "--channel-multiple", "32",
+    code, stdout, stderr = cli("baseline", "--model", "smollm2", "--method", "flap", "--ratio", "0.3",
+                               "--channel-multiple", "32",
             "--seq-len", "256", "--calib-tokens", "4096", "--final-tokens", "512", "--data", "local",
             "--sessions-dir", str(sessions))
     assert code == 0, stderr

@@ -6,8 +6,8 @@ import importlib.util
 import os
 import sys
 import threading
-from functools import partial
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from textual.app import App, SystemCommand

@@ -61,7 +61,8 @@ class SelfPrunerSearch:
     def __post_init__(self):
         a = self.bench.lm.arch
         self.problem = Problem(self.bench.lm.name, a.n_layers, self.cfg.beta, self.cfg.lo, self.cfg.hi,
-                               decimals=self.cfg.decimals, grain=replace(a.grain, channel_multiple=self.cfg.channel_multiple), fitness_name=self.cfg.fitness)
+                               decimals=self.cfg.decimals, fitness_name=self.cfg.fitness,
+                               grain=replace(a.grain, channel_multiple=self.cfg.channel_multiple))
         self._generation = 0
         for p in {id(x): x for x in (self.proposer, self.init_proposer) if x is not None}.values():
             p.on_call = self._record_call

@@ -208,7 +208,8 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
 
     stop = lambda: control.checkpoint()
     try:
-        res = run_metric_search(cfg, ws.fitness_fn(cfg.budget_tokens, cfg.sparsity, should_stop=lambda: control.stopped),
+        fitness = ws.fitness_fn(cfg.budget_tokens, cfg.sparsity, should_stop=lambda: control.stopped)
+        res = run_metric_search(cfg, fitness,
                                 on_candidate=on_candidate, should_stop=stop, proposer=proposer, on_call=on_call,
                                 on_reject=on_reject, resume_from=previous)
     except Exception as e:

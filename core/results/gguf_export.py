@@ -286,7 +286,8 @@ def _pre_tokenizer_shape(pre: dict | None) -> tuple:
 
 def hf_vocab(tokenizer) -> dict:
     """The tokenizer.* keys for an HF fast tokenizer of the byte-level BPE families llama.cpp knows (GPT-2's split,
-    SmolLM's, LLaMA-3's, Qwen2's), built with the gguf package's vocabulary support; other tokenizers are refused in one line."""
+    SmolLM's, LLaMA-3's, Qwen2's), built with the gguf package's vocabulary support; other tokenizers are refused
+    in one line."""
     import gguf
 
     with tempfile.TemporaryDirectory() as d:
@@ -301,7 +302,8 @@ def hf_vocab(tokenizer) -> dict:
                                   "from a GGUF source, or use llama.cpp's convert_hf_to_gguf.py on --format hf")
         spec = json.loads(tj.read_text(encoding="utf-8"))
         model = spec["model"]
-        if model["type"] != "BPE" or model.get("byte_fallback") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        decoder = (spec.get("decoder") or {}).get("type")
+        if model["type"] != "BPE" or model.get("byte_fallback") or decoder != "ByteLevel":
             raise GgufExportError(f"GGUF export builds byte-level BPE vocabularies only; this tokenizer is "
                                   f"{model['type']}{' with byte fallback' if model.get('byte_fallback') else ''} "
                                   f"(SentencePiece-style): export from a GGUF source or convert --format hf with "
@@ -310,7 +312,8 @@ def hf_vocab(tokenizer) -> dict:
         pre = PRE_TOKENIZERS.get(shape)
         if pre is None or spec.get("normalizer") not in NORMALIZERS:
             raise GgufExportError(f"GGUF export does not know this tokenizer's pre-tokenizer {list(shape)} "
-                                  f"(known: those of GPT-2, SmolLM, LLaMA-3 and Qwen2); export from a GGUF source or convert "
+                                  f"(known: those of GPT-2, SmolLM, LLaMA-3 and Qwen2); export from a GGUF source or "
+                                  f"convert "
                                   f"--format hf with llama.cpp's convert_hf_to_gguf.py")
         added = {a["id"]: a for a in spec.get("added_tokens", [])}
         by_id = {i: t for t, i in model["vocab"].items()} | {i: a["content"] for i, a in added.items()}

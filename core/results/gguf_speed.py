@@ -122,7 +122,8 @@ def gguf_markdown(report: dict) -> str:
     for n, r in report["results"].items():
         q, pp, tg = report["ratios"][n], r["prompt_tok_s"], r["gen_tok_s"]
         res = f"{r['resident_bytes'] / 2**20:.0f}" if "resident_bytes" in r else "-"
-        rows.append(f"| {n} | {r['file_bytes'] / 2**20:.1f} | {res} | {pp['median']:.0f} ({pp['min']:.0f}-{pp['max']:.0f})"
+        rows.append(f"| {n} | {r['file_bytes'] / 2**20:.1f} | {res} | "
+                    f"{pp['median']:.0f} ({pp['min']:.0f}-{pp['max']:.0f})"
                     f" | {tg['median']:.1f} ({tg['min']:.1f}-{tg['max']:.1f}) | {q['prompt']:.2f} | {q['gen']:.2f} |")
     e = report["env"]
     return "\n".join(rows) + (f"\n\n{e['engine']}, {e['threads']} threads, load average {e['load_avg_1min']} at start; "

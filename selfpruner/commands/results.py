@@ -55,7 +55,8 @@ def cmd_eval(args) -> int:
 
     tasks = args.tasks.split(",") if args.tasks else list(PAPER_TASKS)
     try:
-        res = evaluate_dir(args.model_dir, resolve_tasks(tasks, args.data_dir), limit=args.limit, batch_size=args.batch_size or _auto_batch(args),
+        res = evaluate_dir(args.model_dir, resolve_tasks(tasks, args.data_dir), limit=args.limit,
+                           batch_size=args.batch_size or _auto_batch(args),
                            num_fewshot=args.num_fewshot, include_path=args.include_path, device=args.device,
                            dtype=args.dtype, device_map=args.device_map)
     except TaskUnavailable as e:
