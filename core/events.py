@@ -134,7 +134,7 @@ class Control:
     _running: threading.Event = field(default_factory=threading.Event)
     _after_generation: threading.Event = field(default_factory=threading.Event)
     poll: Callable[[], None] | None = None
-    poll_s: float = 0.5
+    poll_s: float = 0.5  # while paused, how often `poll` looks for a resume
 
     def __post_init__(self):
         self._running.set()

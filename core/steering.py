@@ -2,7 +2,7 @@
 
 A TUI attached to a search that runs elsewhere, or `selfpruner control ID CMD`, writes a row to the session's
 `controls` table (who asked, when). The runner polls the table at every checkpoint of its Control (between
-evaluations, and every POLL_S while paused), applies each new row to its Control and stores when it obeyed, so
+evaluations, and every Control.poll_s while paused), applies each new row to its Control and stores when it obeyed, so
 a command takes effect at the next evaluation boundary and the log says who paused a run and when it paused.
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from .run_lock import is_live, shown_status
 from .store import Store
 
 COMMANDS = ("pause", "resume", "stop", "stop-after-generation")
-POLL_S = 0.5  # while paused, how often the runner looks for a resume
 
 
 def requester(tool: str) -> str:

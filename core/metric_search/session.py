@@ -13,6 +13,7 @@ from ..model.evaluate import auto_batch_size, perplexity
 from ..model.models import dtype_name, load_model
 from ..proposers.base import ProposerError
 from ..run_lock import RunLock
+from ..steering import ControlPoller
 from ..store import Store, StoreError, resolve_session
 from .expr_parse import parse
 from .expr_print import to_text
@@ -174,6 +175,9 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
             lock.release("refused")
         raise
     outcome = "failed"
+    # commands from other processes (core/steering.py); a metric search has no generations: stop-after-generation
+    # stops at the next iteration
+    control.poll = ControlPoller(store, control, lock.run_id)
     try:
         out = _run_metric(cfg, run, ws, store, sid, proposer, bus, control, resumed=bool(resume))
         outcome = out["status"]
@@ -206,7 +210,7 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
         store.add_result("metric_rejection", r.reason, {"text": r.text, "detail": r.detail,
                                                          "iteration": r.iteration, "call_id": r.call_id})
 
-    stop = lambda: control.checkpoint()
+    stop = lambda: control.checkpoint() or control.stopping_after_generation  # noqa: E731 - pause blocks here
     try:
         fitness = ws.fitness_fn(cfg.budget_tokens, cfg.sparsity, should_stop=lambda: control.stopped)
         res = run_metric_search(cfg, fitness,
