@@ -54,9 +54,13 @@ class ReplayScreen(SearchScreen):
 
     def _follow(self) -> None:
         """Re-read the session; stay on the newest generation if the view was there."""
+        from ..errors import USER_ERRORS
         live = is_live(self.db_path)
         at_end = self.generation == self.state.last_generation
-        self.state = self._load()
+        try:
+            self.state = self._load()
+        except USER_ERRORS:  # the runner held the file a moment too long (a checkpoint): the next tick reads it
+            return
         if not live:  # ended, stopped or died (its lock went with its process)
             self.following = False
             self._follower.stop()
