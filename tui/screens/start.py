@@ -41,6 +41,11 @@ FINAL = ("final_tokens", LABELS["final_tokens"], int)  # empty = the whole test 
 # resident model its real test stream.
 BUNDLED_TEST_TOKENS = 292_281
 BUNDLED_TOKENS_PER_S = 120.0
+# SmolLM2-135M on the same CPU: one 512-token fitness in ~0.9 s (../shared/DESIGN.md §5).
+ROUGH_TOKENS_PER_S = {None: BUNDLED_TOKENS_PER_S, "bundled": BUNDLED_TOKENS_PER_S, "smollm2": 570.0}
+# K, M, S, N: a search that ends in minutes on a CPU, and the paper's (F2 switches between them).
+QUICK_SIZES = (8, 3, 3, 5)
+PAPER_SIZES = (30, 10, 10, 20)
 
 # CLI flag in the core's messages -> (form label, input id): every setting typed into the form under its long flag,
 # and the messages that name no flag; longest first, so that --device-map is said before --device.
@@ -76,6 +81,7 @@ class StartScreen(Screen):
         Binding("ctrl+r", "start", "Start search"),
         Binding("ctrl+o", "browse", "Sessions"),
         Binding("ctrl+n", "offline", "Use numeric proposer", show=False),
+        Binding("f2", "sizes", "Quick / paper sizes"),
     ]
 
     def __init__(self, defaults: SearchConfig) -> None:
@@ -153,6 +159,7 @@ class StartScreen(Screen):
 
     def _proposer_changed(self, name) -> None:
         self.query_one("#proposer-help", Static).update(Text(PROPOSER_HELP.get(name, ""), style="dim"))
+        self._explain_budget()
         self.show_key_problem(missing_key(name))
 
     def show_key_problem(self, message: str | None) -> None:
@@ -204,16 +211,35 @@ class StartScreen(Screen):
                                measured=getattr(app, "throughput", None))
         self.query_one("#final-help", Static).update(Text("\n".join(lines), style="dim"))
 
+    def action_sizes(self) -> None:
+        """Switch K, M, S, N between a search that ends in minutes on a CPU and the paper's."""
+        now = tuple(self.query_one(f"#{key}", Input).value for key, _, _ in NUMBERS)
+        sizes = PAPER_SIZES if now == tuple(map(str, QUICK_SIZES)) else QUICK_SIZES
+        for (key, _, _), v in zip(NUMBERS, sizes):
+            self.query_one(f"#{key}", Input).value = str(v)
+
     def _explain_budget(self) -> None:
-        """K, M, S, N in words, with the number of fitness evaluations they cost."""
+        """K, M, S, N in words, with the number of fitness evaluations they cost and about how long those take
+        (measured in this app's last search on the model, else a rough CPU figure; LLM proposals come on top)."""
         try:
             k, m, s, n = (int(self.query_one(f"#{key}", Input).value) for key, _, _ in NUMBERS)
-            cost = f" → {k + n * (m + s)} evaluations"
+            evals = k + n * (m + s)
+            cost = f" → {evals} evaluations"
+            budget = self.query_one("#budget_tokens", Input).value.strip() or self.query_one("#seq_len", Input).value
+            model = self.query_one("#model", Input).value.strip() or None
+            measured = getattr(self.app, "throughput", None)
+            rate = (measured.rate if measured is not None and measured.rate and measured.model == model
+                    else ROUGH_TOKENS_PER_S.get(model))
+            if rate:
+                cost += f" ≈ {duration(evals * int(budget) / rate)}"
+                if str(self.query_one("#proposer", Select).value) != "numeric":
+                    cost += " + LLM calls"
         except ValueError:
             k = m = s = n = "?"
             cost = ""
         self.query_one("#kmsn-help", Static).update(Text(
-            f"population {k}, {m} mutations + {s} crossovers per generation, {n} generations{cost}", style="dim"))
+            f"population {k}, {m} mutations + {s} crossovers per generation, {n} generations{cost} (F2: "
+            f"{'paper' if (k, m, s, n) != PAPER_SIZES else 'quick'} sizes)", style="dim"))
 
     # ---- reading the form ---------------------------------------------------------------------
     def read_config(self) -> SearchConfig:
