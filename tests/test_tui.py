@@ -1028,3 +1028,31 @@ async def test_start_form_estimates_the_search_time_and_f2_switches_to_the_paper
         await pilot.press("f2")
         await pilot.pause()
         assert app.screen.read_config().generations == n
+
+
+async def test_export_from_the_session_screen(stopped_real_session, tiny_llama_dir, tiny_bench):
+    """x on a session: a GGUF of a model whose tokenizer llama.cpp cannot take is refused in the dialog in one line;
+    the HF directory is written in the background and stored in the session."""
+    from selfpruner.tui.screens.export import ExportScreen
+    (db,) = stopped_real_session.glob("*.db")
+    app = tiny_app(stopped_real_session, tiny_llama_dir, tiny_bench)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_path(str(db))
+        await pilot.pause()
+        await pilot.press("x")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, ExportScreen) and dialog.query_one("#out", Input).value.endswith(".gguf")
+        await pilot.click("#export")
+        status = lambda: str(dialog.query_one("#export-status", Static).content)  # noqa: E731
+        await wait_for(pilot, lambda: "✗" in status(), what="the refusal")
+        assert "byte-level BPE vocabularies only" in status() and "\n" not in status()
+        dialog.query_one("#format", Select).value = "hf"
+        await pilot.pause()
+        assert dialog.query_one("#out", Input).value.endswith("-pruned")
+        await pilot.click("#export")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReplayScreen), what="the export")
+        assert "exported #" in app.screen.note
+    with Store(db, readonly=True) as st:
+        (rec,) = [r for r in st.results() if r["kind"] == "export"]
+    assert Path(rec["payload"]["out_dir"], "config.json").is_file()

@@ -25,6 +25,7 @@ class ReplayScreen(SearchScreen):
         Binding("left_square_bracket", "step(-1)", "◀ gen"),
         Binding("right_square_bracket", "step(1)", "gen ▶"),
         Binding("r", "resume", "Resume"),
+        Binding("x", "export", "Export"),
         Binding("p", "control('pause')", "Pause"),
         Binding("u", "control('resume')", "Unpause"),
         Binding("g", "control('stop-after-generation')", "Stop after gen"),
@@ -96,7 +97,23 @@ class ReplayScreen(SearchScreen):
             return self.state.kind == "layer" and self.state.status in RESUMABLE and not following
         if action == "control":
             return following
+        if action == "export":
+            return self.state.kind == "layer" and self.state.best_id is not None and not following
         return True
+
+    def action_export(self) -> None:
+        """The best candidate as a GGUF or an HF directory, in the background (screens/export.py)."""
+        from .export import ExportScreen
+        self.app.push_screen(ExportScreen(self.db_path), self._exported)
+
+    def _exported(self, info: dict | None) -> None:
+        if info is None:
+            return
+        size = info.get("file_bytes") or info.get("weight_bytes") or 0
+        self.note = (f"exported #{info['candidate']} → {info['out_dir']} ({info['params'] / 1e6:.1f}M of "
+                     f"{info['dense_params'] / 1e6:.1f}M parameters, {size / 2**20:.1f} MiB)")
+        self.notify(self.note, title="export", timeout=10)
+        self.render_view({"status"})
 
     def action_control(self, command: str) -> None:
         """Ask the process that runs this session to pause, resume or stop (core/steering.py)."""
