@@ -176,7 +176,7 @@ def test_llama_cpp_runs_the_export_as_torch_does(smol, tmp_path, case):
         ref = model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
     a = agreement(llama_cpp_logits(rep.path, ids, kv_f32=outtype == "f32"), ref, ids)
     if outtype == "q8_0":  # quantization noise on top: the logits move a little, the ppl hardly
-        assert a["top1"] >= 0.9 and a["corr"] >= 0.998 and abs(a["ppl_ratio"] - 1) < 0.01, a
+        assert a["top1"] >= 0.9 and a["corr"] >= 0.998 and abs(a["ppl_ratio"] - 1) < 0.03, a
         assert rep.unquantized == [] and rep.padded_channels == 0  # the search kept multiples of 32
     else:
         assert a["top1"] >= 0.99 and a["corr"] >= 0.9999 and abs(a["ppl_ratio"] - 1) < 0.005, a

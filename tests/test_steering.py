@@ -47,6 +47,8 @@ def test_commands_reach_the_control_of_the_process_that_runs_the_session(tmp_pat
 
 
 def test_pause_resume_and_stop_after_generation_from_the_cli(tmp_path, tiny_llama_dir):
+    """Paused at once (a tiny search is quick), then the CLI's commands: stop-after-generation is taken while
+    paused, resume lets the generation in flight finish, and the run stops there."""
     sd = str(tmp_path / "s")
     search = ["search", "--model", str(tiny_llama_dir), *CLI_TINY, "-N", "25"]
     code, _, err = cli(*search, "--sessions-dir", str(tmp_path / "ref"))  # the uninterrupted reference
@@ -56,26 +58,27 @@ def test_pause_resume_and_stop_after_generation_from_the_cli(tmp_path, tiny_llam
     run = spawn(*search, "--sessions-dir", sd)
     try:
         wait_for(lambda: only_session(Path(sd)) is not None and db_count(
-            only_session(Path(sd)), "select count(*) from generations") >= 2, what="two generations")
+            only_session(Path(sd)), "select count(*) from generations") >= 1, what="a first generation")
         path = only_session(Path(sd))
-        code, out, err = cli("control", path.stem, "pause", "--wait", "60", "--sessions-dir", sd)
-        assert code == 0 and "obeyed after" in out, err
+        with Store(path) as st:
+            request(st, "pause", tool="test")
+        wait_for(lambda: Store(path, readonly=True).controls()[-1]["obeyed"] is not None, what="the pause")
         paused_at = evaluations(path)
         time.sleep(1.5)
         assert evaluations(path) == paused_at  # nothing evaluated while paused
+        code, out, err = cli("control", path.stem, "stop-after-generation", "--wait", "60", "--sessions-dir", sd)
+        assert code == 0 and "obeyed after" in out, err  # taken while paused
         code, out, err = cli("control", path.stem, "resume", "--wait", "60", "--sessions-dir", sd)
         assert code == 0, err
-        wait_for(lambda: evaluations(path) > paused_at, what="evaluations after resume")
-        code, out, err = cli("control", path.stem, "stop-after-generation", "--wait", "60", "--sessions-dir", sd)
-        assert code == 0, err
-        assert run.wait(timeout=300) == 3  # stopped
+        assert run.wait(timeout=300) == 3  # stopped once its generation was complete
     finally:
         run.kill()
     st = Store(path, readonly=True)
     gens = st.generations()
-    assert st.session()["status"] == "stopped" and 2 <= len(gens) < 26
+    assert st.session()["status"] == "stopped" and 1 <= len(gens) < 26
     assert all(st.fitness_by_candidate().get(c["id"]) is not None for c in st.candidates())  # whole generations
-    assert [r["command"] for r in st.controls()] == ["pause", "resume", "stop-after-generation"]
+    assert [r["command"] for r in st.controls()] == ["pause", "stop-after-generation", "resume"]
+    assert all(r["obeyed"] for r in st.controls()) and st.controls()[0]["requested_by"].startswith("test (")
     code, out, err = cli("control", path.stem, "stop", "--sessions-dir", sd)
     assert code == 2 and "is not running (stopped)" in err and "--resume" in err
     code, _, err = cli("search", "--resume", path.stem, "--sessions-dir", sd)
