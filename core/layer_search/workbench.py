@@ -71,8 +71,8 @@ class Workbench(Evaluator):
     def from_config(cls, cfg, bus: EventBus | None = None, data: str | None = None) -> "Workbench":
         """The model, data and calibration of a SearchConfig, on its device, in its dtype."""
         parts = asdict(cfg.part(Placement)) | asdict(cfg.part(Data)) | {"data": data or cfg.data}
-        bench = cls.build(cfg.model, **parts, bus=bus, compensate=cfg.compensate, importance=cfg.importance)
-        bench.set_pruning(cfg.compensate, cfg.channel_multiple)
+        bench = cls.build(cfg.model, **parts, bus=bus, importance=cfg.importance)
+        bench.set_pruning(cfg.compensate, cfg.channel_multiple)  # compensation and channel multiple, set once
         return bench
 
     @property
