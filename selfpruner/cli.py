@@ -111,9 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_metric_search)
 
-    p = sub.add_parser("prune", parents=[device], help="apply any metric as unstructured pruning")
-    p.add_argument("--metric", required=True, help='e.g. "mul(abs(W), X)" or "|W| * X"')
+    p = sub.add_parser("prune", parents=[device], help="unstructured pruning by any metric, or SparseGPT")
+    p.add_argument("--method", choices=["metric", "sparsegpt"], default="metric",
+                   help="metric: mask the lowest scores of --metric; sparsegpt: OBS mask and weight update")
+    p.add_argument("--metric", default=None, help='e.g. "mul(abs(W), X)" or "|W| * X" (--method metric)')
     p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--pattern", default=None, metavar="N:M",
+                   help="semi-structured: N kept of every M inputs (2:4 is what GPUs accelerate); sets the sparsity")
     p.add_argument("--model", default=None)
     p.add_argument("--tokens", type=int, default=4096, help="test tokens for the ppl report")
     p.add_argument("--calib-tokens", type=int, default=16384)

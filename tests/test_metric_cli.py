@@ -51,5 +51,13 @@ def test_prune_with_any_metric_and_reject_bad_ones(tmp_path, tiny_llama_dir):
     r = cli("prune", "--model", tiny_llama_dir, "--metric", "|W| * X", "--sparsity", "0.5", "--tokens", "256",
             "--calib-tokens", "256", "--seq-len", "32", "--data", "local")
     assert "at sparsity 0.5" in r.stdout and "(256 test tokens)" in r.stdout
+    sg = cli("prune", "--model", tiny_llama_dir, "--method", "sparsegpt", "--pattern", "2:4", "--tokens", "256",
+             "--calib-tokens", "256", "--seq-len", "32", "--data", "local", "--out", tmp_path / "sg")
+    assert "sparsegpt at pattern 2:4 0.5000" in sg.stdout
+    from transformers import AutoModelForCausalLM  # the saved model is a stock checkpoint with the zeros in it
+    w = AutoModelForCausalLM.from_pretrained(tmp_path / "sg").model.layers[1].mlp.down_proj.weight
+    assert bool(((w == 0).reshape(w.shape[0], -1, 4).sum(-1) == 2).all())
     bad = cli("prune", "--model", tiny_llama_dir, "--metric", "__import__('os')", "--data", "local", ok=False)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: bad metric")
+    bad = cli("prune", "--model", tiny_llama_dir, "--method", "sparsegpt", "--pattern", "4:2", ok=False)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --pattern: a pattern N:M needs 0 < N < M")

