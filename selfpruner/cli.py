@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-tokens", type=int, default=4096)
     p.add_argument("--no-gradients", action="store_true", help="search over W and X only")
     p.add_argument("--final-tokens", type=int, default=4096)
+    p.add_argument("--race-top", type=int, default=5,
+                   help="score the best N again on --race-tokens before the final evaluation (0/1: no race)")
+    p.add_argument("--race-tokens", type=int, default=0, help="search tokens of that race (0: 4 x --budget-tokens)")
     p.add_argument("--proposer", choices=list(METRIC_PROPOSERS), default=None, help="let an LLM write metrics too")
     p.add_argument("--llm-every", type=int, default=0, help="ask the LLM every N iterations")
     p.add_argument("--seed", type=int, default=0)

@@ -34,6 +34,14 @@ def test_metric_search_stores_candidates_and_resumes(tmp_path, tiny_llama_dir):
     assert st.session()["best_fitness"] == best["fitness"]
     # the final evaluation scores --final-tokens test tokens in --seq-len windows, not the whole stream
     assert st.results("final")[0]["payload"]["tokens"] == 256
+    # the race: the best four (race_top 5 > population 4) again on 4 x 128 search tokens; its winner is the one
+    # the final evaluation scores
+    (race,) = [r["payload"] for r in st.results("race")]
+    assert race["tokens"] == 512 and len(race["candidates"]) == 4
+    assert [c["metric"] for c in race["candidates"]] == [c["canonical"] for c in sorted(rows, key=lambda c: (
+        c["fitness"], c["id"]))[:4]]
+    winner = min(race["candidates"], key=lambda c: c["race_fitness"])["metric"]
+    assert race["best"] == winner == st.results("final")[0]["payload"]["best"]["metric"]
     n = len(rows)
     st.close()
     # resuming a finished session evaluates nothing again

@@ -50,6 +50,10 @@ class MetricSearchConfig:
     budget_tokens: int = 2048  # fitness tokens per candidate
     seq_len: int = 512
     grad_tokens: int = 4096  # calibration tokens for G (unused without "G" in operands)
+    # racing, as the layer search's last stage: the best `race_top` by search fitness are scored again on
+    # `race_tokens` search tokens (0: 4 x budget_tokens), and the best there is the one the search reports
+    race_top: int = 5
+    race_tokens: int = 0
     llm_every: int = 0  # ask the proposer every n iterations; 0 = never
     llm_count: int = 5  # metrics requested per LLM call
     llm_show: int = 10  # top metrics shown in the prompt
@@ -81,7 +85,13 @@ class MetricSearchConfig:
                 raise ConfigError(f"seed metric {s!r}: {e}") from None
         if self.llm_every < 0 or self.llm_count < 0:
             raise ConfigError("llm_every and llm_count must be >= 0")
+        if self.race_top < 0 or (self.race_tokens and self.race_tokens < self.seq_len):
+            raise ConfigError("race_top must be >= 0 and race_tokens 0 or at least seq_len")
         return self
+
+    @property
+    def race_budget(self) -> int:
+        return self.race_tokens or 4 * self.budget_tokens
 
     @property
     def uses_gradients(self) -> bool:
@@ -97,6 +107,7 @@ class MetricSearchConfig:
     def from_dict(cls, d: dict) -> "MetricSearchConfig":
         tuples = {"operands", "unary", "binary", "seeds"}
         known = {f.name for f in fields(cls)}
+        d = {"race_top": 0, **d}  # sessions stored before racing existed had none
         return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items() if k in known})
 
 

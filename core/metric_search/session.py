@@ -224,10 +224,14 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
         raise
     out = {"session_id": sid, "status": res.status, "best": res.best.canonical if res.best else None,
            "best_fitness": res.best.fitness if res.best else None, "evaluated": res.n_evaluated}
+    best = res.best.canonical if res.best else None
+    if res.status == "finished" and res.best is not None and cfg.race_top > 1:
+        best = _race(cfg, ws, store, res.population[: cfg.race_top], bus, control)
+        out["raced"] = best
     if res.status == "finished" and res.best is not None and run.final_tokens != 0:
         bus.emit(Stage("final", "final evaluation of the best metric, Wanda and magnitude"))
         finals, tokens = {}, 0
-        for name, text in (("best", res.best.canonical), ("wanda", "mul(abs(W), X)"), ("magnitude", "abs(W)")):
+        for name, text in (("best", best), ("wanda", "mul(abs(W), X)"), ("magnitude", "abs(W)")):
             ppl, _, tokens = ws.final_ppl((parse(text), cfg.sparsity), run.final_tokens)
             finals[name] = {"metric": text, "ppl": ppl}
         out["final"] = finals
@@ -237,6 +241,22 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
     bus.emit(SearchFinished(res.status, None, out["best_fitness"], None, out.get("final", {}).get("best", {})
                             .get("ppl")))
     return out
+
+
+def _race(cfg: MetricSearchConfig, ws: Workspace, store: Store, top, bus: EventBus, control: Control) -> str:
+    """The best of `top` on cfg.race_budget search tokens (a resumed finished session reads its stored race)."""
+    done = [r for r in store.results("race")]
+    if done:
+        return done[-1]["payload"]["best"]
+    bus.emit(Stage("race", f"the best {len(top)} again on {cfg.race_budget} search tokens"))
+    scores = []
+    for c in top:
+        ppl, _ = ws.fitness((c.tree, cfg.sparsity), cfg.race_budget, should_stop=lambda: control.stopped)
+        scores.append({"metric": c.canonical, "search_fitness": c.fitness, "race_fitness": ppl})
+    best = min(scores, key=lambda r: (r["race_fitness"], top[scores.index(r)].id))["metric"]
+    store.add_result("race", "metric", {"tokens": ws.data.windows("search", ws.seq_len, cfg.race_budget).numel(),
+                                        "candidates": scores, "best": best})
+    return best
 
 
 def prune_with_metric(model_spec: str | None, metric: str | None, sparsity: float, *, tokens: int | None = 4096,

@@ -16,7 +16,8 @@ def cmd_metric_search(args) -> int:
                              init_max_depth=args.max_depth, max_depth=args.max_depth, sparsity=args.sparsity,
                              budget_tokens=args.budget_tokens, seq_len=args.seq_len, grad_tokens=args.grad_tokens,
                              operands=("W", "X") if args.no_gradients else ("W", "G", "X"),
-                             llm_every=args.llm_every, seed=args.seed)
+                             llm_every=args.llm_every, race_top=args.race_top, race_tokens=args.race_tokens,
+                             seed=args.seed)
     run = MetricRun(calib_tokens=args.calib_tokens, final_tokens=args.final_tokens, data=args.data,
                     sessions_dir=args.sessions_dir, proposer=args.proposer, **_placement(args))
     bus, control = EventBus(), Control()
@@ -26,6 +27,8 @@ def cmd_metric_search(args) -> int:
                                                            resume=args.resume), control)
     out.print(f"[bold]{res['status']}[/]: session {res['session_id']}, {res['evaluated']} metrics evaluated")
     out.print(f"best metric: {res['best']}  (search ppl {_f(res['best_fitness'])})")
+    if res.get("raced") and res["raced"] != res["best"]:
+        out.print(f"best after the race on more tokens: {res['raced']}")
     for name, r in res.get("final", {}).items():
         out.print(f"  final {name:<9} ppl {r['ppl']:10.3f}  {r['metric']}")
     return 0 if res["status"] == "finished" else 3
