@@ -39,6 +39,8 @@ from fitness_cost import timed  # noqa: E402  (bench/ is on sys.path when run as
 from search_memory import rss_bytes  # noqa: E402
 
 SHAPES = {
+    "tiny": dict(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,  # smoke runs on a CPU
+                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096),
     "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
     "llama-3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,

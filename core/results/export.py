@@ -133,7 +133,8 @@ def export_pruned(lm: LoadedModel, pruner: StructuredPruner, rates, out_dir, *, 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     new.save_pretrained(tmp)
-    lm.tokenizer.save_pretrained(tmp)
+    if lm.tokenizer is not None:  # an in-memory model (bench/scale.py's random ones) may have none
+        lm.tokenizer.save_pretrained(tmp)
     shutil.copy(pruned_modeling.__file__, tmp / "pruned_modeling.py")
     if out.exists():
         shutil.rmtree(out)
