@@ -1032,8 +1032,10 @@ async def test_start_form_estimates_the_search_time_and_f2_switches_to_the_paper
 
 async def test_export_from_the_session_screen(stopped_real_session, tiny_llama_dir, tiny_bench):
     """x on a session: a GGUF of a model whose tokenizer llama.cpp cannot take is refused in the dialog in one line;
-    the HF directory is written in the background and stored in the session."""
+    the HF directory is written in the background and stored in the session. m: a speed job on it, cancelled
+    once, then run to the end: its ratios are stored in the session and shown on its screen."""
     from selfpruner.tui.screens.export import ExportScreen
+    from selfpruner.tui.screens.jobs import JobsScreen
     (db,) = stopped_real_session.glob("*.db")
     app = tiny_app(stopped_real_session, tiny_llama_dir, tiny_bench)
     async with app.run_test(size=SIZE) as pilot:
@@ -1053,6 +1055,35 @@ async def test_export_from_the_session_screen(stopped_real_session, tiny_llama_d
         await pilot.click("#export")
         await wait_for(pilot, lambda: isinstance(app.screen, ReplayScreen), what="the export")
         assert "exported #" in app.screen.note
+        # m: a speed job on that export, run as `selfpruner speed` in the background, stored in the session
+        await pilot.press("m")
+        await pilot.pause()
+        jobs = app.screen
+        assert isinstance(jobs, JobsScreen) and jobs.export.endswith("-pruned")
+        await pilot.click("#run")
+        await pilot.pause()
+        await pilot.press("escape")  # cancel: the job's process ends and nothing is stored
+        await wait_for(pilot, lambda: jobs.proc is None, what="the cancelled job")
+        assert "cancelled" in str(jobs.query_one("#job-status", Static).content)
+        await pilot.click("#run")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReplayScreen), timeout=240, what="the speed job")
+        assert re.search(r"speed prefill \d+\.\d\d× decode \d+\.\d\d×", app.screen.note)
     with Store(db, readonly=True) as st:
         (rec,) = [r for r in st.results() if r["kind"] == "export"]
+        (speed,) = [r for r in st.results() if r["kind"] == "speed"]
     assert Path(rec["payload"]["out_dir"], "config.json").is_file()
+    assert speed["payload"]["results"]["pruned"]["params"] == rec["payload"]["params"]
+
+
+def test_job_command_lines(tmp_path):
+    """Each measure job is the `selfpruner` command a user would type; a job that needs an export says so."""
+    from selfpruner.tui.screens.jobs import job_command
+    db = make_layer_session(tmp_path)
+    sd = ["--sessions-dir", str(db.parent)]
+    assert job_command("zero-shot", db, "e.gguf", tasks="piqa", data_dir="/d", limit="50") == \
+        ["eval", "e.gguf", "--tasks", "piqa", "--data-dir", "/d", "--limit", "50", *sd]
+    assert job_command("report", db, None) == ["report", db.stem, "--out", str(db.with_name(db.stem + "-report")), *sd]
+    with pytest.raises(ValueError, match="export the best candidate first"):
+        job_command("speed", db, None)
+    with pytest.raises(ValueError, match="LoRA recovery trains an HF directory"):
+        job_command("lora", db, "e.gguf")

@@ -59,6 +59,32 @@ def record_for_model_dir(model_dir: str | Path, sessions_dir: str, kind: str, na
         return None
 
 
+def results_line(store: Store) -> str:
+    """What was measured on the session's exports, newest of each kind, in one line: the export's size, the
+    speed ratios against dense, zero-shot accuracy, LoRA's ppl (the TUI's session screen shows it)."""
+    latest = {}
+    for r in store.results():
+        latest[r["kind"]] = r["payload"]
+    parts = []
+    if "export" in latest:
+        e = latest["export"]
+        if e.get("params") and e.get("dense_params"):
+            parts.append(f"export {e['params'] / 1e6:.1f}M/{e['dense_params'] / 1e6:.1f}M params")
+    if "speed" in latest:
+        q = latest["speed"].get("ratios", {}).get("pruned", {})
+        pre, dec = q.get("prefill_speedup", q.get("prompt")), q.get("decode_speedup", q.get("gen"))
+        if pre and dec:
+            parts.append(f"speed prefill {pre:.2f}× decode {dec:.2f}×")
+    if "lm_eval" in latest:
+        for task, m in latest["lm_eval"].get("results", {}).items():
+            acc = m.get("acc,none", m.get("acc"))
+            if isinstance(acc, (int, float)):
+                parts.append(f"{task} acc {acc:.3f}")
+    if "lora" in latest and latest["lora"].get("ppl_after") is not None:
+        parts.append(f"LoRA ppl {latest['lora']['ppl_before']:.1f}→{latest['lora']['ppl_after']:.1f}")
+    return " · ".join(parts)
+
+
 HISTORY_FIELDS = ("id", "generation", "phase", "origin", "parents", "fitness", "eval_s", "mean_rate", "rates")
 
 

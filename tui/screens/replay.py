@@ -26,6 +26,7 @@ class ReplayScreen(SearchScreen):
         Binding("right_square_bracket", "step(1)", "gen ▶"),
         Binding("r", "resume", "Resume"),
         Binding("x", "export", "Export"),
+        Binding("m", "measure", "Measure"),
         Binding("p", "control('pause')", "Pause"),
         Binding("u", "control('resume')", "Unpause"),
         Binding("g", "control('stop-after-generation')", "Stop after gen"),
@@ -45,8 +46,11 @@ class ReplayScreen(SearchScreen):
         yield GenerationScrubber(id="scrubber")
 
     def on_mount(self) -> None:
+        from selfpruner.core.results.session_summary import results_line
         last = self.state.last_generation
         self.query_one(GenerationScrubber).set_range(last or 0, last or 0)
+        with Store(self.db_path, readonly=True) as st:
+            self.note = results_line(st)  # what was measured on its exports, as the browser's row says too
         self.render_view()
         self.following = self.state.kind == "layer" and is_live(self.db_path)
         if self.following:
@@ -97,7 +101,7 @@ class ReplayScreen(SearchScreen):
             return self.state.kind == "layer" and self.state.status in RESUMABLE and not following
         if action == "control":
             return following
-        if action == "export":
+        if action in ("export", "measure"):
             return self.state.kind == "layer" and self.state.best_id is not None and not following
         return True
 
@@ -113,6 +117,21 @@ class ReplayScreen(SearchScreen):
         self.note = (f"exported #{info['candidate']} → {info['out_dir']} ({info['params'] / 1e6:.1f}M of "
                      f"{info['dense_params'] / 1e6:.1f}M parameters, {size / 2**20:.1f} MiB)")
         self.notify(self.note, title="export", timeout=10)
+        self.render_view({"status"})
+
+    def action_measure(self) -> None:
+        """Speed, zero-shot, LoRA or the report of the export, as a background job (screens/jobs.py)."""
+        from .jobs import JobsScreen
+        self.app.push_screen(JobsScreen(self.db_path), self._measured)
+
+    def _measured(self, result: dict | None) -> None:
+        if result is None:
+            return
+        from selfpruner.core.results.session_summary import results_line
+        with Store(self.db_path, readonly=True) as st:
+            line = results_line(st)
+        self.note = line or (result["output"][-1] if result["output"] else f"{result['job']} done")
+        self.notify(self.note, title=result["job"], timeout=10)
         self.render_view({"status"})
 
     def action_control(self, command: str) -> None:
