@@ -1087,3 +1087,44 @@ def test_job_command_lines(tmp_path):
         job_command("speed", db, None)
     with pytest.raises(ValueError, match="LoRA recovery trains an HF directory"):
         job_command("lora", db, "e.gguf")
+
+
+async def test_compare_marked_sessions(request, demo_dir):
+    """space marks two layer sessions in the browser, c compares them: one plot of both best curves, a summary row
+    each, their best profiles layer by layer against uniform; w writes them as one report."""
+    from selfpruner.tui.screens.compare import CompareScreen
+    app = SelfPrunerApp(demo_dir, browse=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        browser = app.screen
+        layer_rows = [i for i, r in enumerate(browser.rows) if r.get("kind") == "layer" and not r.get("error")]
+        assert len(layer_rows) == 2
+        await pilot.press("c")  # nothing marked: a warning, no screen
+        await pilot.pause()
+        assert app.screen is browser
+        for i in layer_rows:
+            browser.query_one("#sessions", DataTable).move_cursor(row=i)
+            await pilot.press("space")
+            await pilot.pause()
+        assert len(browser.marked) == 2
+        await pilot.press("c")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        summary = screen.query_one("#compare-summary", DataTable)
+        assert summary.row_count == 2
+        for s in screen.sessions:
+            with Store(s.path, readonly=True) as st:
+                best = st.session()["best_fitness"]
+                gens = [g["best"] for g in st.generations()]
+            assert s.best.fitness == pytest.approx(best) and s.best_curve == pytest.approx(gens)
+        profiles = screen.query_one("#compare-profiles", DataTable)
+        assert profiles.row_count == N_LAYERS
+        assert [str(c.label) for c in profiles.columns.values()][-1] == f"uniform {BETA:g}"
+        await settle(pilot)
+        assert_snapshot(request, app, "compare")
+        await pilot.press("w")
+        await pilot.pause()
+        (page,) = Path("sessions").glob("compare-*/index.html")
+        assert "report" in str(screen.query_one("#compare-note", Static).content)
+        assert page.stat().st_size > 0

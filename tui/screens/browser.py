@@ -47,6 +47,8 @@ class SessionBrowser(Screen):
     BINDINGS = [
         Binding("enter", "open", "Open"),
         Binding("r", "resume", "Resume"),
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare"),
         Binding("n", "new", "New search"),
         Binding("f5", "refresh", "Refresh"),
         Binding("escape", "back", "Back"),
@@ -56,6 +58,7 @@ class SessionBrowser(Screen):
         super().__init__()
         self.sessions_dir = Path(sessions_dir)
         self.rows: list[dict] = []
+        self.marked: set[str] = set()  # paths of the sessions picked for a comparison
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -85,7 +88,10 @@ class SessionBrowser(Screen):
         self.rows = list_sessions(self.sessions_dir)
         table.clear()
         for i, r in enumerate(self.rows):
-            table.add_row(*_cells(r), key=str(i))
+            cells = list(_cells(r))
+            if r["path"] in self.marked:
+                cells[0] = Text("✓ " + r["id"], style="bold")
+            table.add_row(*cells, key=str(i))
         # Keep the cursor on the same session across refreshes (the list is ordered by mtime).
         paths = [r["path"] for r in self.rows]
         if current is not None and current["path"] in paths:
@@ -94,7 +100,8 @@ class SessionBrowser(Screen):
             Text.assemble(("sessions in ", "dim"), (str(self.sessions_dir), "bold"), (f" — {len(self.rows)}", "dim")))
         self.query_one("#browser-hint", Static).update(
             "no sessions yet — press n to start a search" if not self.rows else
-            "enter opens a session (replay with a generation scrubber); r resumes a stopped or interrupted one")
+            "enter opens a session (replay with a generation scrubber); r resumes a stopped or interrupted one; "
+            "space marks sessions, c compares them")
         table.focus()
 
     def _current(self) -> dict | None:
@@ -146,6 +153,25 @@ class SessionBrowser(Screen):
         if error is not None:
             self.notify(error.message, title="cannot resume", severity="error", timeout=10)
         self.action_refresh()
+
+    def action_mark(self) -> None:
+        """Pick the session under the cursor for a comparison (again: unpick it)."""
+        r = self._current()
+        if r is None or r.get("error") or r.get("kind") != "layer":
+            self.notify("only layer-rate sessions can be compared", severity="warning")
+            return
+        self.marked ^= {r["path"]}
+        row = self.query_one("#sessions", DataTable).cursor_row
+        self.action_refresh()
+        self.query_one("#sessions", DataTable).move_cursor(row=min(row + 1, len(self.rows) - 1), animate=False)
+
+    def action_compare(self) -> None:
+        from .compare import CompareScreen
+        paths = [r["path"] for r in self.rows if r["path"] in self.marked]
+        if len(paths) < 2:
+            self.notify("mark two or more sessions with space first", severity="warning")
+            return
+        self.app.push_screen(CompareScreen(paths))
 
     def action_new(self) -> None:
         self.app.show_start()

@@ -22,11 +22,11 @@ def _finite(xs) -> list[float]:
 
 
 class Canvas:
-    """Dots on a width×height cell grid, each dot in one named layer."""
+    """Dots on a width×height cell grid, each dot in one named layer ((name, colour), later ones win a cell)."""
 
-    def __init__(self, width: int, height: int):
-        self.w, self.h = width, height
-        self.bits = {name: [[0] * width for _ in range(height)] for name, _ in LAYERS}
+    def __init__(self, width: int, height: int, layers=LAYERS):
+        self.w, self.h, self.layers = width, height, tuple(layers)
+        self.bits = {name: [[0] * width for _ in range(height)] for name, _ in self.layers}
 
     def dot(self, layer: str, x: float, y: float) -> None:
         """(x, y) in dot coordinates, y = 0 at the top."""
@@ -46,7 +46,7 @@ class Canvas:
             line = Text()
             for c in range(self.w):
                 bits, style = 0, ""
-                for name, colour in LAYERS:
+                for name, colour in self.layers:
                     if self.bits[name][r][c]:
                         bits |= self.bits[name][r][c]
                         style = colour
@@ -96,6 +96,40 @@ def render_plot(best: list[float], mean: list[float], points: list[tuple[int, fl
     for name, colour in LAYERS[::-1]:
         legend.append(f"⣿ {name if name != 'points' else 'every evaluation'}  ", style=colour)
     return lines + [axis, legend]
+
+
+OVERLAY_COLOURS = ("bold green", "bold cyan", "bold magenta", "bold yellow", "bold red", "bold blue")
+
+
+def render_overlay(series: list[tuple[str, list[float]]], width: int, height: int) -> list[Text]:
+    """Several sessions' best ppl per generation on one log-scaled braille plot, one colour each."""
+    values = _finite([f for _, ys in series for f in ys])
+    if not values or width <= AXIS + 4 or height < 3:
+        return [Text("no finished generations to compare", style="dim")]
+    lo, hi = math.log(min(values)), math.log(max(values))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    gens = max(2, *(len(ys) for _, ys in series))
+    layers = [(f"s{i}", OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)]) for i in range(len(series))]
+    canvas = Canvas(width - AXIS, height - 2, layers)
+    dx, dy = (2 * canvas.w - 1) / (gens - 1), 4 * canvas.h - 1
+    for (layer, _), (_, ys) in zip(layers, series):
+        pts = [(g * dx, (hi - math.log(f)) / (hi - lo) * dy) for g, f in enumerate(ys)
+               if f is not None and math.isfinite(f) and f > 0]
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            canvas.line(layer, x0, y0, x1, y1)
+        for x, y in pts[:1]:
+            canvas.dot(layer, x, y)
+    lines = []
+    for r, row in enumerate(canvas.rows()):
+        label = fmt_fitness(math.exp(hi)) if r == 0 else fmt_fitness(math.exp(lo)) if r == canvas.h - 1 else ""
+        lines.append(Text(label.rjust(AXIS - 1)[: AXIS - 1] + "│", style="dim") + row)
+    lines.append(Text(" " * (AXIS - 1) + "└" + "gen 0".ljust(canvas.w - len(f"gen {gens - 1}")) + f"gen {gens - 1}",
+                      style="dim"))
+    legend = Text("  ")
+    for (_, colour), (label, _) in zip(layers, series):
+        legend.append(f"⣿ {label}  ", style=colour)
+    return lines + [legend]
 
 
 class FitnessPlot(Widget):
