@@ -14,16 +14,16 @@ import time
 import traceback
 from argparse import Namespace
 
-import torch
-
 import scale  # bench/ is on sys.path when run as a script
-from bench_args import add
+import torch
 
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import Control, EventBus
 from selfpruner.core.layer_search.session import start_search
 from selfpruner.core.layer_search.workbench import Workbench
 from selfpruner.core.model.models import LoadedModel, resolve_device, resolve_dtype
+
+from bench_args import add
 
 GiB = 2**30
 

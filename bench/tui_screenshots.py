@@ -1,10 +1,13 @@
-"""The README's pictures of selfpruner-tui, made from a real run: the start form, the live run screen during the
-search, and the session screen after a GGUF export, as SVG (Textual's save_screenshot).
+"""The README's pictures of selfpruner-tui, made from real runs, and the whole job end to end: the start form,
+the live run screen during a search, the session screen after a GGUF export with its speed and zero-shot
+results, and a comparison of two sessions, as SVG (Textual's save_screenshot).
 
-    python bench/tui_screenshots.py --out docs/screenshots     # ~3 minutes on 2 CPU cores
+    python bench/tui_screenshots.py --out docs/screenshots --piqa ../shared/data/piqa   # ~10 min on 2 CPU cores
 
-It drives the app headless (App.run_test) as a user would: a numeric search on the bundled SmolLM2 started
-from the form (quick sizes), a screenshot while generation 1 runs, then the stored session opened, `x`, Export.
+It drives the app headless (App.run_test) as a user would: two numeric searches on the bundled SmolLM2 started
+from the form (quick sizes, seeds 0 and 1), a screenshot while the first one's generation 1 runs; then the first
+session opened, `x` Export (GGUF), `m` speed (llama.cpp, dense against pruned) and `m` zero-shot (PIQA, --limit
+items, offline); then both marked in the browser and compared. Each step checks what the session DB stored.
 """
 from __future__ import annotations
 
@@ -12,12 +15,16 @@ import argparse
 import asyncio
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from selfpruner.core.config import SearchConfig
 from selfpruner.core.store import Store
 from selfpruner.tui.app import SelfPrunerApp
+from selfpruner.tui.screens.browser import SessionBrowser
+from selfpruner.tui.screens.compare import CompareScreen
 from selfpruner.tui.screens.export import ExportScreen
+from selfpruner.tui.screens.jobs import JobsScreen
 from selfpruner.tui.screens.replay import ReplayScreen
 from selfpruner.tui.screens.run import RunScreen
 
@@ -34,40 +41,73 @@ async def until(pilot, cond, what: str, timeout: float = 900.0) -> None:
         await pilot.pause(0.2)
 
 
-async def shoot(out: Path, sessions: Path, cfg: SearchConfig) -> list[Path]:
+async def search(sessions: Path, cfg: SearchConfig, save=None) -> None:
+    """One search started from the form; `save(app, name)` is called once while generation 1 runs."""
+    app = SelfPrunerApp(sessions, cfg)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.5)
+        if save:
+            save(app, "start")
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen), "the run screen")
+        run = app.screen
+        if save:  # generation 1 under way, with the initial population and its plot on screen
+            await until(pilot, lambda: (run.state.current or 0) >= 1 and run.state.status == "running", "generation 1")
+            await pilot.pause(2)
+            save(app, "run")
+        await until(pilot, lambda: not run.running, "the end of the search")
+        await pilot.pause(0.5)
+
+
+async def job(pilot, app, name: str, **fields) -> None:
+    """m on the session screen, one job with its fields, run to the end."""
+    await pilot.press("m")
+    await until(pilot, lambda: isinstance(app.screen, JobsScreen), "the measure dialog")
+    app.screen.query_one("#job").value = name
+    for key, value in fields.items():
+        app.screen.query_one(f"#{key}").value = value
+    await pilot.click("#run")
+    await until(pilot, lambda: isinstance(app.screen, ReplayScreen), f"the {name} job")
+
+
+async def shoot(out: Path, sessions: Path, cfg: SearchConfig, piqa: str, limit: int) -> list[Path]:
     shots = []
 
     def save(app, name):
         shots.append(Path(app.save_screenshot(f"{name}.svg", path=str(out))))
         print(f"wrote {shots[-1]}", flush=True)
 
+    await search(sessions, cfg, save)
+    (first,) = sessions.glob("*.db")
+    await search(sessions, replace(cfg, seed=cfg.seed + 1))
     app = SelfPrunerApp(sessions, cfg)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.5)
-        save(app, "start")
-        await pilot.press("ctrl+r")
-        await until(pilot, lambda: isinstance(app.screen, RunScreen), "the run screen")
-        run = app.screen
-        # generation 1 under way, with the initial population and its plot on screen
-        await until(pilot, lambda: (run.state.current or 0) >= 1 and run.state.status == "running", "generation 1")
-        await pilot.pause(2)
-        save(app, "run")
-        await until(pilot, lambda: not run.live, "the end of the search")
-        await pilot.pause(0.5)
-    (db,) = sessions.glob("*.db")
-    app = SelfPrunerApp(sessions, cfg)
-    async with app.run_test(size=SIZE) as pilot:
-        app.open_path(str(db))
+        app.open_path(str(first))
         await pilot.pause(0.5)
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ExportScreen), "the export dialog")
         app.screen.query_one("#out").value = str(Path(tempfile.mkdtemp()) / "pruned.gguf")
         await pilot.click("#export")
         await until(pilot, lambda: isinstance(app.screen, ReplayScreen), "the export")
+        await job(pilot, app, "speed")
+        await job(pilot, app, "zero-shot", tasks="piqa", data_dir=piqa, limit=str(limit))
         await pilot.pause(0.5)
         save(app, "session-export")
-    with Store(db, readonly=True) as st:
-        assert any(r["kind"] == "export" for r in st.results()), "the export was not stored"
+        with Store(first, readonly=True) as st:
+            kinds = {r["kind"] for r in st.results()}
+        assert {"export", "speed", "lm_eval"} <= kinds, f"the session stored only {sorted(kinds)}"
+        print(f"end to end: {app.screen.note}", flush=True)
+    app = SelfPrunerApp(sessions, cfg, browse=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, SessionBrowser), "the browser")
+        browser = app.screen
+        for i in range(len(browser.rows)):
+            browser.query_one("#sessions").move_cursor(row=i)
+            await pilot.press("space")
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen), "the comparison")
+        await pilot.pause(0.5)
+        save(app, "compare")
     return shots
 
 
@@ -75,6 +115,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add(ap, model="smollm2", ratio=0.3, K=4, M=2, S=2, N=2, calib_tokens=8192, budget_tokens=512, final_tokens=2048)
     ap.add_argument("--out", default="docs/screenshots")
+    ap.add_argument("--piqa", default="../shared/data/piqa", help="PIQA's local files (valid.jsonl, valid-labels.lst)")
+    ap.add_argument("--limit", type=int, default=50, help="PIQA items of the zero-shot job")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +124,7 @@ def main(argv=None) -> None:
                        crossovers=args.S, generations=args.N, calib_tokens=args.calib_tokens,
                        budget_tokens=args.budget_tokens, final_tokens=args.final_tokens, data="local")
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(shoot(out, Path(tmp), cfg))
+        asyncio.run(shoot(out, Path(tmp), cfg, str(Path(args.piqa).resolve()), args.limit))
 
 
 if __name__ == "__main__":

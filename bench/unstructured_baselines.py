@@ -65,7 +65,7 @@ def main(argv=None):
             rows[(method, regime)] = (ppl, secs)
             print(f"{method:<12} {regime:<4} sparsity {achieved:.4f}  ppl {ppl:9.2f}  ({secs:.1f} s to prune)",
                   flush=True)
-    print(f"\n| method | " + " | ".join(f"{r} ppl" for r in regimes) + " | seconds to prune (50%) |")
+    print("\n| method | " + " | ".join(f"{r} ppl" for r in regimes) + " | seconds to prune (50%) |")
     print("|---|" + "---:|" * (len(regimes) + 1))
     print(f"| dense | {dense:.2f} |" + " |" * len(regimes))
     for method in methods:

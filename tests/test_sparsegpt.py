@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from selfpruner.core.metric_search.sparsegpt import obs_prune, sparsegpt_prune
+from selfpruner.core.metric_search.sparsegpt import obs_prune
 from selfpruner.core.metric_search.unstructured import UnstructuredPruner, parse_pattern, prune_mask
 from selfpruner.core.model.calibration import collect_stats
 from selfpruner.core.model.models import describe_model

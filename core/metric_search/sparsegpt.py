@@ -152,7 +152,6 @@ def sparsegpt_prune(model, arch: ModelArch, windows: torch.Tensor, sparsity: flo
             lin.weight.copy_(new.to(lin.weight.dtype))
             zeros += int((lin.weight == 0).sum())
             total += lin.weight.numel()
-        del H
         hidden = [_hidden(layer(h.to(dev), **calls[b][i])) for b, h in enumerate(hidden)]  # pruned outputs
         if progress:
             progress(i + 1, len(layers))
