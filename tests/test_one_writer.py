@@ -456,8 +456,8 @@ def test_a_failing_write_is_one_line_and_loses_nothing(tmp_path, tiny_bench, tin
 def test_kill_9_and_resume_with_the_llama_cpp_proposer_on_smollm2(tmp_path):
     pytest.importorskip("llama_cpp")
     args = ["search", "--model", "smollm2", "--proposer", "llama-cpp", "--proposer-model", "smollm2",
-            "--ratio", "0.3", "-K", "4", "-M", "2", "-S", "2", "-N", "1",
-            "--calib-tokens", "2048", "--budget-tokens", "256", "--seq-len", "256", "--final-tokens", "512",
+            "--ratio", "0.3", "-K", "3", "-M", "1", "-S", "1", "-N", "1",
+            "--calib-tokens", "2048", "--budget-tokens", "256", "--seq-len", "256", "--final-tokens", "256",
             "--data", "local", "--seed", "7"]
     code, _, err = cli(*args, "--sessions-dir", str(tmp_path / "ref"), timeout=1200)
     assert code == 0, err

@@ -39,6 +39,21 @@ def logit_slices(model, batch: torch.Tensor, split, step: int | None = None):
         yield i, (torch.tanh(logits / cap) * cap if cap else logits)
 
 
+# Positions per cross-entropy call. The fp32 copy of a slice's logits and its log-softmax then stay in the CPU's
+# cache instead of streaming through memory: on the 2-core box a 256-position bf16 slice of a 32k (128k)
+# vocabulary took 24 (91) ms in one call and 4 (16) ms in calls of 16 positions, with the same sum.
+LOSS_CHUNK = 16
+
+
+def _nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed fp32 next-token NLL of [n, vocab] logits against [n] targets (-100: not scored)."""
+    total = 0.0
+    for i in range(0, logits.shape[0], LOSS_CHUNK):
+        total += float(F.cross_entropy(logits[i : i + LOSS_CHUNK].float(), targets[i : i + LOSS_CHUNK],
+                                       reduction="sum", ignore_index=-100))
+    return total
+
+
 def _shifted_targets(batch: torch.Tensor) -> torch.Tensor:
     targets = torch.full_like(batch, -100)  # shift the targets, not the (huge) logits
     targets[:, :-1] = batch[:, 1:]
@@ -52,9 +67,7 @@ def _window_nll(model, batch: torch.Tensor, split) -> float:
     total = 0.0
     for i, logits in logit_slices(model, batch, split):
         n = logits.shape[1]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                       targets[:, i : i + n].reshape(-1).to(logits.device), reduction="sum",
-                                       ignore_index=-100))
+        total += _nll_sum(logits.reshape(-1, logits.shape[-1]), targets[:, i : i + n].reshape(-1).to(logits.device))
     return total
 
 
@@ -68,8 +81,7 @@ def _batch_nlls(model, batch: torch.Tensor, split) -> list[float]:
     for i, logits in logit_slices(model, batch, split, max(1, HEAD_CHUNK // b)):
         tgt = targets[:, i : i + logits.shape[1]]
         for j in range(b):
-            totals[j] += float(F.cross_entropy(logits[j].float(), tgt[j].to(logits.device), reduction="sum",
-                                               ignore_index=-100))
+            totals[j] += _nll_sum(logits[j], tgt[j].to(logits.device))
     return totals
 
 

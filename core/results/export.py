@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..model.models import LoadedModel, ModelArch, decoder_layers
+from ..model.models import LoadedModel, ModelArch, decoder_layers, frozen
 from ..model.structured import LayerPlan, StructuredPruner, ZeroAttention
 from . import pruned_modeling
 
@@ -103,7 +103,7 @@ def build_pruned(lm: LoadedModel, pruner: StructuredPruner, rates, *, meta: dict
         new.set_attn_implementation(model.config._attn_implementation)
     except (AttributeError, ValueError):
         pass
-    return new.eval().requires_grad_(False)
+    return frozen(new)
 
 
 def _record(lm, pruner: StructuredPruner, rates, plans: list[LayerPlan], meta: dict) -> dict:
@@ -170,7 +170,7 @@ def load_pruned(path, *, dtype: str | torch.dtype | None = None, device: str | N
     dev = resolve_device("cuda" if device_map else (device or "cpu"))
     kwargs = {"dtype": resolve_dtype(dtype, dev)} if dtype is not None else {}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **placement(dev, device_map))
-    return model.eval().requires_grad_(False), AutoTokenizer.from_pretrained(path)
+    return frozen(model), AutoTokenizer.from_pretrained(path)
 
 
 def is_export_dir(path) -> bool:

@@ -2,9 +2,10 @@
 
 Measured per model: parameters (tied tensors once), weight bytes, prefill throughput (one forward over a
 fixed-length random-token batch without KV cache, logits for the last position only, as a server would)
-and decode throughput (greedy `generate` of N tokens minus that of 1 token, so the prompt's prefill is
-not counted). Each timing is the median (or min) of `repeats` runs after one warm-up, interleaved across
-models. Memory: on CUDA each model's weights plus its peak working memory (activations, KV cache); on CPU
+and decode throughput (greedy `generate` of N tokens, each decoding step timed on its own: the median step
+time over every step of every round; a difference of two whole `generate` calls, as this module used before,
+swung by ±50% between runs on a 2-core box). Each timing is the median (or min) of `repeats` runs after one
+warm-up, interleaved across models. Memory: on CUDA each model's weights plus its peak working memory (activations, KV cache); on CPU
 only the process-wide peak RSS can be had, reported once. Ratios are against the baseline (the first model
 unless named); absolute times depend on the box.
 """
@@ -53,8 +54,10 @@ def _timed(fn, device, clock=time.perf_counter) -> float:
     return clock() - t
 
 
-def _workloads(model: nn.Module, *, prefill_len: int, batch: int, prompt_len: int, decode_tokens: int, seed: int):
-    """The three timed calls for one model: prefill, generate 1 token, generate `decode_tokens` tokens."""
+def _workloads(model: nn.Module, *, prefill_len: int, batch: int, prompt_len: int, decode_tokens: int, seed: int,
+               timer=time.perf_counter):
+    """For one model: (device, {"prefill": a timed call, "decode": a generate call that times each of its
+    decoding steps}, the list those step times land in)."""
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
     g = torch.Generator().manual_seed(seed)
@@ -70,11 +73,24 @@ def _workloads(model: nn.Module, *, prefill_len: int, batch: int, prompt_len: in
         except TypeError:  # families without logits_to_keep
             model(input_ids=ids, use_cache=False)
 
-    def gen(n):
-        return lambda: model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                      pad_token_id=pad, attention_mask=torch.ones_like(prompt))
+    steps: list[float] = []  # the decoding steps of the last generate call, in seconds
 
-    return device, {"prefill": prefill, "gen1": gen(1), "genN": gen(decode_tokens)}
+    def decode():
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        class StepClock(LogitsProcessor):  # called once per generated token, right after its forward
+            def __call__(self, input_ids, scores):
+                _sync(device)
+                stamps.append(timer())
+                return scores
+
+        stamps: list[float] = []
+        model.generate(prompt, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, do_sample=False,
+                       pad_token_id=pad, attention_mask=torch.ones_like(prompt),
+                       logits_processor=LogitsProcessorList([StepClock()]))
+        steps[:] = [b - a for a, b in zip(stamps, stamps[1:])]  # the first stamp ends the prompt's prefill
+
+    return device, {"prefill": prefill, "decode": decode}, steps
 
 
 @torch.no_grad()
@@ -95,34 +111,36 @@ def compare(models: Mapping[str, nn.Module], *, baseline: str | None = None, pre
     names = list(models)
     baseline = baseline or names[0]
     loads = {name: _workloads(m, prefill_len=prefill_len, batch=batch, prompt_len=prompt_len,
-                              decode_tokens=decode_tokens, seed=seed) for name, m in models.items()}
-    times = {name: {k: [] for k in fns} for name, (_, fns) in loads.items()}
+                              decode_tokens=max(decode_tokens, 2), seed=seed, timer=timer)
+             for name, m in models.items()}
+    prefill_times = {name: [] for name in loads}
+    step_times = {name: [] for name in loads}  # per round: that round's decoding step times
     work = {}  # CUDA: peak working memory (activations, KV cache) above what was allocated before
     for rep in range(repeats + 1):
-        for name, (device, fns) in loads.items():
+        for name, (device, fns, steps) in loads.items():
             if device.type == "cuda":
                 before = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
-            for key, fn in fns.items():
-                t = _timed(fn, device, timer)
-                if rep > 0:  # rep 0 is the warm-up
-                    times[name][key].append(t)
+            t = _timed(fns["prefill"], device, timer)
+            fns["decode"]()
+            if rep > 0:  # rep 0 is the warm-up
+                prefill_times[name].append(t)
+                step_times[name].append(list(steps))
             if device.type == "cuda":
                 work[name] = max(work.get(name, 0), torch.cuda.max_memory_allocated(device) - before)
     results = {}
     for name, m in models.items():
-        t = {k: pick(v) for k, v in times[name].items()}
-        decode_s = max(t["genN"] - t["gen1"], 1e-9)
-        # per-round rates, for the spread beside each median (decode: round i's N-token run less its 1-token one)
-        prefills = [batch * prefill_len / x for x in times[name]["prefill"]]
-        decodes = [batch * (decode_tokens - 1) / max(n - one, 1e-9)
-                   for n, one in zip(times[name]["genN"], times[name]["gen1"])]
+        prefill_s = pick(prefill_times[name])
+        step_s = pick([x for r in step_times[name] for x in r])
+        # per-round rates, for the spread beside each median
+        prefills = [batch * prefill_len / x for x in prefill_times[name]]
+        decodes = [batch / statistics.median(r) for r in step_times[name]]
         results[name] = {"params": param_count(m), "weight_bytes": weight_bytes(m),
-                         "prefill_tok_s": batch * prefill_len / t["prefill"],
-                         "decode_tok_s": batch * (decode_tokens - 1) / decode_s,
+                         "prefill_tok_s": batch * prefill_len / prefill_s,
+                         "decode_tok_s": batch / step_s,
                          "prefill_spread": [min(prefills), max(prefills)],
                          "decode_spread": [min(decodes), max(decodes)],
-                         "prefill_s": t["prefill"], "decode_s": decode_s}
+                         "prefill_s": prefill_s, "decode_s": step_s * (decode_tokens - 1)}
         if name in work:  # all models sit on the GPU together, so the peak is weights + own working memory
             results[name]["peak_mem_bytes"] = results[name]["weight_bytes"] + work[name]
     base = results[baseline]
