@@ -55,15 +55,36 @@ class Canvas:
         return out
 
 
+def _log_range(values: list[float]) -> tuple[float, float]:
+    lo, hi = math.log(min(values)), math.log(max(values))
+    return (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo, hi)
+
+
+def _polyline(canvas: Canvas, layer: str, pts: list[tuple[float, float]]) -> None:
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        canvas.line(layer, x0, y0, x1, y1)
+    for x, y in pts[:1]:
+        canvas.dot(layer, x, y)
+
+
+def _framed(canvas: Canvas, lo: float, hi: float, gens: int) -> list[Text]:
+    """The canvas's rows with the ppl range on the y axis, then the generation axis."""
+    lines = []
+    for r, row in enumerate(canvas.rows()):
+        label = fmt_fitness(math.exp(hi)) if r == 0 else fmt_fitness(math.exp(lo)) if r == canvas.h - 1 else ""
+        lines.append(Text(label.rjust(AXIS - 1)[: AXIS - 1] + "│", style="dim") + row)
+    lines.append(Text(" " * (AXIS - 1) + "└" + "gen 0".ljust(canvas.w - len(f"gen {gens - 1}")) + f"gen {gens - 1}",
+                      style="dim"))
+    return lines
+
+
 def render_plot(best: list[float], mean: list[float], points: list[tuple[int, float]], width: int,
                 height: int) -> list[Text]:
     """The plot as `height` lines of `width` cells (y labels included)."""
     values = _finite([*best, *mean, *(f for _, f in points)])
     if not values or width <= AXIS + 4 or height < 3:
         return [Text("no evaluations yet", style="dim")]
-    lo, hi = math.log(min(values)), math.log(max(values))
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
+    lo, hi = _log_range(values)
     gens = max(len(best), 1 + max((g for g, _ in points), default=0), 2)
     canvas = Canvas(width - AXIS, height - 2)
     dx = (2 * canvas.w - 1) / (gens - 1)
@@ -81,21 +102,12 @@ def render_plot(best: list[float], mean: list[float], points: list[tuple[int, fl
             if f is not None and math.isfinite(f) and f > 0:
                 canvas.dot("points", (g - 1 + (k + 1) / len(fs)) * dx if g else 0, y_of(f))
     for name, series in (("mean", mean), ("best", best)):
-        pts = [(g * dx, y_of(f)) for g, f in enumerate(series) if f is not None and math.isfinite(f) and f > 0]
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            canvas.line(name, x0, y0, x1, y1)
-        for x, y in pts[:1]:
-            canvas.dot(name, x, y)
-    lines = []
-    for r, row in enumerate(canvas.rows()):
-        label = fmt_fitness(math.exp(hi)) if r == 0 else fmt_fitness(math.exp(lo)) if r == canvas.h - 1 else ""
-        lines.append(Text(label.rjust(AXIS - 1)[: AXIS - 1] + "│", style="dim") + row)
-    axis = Text(" " * (AXIS - 1) + "└" + "gen 0".ljust(canvas.w - len(f"gen {gens - 1}")) + f"gen {gens - 1}",
-                style="dim")
+        _polyline(canvas, name, [(g * dx, y_of(f)) for g, f in enumerate(series)
+                                 if f is not None and math.isfinite(f) and f > 0])
     legend = Text("  ")
     for name, colour in LAYERS[::-1]:
         legend.append(f"⣿ {name if name != 'points' else 'every evaluation'}  ", style=colour)
-    return lines + [axis, legend]
+    return _framed(canvas, lo, hi, gens) + [legend]
 
 
 OVERLAY_COLOURS = ("bold green", "bold cyan", "bold magenta", "bold yellow", "bold red", "bold blue")
@@ -106,30 +118,18 @@ def render_overlay(series: list[tuple[str, list[float]]], width: int, height: in
     values = _finite([f for _, ys in series for f in ys])
     if not values or width <= AXIS + 4 or height < 3:
         return [Text("no finished generations to compare", style="dim")]
-    lo, hi = math.log(min(values)), math.log(max(values))
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
+    lo, hi = _log_range(values)
     gens = max(2, *(len(ys) for _, ys in series))
     layers = [(f"s{i}", OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)]) for i in range(len(series))]
     canvas = Canvas(width - AXIS, height - 2, layers)
     dx, dy = (2 * canvas.w - 1) / (gens - 1), 4 * canvas.h - 1
     for (layer, _), (_, ys) in zip(layers, series):
-        pts = [(g * dx, (hi - math.log(f)) / (hi - lo) * dy) for g, f in enumerate(ys)
-               if f is not None and math.isfinite(f) and f > 0]
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            canvas.line(layer, x0, y0, x1, y1)
-        for x, y in pts[:1]:
-            canvas.dot(layer, x, y)
-    lines = []
-    for r, row in enumerate(canvas.rows()):
-        label = fmt_fitness(math.exp(hi)) if r == 0 else fmt_fitness(math.exp(lo)) if r == canvas.h - 1 else ""
-        lines.append(Text(label.rjust(AXIS - 1)[: AXIS - 1] + "│", style="dim") + row)
-    lines.append(Text(" " * (AXIS - 1) + "└" + "gen 0".ljust(canvas.w - len(f"gen {gens - 1}")) + f"gen {gens - 1}",
-                      style="dim"))
+        _polyline(canvas, layer, [(g * dx, (hi - math.log(f)) / (hi - lo) * dy) for g, f in enumerate(ys)
+                                  if f is not None and math.isfinite(f) and f > 0])
     legend = Text("  ")
     for (_, colour), (label, _) in zip(layers, series):
         legend.append(f"⣿ {label}  ", style=colour)
-    return lines + [legend]
+    return _framed(canvas, lo, hi, gens) + [legend]
 
 
 class FitnessPlot(Widget):
