@@ -245,7 +245,7 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
 
 def _race(cfg: MetricSearchConfig, ws: Workspace, store: Store, top, bus: EventBus, control: Control) -> str:
     """The best of `top` on cfg.race_budget search tokens (a resumed finished session reads its stored race)."""
-    done = [r for r in store.results("race")]
+    done = store.results("race")
     if done:
         return done[-1]["payload"]["best"]
     bus.emit(Stage("race", f"the best {len(top)} again on {cfg.race_budget} search tokens"))

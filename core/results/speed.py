@@ -5,9 +5,9 @@ fixed-length random-token batch without KV cache, logits for the last position o
 and decode throughput (greedy `generate` of N tokens, each decoding step timed on its own: the median step
 time over every step of every round; a difference of two whole `generate` calls, as this module used before,
 swung by ±50% between runs on a 2-core box). Each timing is the median (or min) of `repeats` runs after one
-warm-up, interleaved across models. Memory: on CUDA each model's weights plus its peak working memory (activations, KV cache); on CPU
-only the process-wide peak RSS can be had, reported once. Ratios are against the baseline (the first model
-unless named); absolute times depend on the box.
+warm-up, interleaved across models. Memory: on CUDA each model's weights plus its peak working memory
+(activations, KV cache); on CPU only the process-wide peak RSS can be had, reported once. Ratios are against
+the baseline (the first model unless named); absolute times depend on the box.
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ ends it (nothing half-stored: the command stores its result only when it is done
 browser and `show` find it too)."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -148,8 +150,6 @@ class JobsScreen(ModalScreen):
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
         if self.proc is not None:  # first press ends the job, the next closes the dialog
-            import os
-            import signal
             self.cancelled = True
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
