@@ -253,7 +253,7 @@ def _race(cfg: MetricSearchConfig, ws: Workspace, store: Store, top, bus: EventB
     for c in top:
         ppl, _ = ws.fitness((c.tree, cfg.sparsity), cfg.race_budget, should_stop=lambda: control.stopped)
         scores.append({"metric": c.canonical, "search_fitness": c.fitness, "race_fitness": ppl})
-    best = min(scores, key=lambda r: (r["race_fitness"], top[scores.index(r)].id))["metric"]
+    best = min(zip(scores, top), key=lambda sc: (sc[0]["race_fitness"], sc[1].id))[0]["metric"]
     store.add_result("race", "metric", {"tokens": ws.data.windows("search", ws.seq_len, cfg.race_budget).numel(),
                                         "candidates": scores, "best": best})
     return best

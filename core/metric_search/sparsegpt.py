@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..model.calibration import POINTS, point_module
 from ..model.models import ModelArch, decoder_layers, input_device
 from .unstructured import INPUT_POINT, PROJECTIONS
 
@@ -52,9 +53,8 @@ def obs_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, *, pattern: tup
         W1, U1 = W[:, b0:b1].clone(), U[b0:b1, b0:b1]
         d = torch.diag(U1)
         err = torch.zeros_like(W1)
-        mask = None if pattern else _block_mask(W1, d * d, sparsity)
-        if pattern:
-            mask = torch.zeros_like(W1, dtype=torch.bool)
+        # N:M fills its mask group by group below; unstructured chooses the whole block now
+        mask = torch.zeros_like(W1, dtype=torch.bool) if pattern else _block_mask(W1, d * d, sparsity)
         for j in range(b1 - b0):
             if pattern and (b0 + j) % m == 0:
                 sal = W1[:, j:j + m] ** 2 / (d[j:j + m] ** 2).unsqueeze(0)
@@ -115,10 +115,6 @@ def _hidden(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _points(parts):
-    return {"attn_in": parts.q, "o_in": parts.o, "mlp_in": parts.gate, "down_in": parts.down}
-
-
 @torch.no_grad()
 def sparsegpt_prune(model, arch: ModelArch, windows: torch.Tensor, sparsity: float, *,
                     pattern: tuple[int, int] | None = None, batch_size: int = 1, blocksize: int = 128,
@@ -138,7 +134,7 @@ def sparsegpt_prune(model, arch: ModelArch, windows: torch.Tensor, sparsity: flo
                 H[point] = H[point] + x.T @ x if point in H else x.T @ x
             return hook
 
-        handles = [mod.register_forward_pre_hook(make_hook(p)) for p, mod in _points(parts).items()]
+        handles = [point_module(parts, p).register_forward_pre_hook(make_hook(p)) for p in POINTS]
         try:
             for b, h in enumerate(hidden):
                 layer(h.to(dev), **calls[b][i])

@@ -119,7 +119,9 @@ class UnstructuredPruner:
             w = self._linear(i, n).weight
             w.copy_(W0)
             w.masked_fill_(mask, 0.0)
-            zeros += int(mask.sum())
+            # counted from the shape, not the mask: prune_mask takes exactly this many per row
+            zeros += mask.shape[0] * (mask.shape[1] // pattern[1] * (pattern[1] - pattern[0]) if pattern
+                                      else int(mask.shape[1] * sparsity))
             total += mask.numel()
         return zeros / max(total, 1)
 

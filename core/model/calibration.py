@@ -42,7 +42,8 @@ class CalibrationStats:
         return self.xsum[layer][point] / self.n_tokens
 
 
-def _module_for(parts, point):
+def point_module(parts, point):
+    """The projection whose input is calibration point `point` of a layer."""
     return {"attn_in": parts.q, "o_in": parts.o, "mlp_in": parts.gate, "down_in": parts.down}[point]
 
 
@@ -87,7 +88,7 @@ def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None,
                 if point in SUM_POINTS:
                     xs = x.sum(0)
                     xsum[i][point] = xs if point not in xsum[i] else xsum[i][point] + xs
-            hooks.append(_module_for(parts, point).register_forward_pre_hook(hook))
+            hooks.append(point_module(parts, point).register_forward_pre_hook(hook))
     forward, device, n = _decoder_only(model), input_device(model), windows.shape[0]
     try:
         for b in range(0, n, batch_size):

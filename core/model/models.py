@@ -219,7 +219,7 @@ def bundled_gguf_path(name: str = BUNDLED) -> Path:
 
 
 def frozen(model: nn.Module) -> nn.Module:
-    """eval() and no gradients, with the LM head's input folded to 2-D.
+    """Evaluation mode and no gradients, with the LM head's input folded to 2-D.
 
     Why the fold: transformers feeds the head `hidden[:, -1:, :]` (generate's prompt step, `logits_to_keep=1`),
     a view whose size-1 dimension keeps the [b, seq, h] strides. For such an input torch's matmul takes its

@@ -62,9 +62,7 @@ def record_for_model_dir(model_dir: str | Path, sessions_dir: str, kind: str, na
 def results_line(store: Store) -> str:
     """What was measured on the session's exports, newest of each kind, in one line: the export's size, the
     speed ratios against dense, zero-shot accuracy, LoRA's ppl (the TUI's session screen shows it)."""
-    latest = {}
-    for r in store.results():
-        latest[r["kind"]] = r["payload"]
+    latest = {r["kind"]: r["payload"] for r in store.results()}  # in id order: the newest of each kind wins
     parts = []
     if "export" in latest:
         e = latest["export"]
