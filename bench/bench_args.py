@@ -35,3 +35,17 @@ def add(ap: argparse.ArgumentParser, **defaults) -> None:
 
 def add_protocol_args(ap: argparse.ArgumentParser) -> None:
     add(ap, model="smollm2", K=6, M=2, S=2, N=6, budget_tokens=512, seq_len=512, calib_tokens=8192)
+
+
+def spread(values, fmt: str = ".3f") -> str:
+    """A timing as issue 25's protocol reports it: the median and the min-max of the repeats."""
+    import statistics
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def conditions() -> str:
+    """What a speed figure was measured under: torch's threads and the load average at start."""
+    import os
+
+    import torch
+    return f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f} at start"

@@ -5,7 +5,8 @@
     physically smaller (contiguous, smaller matrices), built beforehand and not timed.
 (c) naive: deep-copy the dense model, prune the copy (index-select the kept heads/channels), evaluate.
 (c') naive as a per-candidate pruning script does it: (c) plus the Wanda-sp calibration pass on the copy.
-Prints (a)/(b), (c)/(a) and (c')/(a), each the median of --repeats runs measured in this one process.
+Prints (a)/(b), (c)/(a) and (c')/(a) from the medians of --repeats interleaved rounds measured in this one process
+(each time with its min-max, the thread count and the load average at start: issue 25's protocol).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from selfpruner.core.model.calibration import collect_stats
 from selfpruner.core.model.evaluate import perplexity
 from selfpruner.core.model.models import describe_model
 
-from bench_args import add  # bench/ is on sys.path when run as a script
+from bench_args import add, conditions, spread  # bench/ is on sys.path when run as a script
 
 
 def physically_pruned(bench: Workbench, rates) -> nn.Module:
@@ -55,18 +56,15 @@ def naive(bench: Workbench, rates, windows, calibrate: bool) -> float:
     return perplexity(model, windows)
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add(ap, model=None, ratio=0.3, budget_tokens=1024, seq_len=512, calib_tokens=8192, repeats=3)
+    add(ap, model=None, ratio=0.3, budget_tokens=1024, seq_len=512, calib_tokens=8192, repeats=5)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local")
@@ -76,21 +74,31 @@ def main(argv=None):
     shift = args.ratio - sum(rates) / n
     rates = [r + shift for r in rates]
     windows = bench.windows("search", args.budget_tokens)
-
-    t_a, ppl_a = timed(lambda: bench.fitness(rates, args.budget_tokens)[0], args.repeats)
     phys = physically_pruned(bench, rates)
-    with torch.no_grad():
-        t_b, _ = timed(lambda: [phys(input_ids=windows[i:i + 1]) for i in range(windows.shape[0])], args.repeats)
     ppl_phys = perplexity(phys, windows)
-    t_c, ppl_c = timed(lambda: naive(bench, rates, windows, calibrate=False), args.repeats)
-    t_c2, _ = timed(lambda: naive(bench, rates, windows, calibrate=True), 1)
+    head = f"model {bench.lm.name}, {windows.numel()} tokens, ratio {args.ratio}, {conditions()}"
 
-    print(f"model {bench.lm.name}, {windows.numel()} tokens, ratio {args.ratio}, threads {torch.get_num_threads()}")
+    def bare():
+        with torch.no_grad():
+            return [phys(input_ids=windows[i:i + 1]) for i in range(windows.shape[0])]
+
+    times = {k: [] for k in ("a", "b", "c")}
+    for _ in range(args.repeats):  # interleaved, so a slow spell of the box hits every approach alike
+        t, ppl_a = timed(lambda: bench.fitness(rates, args.budget_tokens)[0])
+        times["a"].append(t)
+        times["b"].append(timed(bare)[0])
+        t, ppl_c = timed(lambda: naive(bench, rates, windows, calibrate=False))
+        times["c"].append(t)
+    t_c2, _ = timed(lambda: naive(bench, rates, windows, calibrate=True))  # once: it is minutes on a large model
+    t_a, t_b, t_c = (statistics.median(times[k]) for k in "abc")
+
+    print(head)
     print(f"ppl: ours {ppl_a:.4f}  physical {ppl_phys:.4f}  naive {ppl_c:.4f}  (must agree)")
-    print(f"(a) ours            {t_a:8.3f} s")
-    print(f"(b) physical fwd    {t_b:8.3f} s")
-    print(f"(c) naive copy      {t_c:8.3f} s")
-    print(f"(c') naive + calib  {t_c2:8.3f} s")
+    print(f"seconds, median (min-max) of {args.repeats} interleaved rounds:")
+    print(f"(a) ours            {spread(times['a'])}")
+    print(f"(b) physical fwd    {spread(times['b'])}")
+    print(f"(c) naive copy      {spread(times['c'])}")
+    print(f"(c') naive + calib  {t_c2:.3f} (once)")
     print(f"(a)/(b)  = {t_a / t_b:.3f}   target <= 1.15")
     print(f"(c)/(a)  = {t_c / t_a:.3f}   target >= 5")
     print(f"(c')/(a) = {t_c2 / t_a:.3f}")

@@ -4,7 +4,10 @@ without bias compensation) and the numeric GA with and without the quality piece
 Every search prunes as FLAP does (FLAP's importance orders the units, compensation on), so a search differs from
 the FLAP baseline only in the layer allocation; it spends --evaluations fitness calls of --budget-tokens
 (K + N·(M+S)). Final ppl on --final-tokens held-out tokens, mean ± sd over --seeds; the ratio is against FLAP with
-compensation. `--llm` adds the paper's protocol (llama.cpp proposer, one seed: it is slow on a CPU).
+compensation. `--llm` adds the paper's protocol (llama.cpp proposer, one seed: it is slow on a CPU). With
+`--split flap` every one-shot row and search divides a layer's rate between heads and channels by FLAP's scores
+(FLAP's own structure; with the default `rule`, one row adds FLAP + comp that way); a variant may set its own. `--piqa DIR` adds PIQA acc / acc_norm (lm-eval, local
+files, --piqa-limit items; for a search, its first seed's model), scored on the pruned model in memory.
 """
 from __future__ import annotations
 
@@ -27,21 +30,35 @@ VARIANTS = {  # name: SearchConfig overrides
     "GA + references + level-switch": dict(seed_references=True, numeric_mutation="mixed"),
     "GA + references + level-switch + racing + KL": dict(seed_references=True, numeric_mutation="mixed",
                                                         fitness="kl", race="512:all,2048:3"),
+    "GA + flap split": dict(seed_references=False, numeric_mutation="gauss", split="flap"),
+    "GA + references + level-switch + flap split": dict(seed_references=True, numeric_mutation="mixed",
+                                                       split="flap"),
 }
 
 
-def final(bench, rates, tokens: int, compensate: bool) -> float:
-    bench.set_pruning(compensate)
+def final(bench, rates, tokens: int, compensate: bool, split: str) -> float:
+    bench.set_pruning(compensate, 1, split)
     return bench.fitness(rates, tokens, which="test")[0]
 
 
+def piqa(bench, rates, compensate: bool, split: str, data_dir, limit) -> str:
+    """'acc / acc_norm' of the pruned model in memory ('' without --piqa)."""
+    if not data_dir:
+        return ""
+    from selfpruner.core.results.lm_eval_bridge import evaluate_tasks, resolve_tasks
+    bench.set_pruning(compensate, 1, split)
+    with bench.pruner.applied(rates):
+        m = evaluate_tasks(bench.lm.model, bench.lm.tokenizer, resolve_tasks(["piqa"], data_dir), limit=limit)["piqa"]
+    return f"{m['acc']:.3f} / {m['acc_norm']:.3f}"
+
+
 def show(beta: float, row: tuple, flap_comp: float) -> None:
-    name, ppls, n_evals, wall, note = row
+    name, ppls, n_evals, wall, note, acc = row
     sd = statistics.stdev(ppls) if len(ppls) > 1 else 0.0
     val = f"{statistics.mean(ppls):.2f}" + (f" ± {sd:.2f}" if len(ppls) > 1 else "")
     ev, wl = (str(n_evals), f"{wall:.0f}") if n_evals else ("", "")
-    print(f"{beta:>4}  {name:<46} {val:>18} {statistics.mean(ppls) / flap_comp:>11.3f} {ev:>6} {wl:>7}  {note}",
-          flush=True)
+    print(f"{beta:>4}  {name:<52} {val:>18} {statistics.mean(ppls) / flap_comp:>11.3f} {ev:>6} {wl:>7} {acc:>13}  "
+          f"{note}", flush=True)
 
 
 def main(argv=None):
@@ -55,6 +72,9 @@ def main(argv=None):
     ap.add_argument("-N", type=int, default=8)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--llm", action="store_true", help="also the paper's protocol with the llama.cpp proposer")
+    ap.add_argument("--split", default="rule", choices=("rule", "flap"), help="the one-shot rows' and searches' split")
+    ap.add_argument("--piqa", default=None, help="PIQA's local files (e.g. ../shared/data/piqa): adds acc / acc_norm")
+    ap.add_argument("--piqa-limit", type=int, default=None, help="PIQA items (default: all 1,838)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local",
@@ -67,16 +87,22 @@ def main(argv=None):
     print(f"model {bench.lm.name}; searches: {evals} evaluations of {args.budget_tokens} tokens, FLAP importance, "
           f"compensation on, seeds {seeds}; final ppl on {tokens} held-out tokens")
     print(f"dense ppl {bench.dense_ppl(args.final_tokens, which='test'):.2f}\n")
-    print(f"{'β':>4}  {'method':<46} {'final ppl':>18} {'× FLAP+comp':>11} {'evals':>6} {'wall s':>7}  notes")
+    print(f"{'β':>4}  {'method':<52} {'final ppl':>18} {'× FLAP+comp':>11} {'evals':>6} {'wall s':>7} "
+          f"{'PIQA acc/norm':>13}  notes")
     for beta in [float(x) for x in args.ratios.split(",")]:
         rows = []
         for name, wb, method in (("uniform Wanda-sp", wanda, "uniform"), ("OWL (Wanda-sp)", wanda, "owl"),
                                  ("FLAP", bench, "flap")):
             rates = baseline_rates(wb, method, beta)
             for comp in (False, True):
-                rows.append((f"{name}{' + comp' if comp else ''}", [final(wb, rates, args.final_tokens, comp)], 0, 0.0,
-                             ""))
+                rows.append((f"{name}{' + comp' if comp else ''}",
+                             [final(wb, rates, args.final_tokens, comp, args.split)], 0, 0.0, "",
+                             piqa(wb, rates, comp, args.split, args.piqa, args.piqa_limit) if comp else ""))
         flap_comp = rows[-1][1][0]
+        if args.split == "rule":  # FLAP's own within-layer structure beside it
+            rates = baseline_rates(bench, "flap", beta)
+            rows.append(("FLAP + comp, flap split", [final(bench, rates, args.final_tokens, True, "flap")], 0, 0.0,
+                         "FLAP's own structure", piqa(bench, rates, True, "flap", args.piqa, args.piqa_limit)))
         for row in rows:
             show(beta, row, flap_comp)
         chosen = [v for v in args.variants.split(",") if v]
@@ -85,7 +111,8 @@ def main(argv=None):
             runs.append(("Self-Pruner protocol (llama.cpp SmolLM2 proposer)", dict(seed_references=False),
                          "llama-cpp"))
         for name, over, proposer in runs:
-            ppls, walls, best_refs, n_evals = [], [], 0, 0
+            ppls, walls, best_refs, n_evals, acc = [], [], 0, 0, ""
+            over = {"split": args.split} | over
             for seed in (seeds if proposer == "numeric" else seeds[:1]):
                 cfg = SearchConfig(model=args.model, beta=beta, proposer=proposer, population=args.K,
                                    mutations=args.M, crossovers=args.S, generations=args.N,
@@ -100,9 +127,11 @@ def main(argv=None):
                 n_evals = len([e for e in search.store.evaluations() if e["kind"] == "search"])
                 best = next(c for c in search.store.candidates() if c["id"] == res.best_id)
                 best_refs += best["origin"].startswith("reference:")
-                ppls.append(final(bench, res.best_rates, args.final_tokens, True))
+                ppls.append(final(bench, res.best_rates, args.final_tokens, True, over["split"]))
+                if not acc:
+                    acc = piqa(bench, res.best_rates, True, over["split"], args.piqa, args.piqa_limit)
             note = f"best is a reference in {best_refs}/{len(ppls)}" if over.get("seed_references") else ""
-            show(beta, (name, ppls, n_evals, statistics.mean(walls), note), flap_comp)
+            show(beta, (name, ppls, n_evals, statistics.mean(walls), note, acc), flap_comp)
         print()
     print(f"total {time.perf_counter() - t0:.0f} s")
 

@@ -70,6 +70,33 @@ async def job(pilot, app, name: str, **fields) -> None:
     await until(pilot, lambda: isinstance(app.screen, ReplayScreen), f"the {name} job")
 
 
+async def after_search(sessions: Path, db: Path, cfg: SearchConfig, gguf: Path, piqa: str, limit: int, save=None,
+                       speed: bool = True) -> str:
+    """The session screen's whole job on session `db`: `x` Export (GGUF to `gguf`), `m` speed (unless not `speed`)
+    and `m` zero-shot (PIQA, `limit` items); checks that the session stored each result and returns the screen's
+    note. `save(app, name)` is called once at the end."""
+    app = SelfPrunerApp(sessions, cfg)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_path(str(db))
+        await pilot.pause(0.5)
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ExportScreen), "the export dialog")
+        app.screen.query_one("#out").value = str(gguf)
+        await pilot.click("#export")
+        await until(pilot, lambda: isinstance(app.screen, ReplayScreen), "the export")
+        if speed:
+            await job(pilot, app, "speed")
+        await job(pilot, app, "zero-shot", tasks="piqa", data_dir=piqa, limit=str(limit))
+        await pilot.pause(0.5)
+        if save:
+            save(app, "session-export")
+        with Store(db, readonly=True) as st:
+            kinds = {r["kind"] for r in st.results()}
+        want = {"export", "lm_eval"} | ({"speed"} if speed else set())
+        assert want <= kinds, f"the session stored only {sorted(kinds)}"
+        return str(app.screen.note)
+
+
 async def shoot(out: Path, sessions: Path, cfg: SearchConfig, piqa: str, limit: int) -> list[Path]:
     shots = []
 
@@ -80,23 +107,8 @@ async def shoot(out: Path, sessions: Path, cfg: SearchConfig, piqa: str, limit: 
     await search(sessions, cfg, save)
     (first,) = sessions.glob("*.db")
     await search(sessions, replace(cfg, seed=cfg.seed + 1))
-    app = SelfPrunerApp(sessions, cfg)
-    async with app.run_test(size=SIZE) as pilot:
-        app.open_path(str(first))
-        await pilot.pause(0.5)
-        await pilot.press("x")
-        await until(pilot, lambda: isinstance(app.screen, ExportScreen), "the export dialog")
-        app.screen.query_one("#out").value = str(Path(tempfile.mkdtemp()) / "pruned.gguf")
-        await pilot.click("#export")
-        await until(pilot, lambda: isinstance(app.screen, ReplayScreen), "the export")
-        await job(pilot, app, "speed")
-        await job(pilot, app, "zero-shot", tasks="piqa", data_dir=piqa, limit=str(limit))
-        await pilot.pause(0.5)
-        save(app, "session-export")
-        with Store(first, readonly=True) as st:
-            kinds = {r["kind"] for r in st.results()}
-        assert {"export", "speed", "lm_eval"} <= kinds, f"the session stored only {sorted(kinds)}"
-        print(f"end to end: {app.screen.note}", flush=True)
+    note = await after_search(sessions, first, cfg, Path(tempfile.mkdtemp()) / "pruned.gguf", piqa, limit, save)
+    print(f"end to end: {note}", flush=True)
     app = SelfPrunerApp(sessions, cfg, browse=True)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: isinstance(app.screen, SessionBrowser), "the browser")

@@ -1,13 +1,19 @@
 """Rates -> layer plans: the pure arithmetic that decides which pruned model a rate vector stands for.
 
 A layer's pruned shape is its plan (kept attention units, kept MLP channels). Attention units (KV groups,
-or query heads under MQA) are coarse: a layer removes round(p·units) of them, then exactly as many MLP
-channels as are needed for it to lose p of its prunable attention+MLP parameters. Many rate vectors give
-the same plans, so plans (not rate strings) are what the search deduplicates and caches on.
+or query heads under MQA) are coarse. How a layer's rate p is split between them and the MLP channels is
+`--split`:
+  rule: remove round(p·units) units, then exactly as many MLP channels as are needed for the layer to lose p of
+        its prunable attention+MLP parameters;
+  flap: remove units and channels in the order of their standardised importance (FLAP's z-scores, each kind
+        standardised within its layer) until p of the layer's parameters are gone, so a layer whose heads
+        matter less than its channels loses heads first (FLAP's own within-layer structure).
+Many rate vectors give the same plans, so plans (not rate strings) are what the search deduplicates and caches on.
 """
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 
 
@@ -29,6 +35,9 @@ class LayerGrain:
     # MLP channels are kept in multiples of this (--channel-multiple), so that an exported model's widths suit
     # quantized types (Q8_0 blocks of 32) and aligned GPU kernels; a dense layer is always whole
     channel_multiple: int = 1
+    # --split flap: per layer, the positions (0-based, ascending) at which its attention units come in the
+    # layer's merged ascending-score order of units and channels; None = the rule split
+    unit_order: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def channel_rate(self) -> float:
@@ -46,19 +55,51 @@ class LayerGrain:
         return 1.0 / self.attn_units
 
 
-def layer_plan(grain: LayerGrain, p: float) -> LayerPlan:
+def layer_plan(grain: LayerGrain, p: float, layer: int | None = None) -> LayerPlan:
+    """The plan of `layer` at rate p (the layer matters only to the flap split)."""
     p = min(max(float(p), 0.0), 1.0)
-    removed_units = min(grain.attn_units, math.floor(p * grain.attn_units + 0.5))
-    rest = p * grain.prunable_params - removed_units * grain.params_per_attn_unit
-    removed_ch = min(grain.channels, max(0, round(rest / grain.params_per_channel)))
+    if grain.unit_order is None:
+        removed_units = min(grain.attn_units, math.floor(p * grain.attn_units + 0.5))
+        rest = p * grain.prunable_params - removed_units * grain.params_per_attn_unit
+        removed_ch = min(grain.channels, max(0, round(rest / grain.params_per_channel)))
+    else:
+        if layer is None:
+            raise ValueError("the flap split plans a layer by its index")
+        removed_units, removed_ch = _scored_removal(grain, grain.unit_order[layer], p * grain.prunable_params)
     kept, m = grain.channels - removed_ch, grain.channel_multiple
     if m > 1 and kept < grain.channels:
         kept = min(grain.channels, m * math.floor(kept / m + 0.5))
     return LayerPlan(grain.attn_units - removed_units, kept)
 
 
+def _scored_removal(grain: LayerGrain, unit_at: tuple[int, ...], target: float) -> tuple[int, int]:
+    """(units, channels) removed by the shortest prefix of the layer's ascending-score order whose parameters are
+    nearest `target` (a tie keeps more)."""
+    def removed(k: int) -> tuple[int, int]:
+        u = bisect_left(unit_at, k)  # units among the first k removals
+        return u, k - u
+
+    def params(k: int) -> int:
+        u, c = removed(k)
+        return u * grain.params_per_attn_unit + c * grain.params_per_channel
+
+    lo, hi = 0, grain.attn_units + grain.channels  # first k with params(k) >= target
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if params(mid) < target else (lo, mid)
+    k = lo if lo == 0 or params(lo) - target < target - params(lo - 1) else lo - 1
+    return removed(k)
+
+
 def plans(grain: LayerGrain, rates) -> list[LayerPlan]:
-    return [layer_plan(grain, p) for p in rates]
+    return [layer_plan(grain, p, i) for i, p in enumerate(rates)]
+
+
+def scored_unit_order(unit_z, channel_z) -> tuple[int, ...]:
+    """Where a layer's attention units come in the ascending merge of its units' and channels' standardised
+    scores (LayerGrain.unit_order): a unit ahead of an equal channel, so ties remove attention first."""
+    merged = sorted([(float(z), 0) for z in unit_z] + [(float(z), 1) for z in channel_z])
+    return tuple(i for i, (_, kind) in enumerate(merged) if kind == 0)
 
 
 def candidate_key(rates, grain: LayerGrain | None = None, decimals: int = 5) -> tuple:

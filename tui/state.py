@@ -229,12 +229,14 @@ class SearchState:
 
 
 def session_options(cfg: dict) -> list[str]:
-    """What a session scored with, beyond the paper's defaults: fitness, importance, compensation, racing."""
+    """What a session scored with, beyond the paper's defaults: fitness, importance, split, compensation, racing."""
     out = []
     if cfg.get("fitness") == "kl":
         out.append("KL fitness")
     if cfg.get("importance") == "flap":
         out.append("FLAP importance")
+    if cfg.get("split", "rule") != "rule":
+        out.append(f"{cfg['split']} split")
     if cfg.get("compensate"):
         out.append("bias compensation")
     if cfg.get("race"):

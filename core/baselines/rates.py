@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..model.calibration import CalibrationStats
-from ..model.flap import flap_scores
+from ..model.flap import flap_scores, standardised
 from ..model.models import ModelArch
 
 _POINT_OF = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "o": "o_in",
@@ -39,22 +39,17 @@ def owl_rates(arch: ModelArch, stats: CalibrationStats, beta: float, lam: float 
     return [min(max(float(r), lo), hi) for r in rates]
 
 
-def _standardised(s: torch.Tensor) -> torch.Tensor:
-    s = s.double().cpu()
-    sd = s.std() if s.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
-    return (s - s.mean()) / sd if sd > 0 else torch.zeros_like(s)
-
-
 def flap_rates(arch: ModelArch, stats: CalibrationStats, beta: float) -> list[float]:
     """FLAP's global adaptive structure: standardise every layer's unit and channel scores separately, remove
     the lowest-scoring units and channels of the whole model until β of the prunable parameters are gone
     (a unit counted by its parameters), and return each layer's removed share. Within a layer the rate is
-    then split into heads and channels as for every candidate (core/plans.py), not as FLAP removed them."""
+    then split into heads and channels by the search's --split (core/plans.py): with `flap`, exactly as FLAP
+    removed them."""
     units, chans = flap_scores(arch, stats)
     entries = []  # (z, params, layer)
     for i in range(arch.n_layers):
-        entries += [(float(z), arch.params_per_attn_unit, i) for z in _standardised(units[i])]
-        entries += [(float(z), arch.params_per_channel, i) for z in _standardised(chans[i])]
+        entries += [(float(z), arch.params_per_attn_unit, i) for z in standardised(units[i])]
+        entries += [(float(z), arch.params_per_channel, i) for z in standardised(chans[i])]
     entries.sort(key=lambda e: e[0])
     target = beta * arch.n_layers * arch.prunable_params_per_layer
     removed, done = [0] * arch.n_layers, 0

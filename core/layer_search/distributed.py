@@ -167,10 +167,13 @@ class RayWorkbench(Evaluator):
     def reference_rates(self, beta: float, lo: float, hi: float) -> dict:
         return self._call("reference_rates", beta, lo, hi)
 
-    def set_pruning(self, compensate: bool, channel_multiple: int = 1) -> None:
+    def layer_grain(self):
+        return self._call("layer_grain")
+
+    def set_pruning(self, compensate: bool, channel_multiple: int = 1, split: str = "rule") -> None:
         for w in list(self.alive):
             try:
-                self.ray.get(self.actors[w].call.remote("set_pruning", compensate, channel_multiple))
+                self.ray.get(self.actors[w].call.remote("set_pruning", compensate, channel_multiple, split))
             except self.ray.exceptions.RayActorError as e:
                 self._dead(w, e)
 

@@ -62,7 +62,7 @@ class SelfPrunerSearch:
         a = self.bench.lm.arch
         self.problem = Problem(self.bench.lm.name, a.n_layers, self.cfg.beta, self.cfg.lo, self.cfg.hi,
                                decimals=self.cfg.decimals, fitness_name=self.cfg.fitness,
-                               grain=replace(a.grain, channel_multiple=self.cfg.channel_multiple))
+                               grain=self.bench.layer_grain())
         self._generation = 0
         for p in {id(x): x for x in (self.proposer, self.init_proposer) if x is not None}.values():
             p.on_call = self._record_call

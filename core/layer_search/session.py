@@ -157,7 +157,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
         if lock is not None:
             lock.release("refused")
         raise
-    bench.set_pruning(cfg.compensate, cfg.channel_multiple)
+    bench.set_pruning(cfg.compensate, cfg.channel_multiple, cfg.split)
     bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
     return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench,
                             lock=lock)

@@ -72,7 +72,7 @@ class Workbench(Evaluator):
         """The model, data and calibration of a SearchConfig, on its device, in its dtype."""
         parts = asdict(cfg.part(Placement)) | asdict(cfg.part(Data)) | {"data": data or cfg.data}
         bench = cls.build(cfg.model, **parts, bus=bus, importance=cfg.importance)
-        bench.set_pruning(cfg.compensate, cfg.channel_multiple)  # compensation and channel multiple, set once
+        bench.set_pruning(cfg.compensate, cfg.channel_multiple, cfg.split)  # set once, as a search would
         return bench
 
     @property
@@ -134,10 +134,16 @@ class Workbench(Evaluator):
                 refs[name] = None
         return refs
 
-    def set_pruning(self, compensate: bool, channel_multiple: int = 1) -> None:
-        """A shared workbench serves searches with and without bias compensation, at any channel multiple."""
+    def set_pruning(self, compensate: bool, channel_multiple: int = 1, split: str = "rule") -> None:
+        """A shared workbench serves searches with and without bias compensation, at any channel multiple and
+        either split of a layer's rate."""
         self.pruner.compensate = compensate
         self.pruner.channel_multiple = channel_multiple
+        self.pruner.split = split
+
+    def layer_grain(self):
+        """How coarse the layers are under the current pruning settings: what deduplication compares."""
+        return self.pruner.grain
 
     def close(self) -> None:
         """Nothing to release in-process (Ray's pool stops its workers)."""

@@ -31,3 +31,11 @@ def flap_scores(arch: ModelArch, stats: CalibrationStats) -> tuple[list[torch.Te
         unit_scores.append(per_head.view(arch.n_attn_units, arch.q_heads_per_unit).sum(1))
         chan_scores.append(_variance(stats, i, "down_in").to(wd.device) * (wd * wd).sum(0))
     return unit_scores, chan_scores
+
+
+def standardised(s: torch.Tensor) -> torch.Tensor:
+    """(s - mean) / sd in float64 on the CPU (zeros where s does not vary): FLAP compares heads with channels,
+    and layers with layers, on this scale."""
+    s = s.double().cpu()
+    sd = s.std() if s.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+    return (s - s.mean()) / sd if sd > 0 else torch.zeros_like(s)

@@ -21,13 +21,14 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..plans import LayerGrain, LayerPlan, plans
+from ..plans import LayerGrain, LayerPlan, plans, scored_unit_order
 from .calibration import CalibrationStats
-from .flap import flap_scores
+from .flap import flap_scores, standardised
 from .models import ORDER_ATTR, ModelArch, decoder_layers, order_digest
 from .wanda_sp import wanda_sp_scores
 
 IMPORTANCE = {"wanda-sp": wanda_sp_scores, "flap": flap_scores}
+SPLITS = ("rule", "flap")  # how a layer's rate is split between heads and channels (core/plans.py)
 
 
 class ZeroAttention(nn.Module):
@@ -102,7 +103,7 @@ class StructuredPruner:
     """
 
     def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, compensate: bool = False,
-                 importance: str = "wanda-sp", channel_multiple: int = 1):
+                 importance: str = "wanda-sp", channel_multiple: int = 1, split: str = "rule"):
         if stats.order != order_digest(model):
             raise ValueError(f"calibration statistics are in head/channel order {stats.order}, the model is in "
                              f"{order_digest(model)}")
@@ -135,6 +136,25 @@ class StructuredPruner:
         self._orig_bias = [(p.o.bias, p.down.bias) for p in arch.layers]
         self._means = None
         self.compensate = compensate
+        self._unit_order = None
+        self.split = split
+
+    @property
+    def split(self) -> str:
+        """How a layer's rate is split between its attention units and MLP channels (plans.py): rule | flap."""
+        return "rule" if self._unit_order is None else "flap"
+
+    @split.setter
+    def split(self, how: str) -> None:
+        if how not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {how!r}")
+        if how == "rule":
+            self._unit_order = None
+        elif self._unit_order is None:  # FLAP's scores of the dense model, whatever orders the removal
+            if self.current is not None:
+                raise RuntimeError("the split is chosen on the dense model (restore it first)")
+            units, chans = flap_scores(self.arch, self.stats)
+            self._unit_order = tuple(scored_unit_order(standardised(u), standardised(c)) for u, c in zip(units, chans))
 
     @property
     def compensate(self) -> bool:
@@ -156,8 +176,8 @@ class StructuredPruner:
 
     @property
     def grain(self) -> LayerGrain:
-        """The layers' grain with this pruner's channel multiple."""
-        return replace(self.arch.grain, channel_multiple=self.channel_multiple)
+        """The layers' grain with this pruner's channel multiple and split."""
+        return replace(self.arch.grain, channel_multiple=self.channel_multiple, unit_order=self._unit_order)
 
     def layer_params(self, plan: LayerPlan) -> int:
         a = self.arch

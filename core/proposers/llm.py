@@ -92,9 +92,10 @@ def grain_text(problem: Problem) -> str:
     unit = (f"KV groups (one KV head with its {g.q_heads_per_unit} query heads)" if g.q_heads_per_unit > 1
             else "attention heads")
     step = "one channel" if g.channel_multiple == 1 else f"{g.channel_multiple} channels"
-    return template("grain.txt").substitute(units=g.attn_units, unit=unit, channels=g.channels,
-                                            unit_rate=f"{g.unit_rate:.5f}", channel_step=step,
-                                            channel_rate=f"{g.channel_step_rate:.5f}").strip()
+    name = "grain.txt" if g.unit_order is None else "grain_flap.txt"  # --split rule | flap
+    return template(name).substitute(units=g.attn_units, unit=unit, channels=g.channels,
+                                     unit_rate=f"{g.unit_rate:.5f}", channel_step=step,
+                                     channel_rate=f"{g.channel_step_rate:.5f}").strip()
 
 
 def layer_facts(problem: Problem) -> str:

@@ -15,7 +15,7 @@ from selfpruner.core.store import list_sessions
 from ..state import fmt_fitness, session_options
 
 # short tags for the proposer column (the run screen spells them out)
-OPTION_TAGS = {"KL fitness": "KL", "FLAP importance": "flap", "bias compensation": "+comp"}
+OPTION_TAGS = {"KL fitness": "KL", "FLAP importance": "flap", "flap split": "split", "bias compensation": "+comp"}
 
 COLUMNS = [("id", "session"), ("status", "status"), ("created", "created"), ("kind", "kind"), ("model", "model"),
            ("beta", "β"), ("proposer", "proposer"), ("best", "best ppl"), ("final", "final ppl"), ("gens", "gens")]

@@ -24,6 +24,9 @@ PROPOSER_HELP = {e.name: e.help for e in LAYER_PROPOSERS.values()}
 DATA = [("auto (hub, else the local copy)", "auto"), ("local copy (offline)", "local"), ("hub", "hub")]
 DTYPE_CHOICES = [("auto (bfloat16 on a GPU, float32 on the CPU)", "auto"), ("bfloat16", "bfloat16"),
                  ("float16", "float16"), ("float32", "float32")]
+IMPORTANCE_CHOICES = [("Wanda-sp (|W|·||X||)", "wanda-sp"), ("FLAP (Var(X)·||W||²)", "flap")]
+SPLIT_CHOICES = [("rule (round(p·units) heads, the rest channels)", "rule"),
+                 ("flap (heads against channels by FLAP's scores)", "flap")]
 DEVICE_MAP_CHOICES = [("none (one device)", ""), ("auto (spread over all GPUs)", "auto"),
                       ("balanced", "balanced"), ("sequential", "sequential")]
 # A setting's label comes with its declaration (core/config.py); the form's input id is the field's name.
@@ -121,6 +124,10 @@ class StartScreen(Screen):
                 for key, label, _ in ADVANCED:
                     yield from _row(label, _input(key, getattr(d, key)))
                 yield from _row("WikiText-2", Select(DATA, value=d.data, allow_blank=False, compact=True, id="data"))
+                yield from _row("importance", Select(IMPORTANCE_CHOICES, value=d.importance, allow_blank=False,
+                                                     compact=True, id="importance"))
+                yield from _row(LABELS["split"], Select(SPLIT_CHOICES, value=d.split, allow_blank=False, compact=True,
+                                                        id="split"))
                 yield from _row("device", _input("device", d.device, placeholder="auto | cpu | cuda | cuda:N"))
                 yield from _row("dtype", Select(DTYPE_CHOICES, value=d.dtype, allow_blank=False, compact=True,
                                                 id="dtype"))
@@ -257,6 +264,8 @@ class StartScreen(Screen):
         cfg.final_eval = self.query_one("#final_eval", Checkbox).value
         cfg.compensate = self.query_one("#compensate", Checkbox).value
         cfg.data = str(self.query_one("#data", Select).value)
+        cfg.importance = str(self.query_one("#importance", Select).value)
+        cfg.split = str(self.query_one("#split", Select).value)
         cfg.device = self.query_one("#device", Input).value.strip() or "auto"
         cfg.dtype = str(self.query_one("#dtype", Select).value)
         cfg.device_map = str(self.query_one("#device_map", Select).value) or None
