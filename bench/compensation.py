@@ -19,7 +19,7 @@ from selfpruner.core.events import Control, EventBus
 from selfpruner.core.layer_search.session import start_search
 from selfpruner.core.layer_search.workbench import Workbench
 
-from bench_args import add, add_protocol_args  # bench/ is on sys.path when run as a script
+from bench_args import add, add_protocol_args, conditions, spread  # bench/ is on sys.path when run as a script
 
 
 def final(bench, rates, tokens, compensate: bool) -> float:
@@ -74,8 +74,8 @@ def main(argv=None):
             bench.pruner.compensate = comp
             times[comp].append(bench.fitness(rates, args.budget_tokens)[1])
     ratio = statistics.median(times[True]) / statistics.median(times[False])
-    print(f"fitness time with / without compensation (median of {args.repeats}, {args.budget_tokens} tokens): "
-          f"{ratio:.3f}")
+    print(f"fitness time with / without compensation ({args.budget_tokens} tokens, median of {args.repeats} interleaved, "
+          f"{conditions()}): {ratio:.3f}; seconds with {spread(times[True])}, without {spread(times[False])}")
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 

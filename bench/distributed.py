@@ -6,6 +6,8 @@ apart; it is paid once per search). The values must be identical whichever path 
 the workers share its cores (2 workers x 1 thread against 1 x 2), so no speed-up is expected here: what this
 measures is Ray's overhead. It also times the driver's share of one evaluation (a Ray round trip plus the
 SQLite write), which bounds scaling on a GPU box; without one, the 8-GPU figure is an estimate from it.
+Each path scores the candidates --repeats times after a warm-up; rates are the median with min-max (the paths
+run one after another, not interleaved: each one's Ray workers hold the box's CPUs while they live).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import math
 import os
 import random
+import statistics
 import tempfile
 import time
 
@@ -25,13 +28,21 @@ from selfpruner.core.proposers.repair import random_vector
 from selfpruner.core.store import Store
 from selfpruner.core.types import EvalJob, Problem, Proposal
 
-from bench_args import add  # bench/ is on sys.path when run as a script
+from bench_args import add, conditions, spread  # bench/ is on sys.path when run as a script
 
 
 def score(bench, jobs) -> tuple[dict, float]:
     out, t0 = {}, time.perf_counter()
     bench.evaluate_many(jobs, done=lambda j, f, s: out.__setitem__(j.key, f))
     return out, time.perf_counter() - t0
+
+
+def rates(bench, jobs, repeats: int) -> tuple[dict, list[float]]:
+    """(values, evaluations/min of each repeat) after one warm-up pass (first forwards allocate)."""
+    score(bench, jobs[:1])
+    runs = [score(bench, jobs) for _ in range(repeats)]
+    assert all(v == runs[0][0] for v, _ in runs), "a path scored the same candidates differently"
+    return runs[0][0], [len(jobs) / secs * 60 for _, secs in runs]
 
 
 @ray.remote
@@ -58,7 +69,7 @@ def driver_overhead_s(n: int = 200) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add(ap, model="smollm2", ratio=0.3, candidates=16, budget_tokens=512, seq_len=512, calib_tokens=8192)
+    add(ap, model="smollm2", ratio=0.3, candidates=16, budget_tokens=512, seq_len=512, calib_tokens=8192, repeats=5)
     ap.add_argument("--gpu-eval-s", type=float, default=0.25,
                     help="for the 8-GPU estimate: seconds of one 2,048-token fitness of a 7B model on one H100")
     args = ap.parse_args(argv)
@@ -69,11 +80,11 @@ def main(argv=None):
     rng, prob = random.Random(0), Problem("bench", n, args.ratio)
     jobs = [EvalJob(i, random_vector(prob, rng), args.budget_tokens) for i in range(args.candidates)]
     print(f"model {local.lm.name}; {len(jobs)} evaluations of {args.budget_tokens} tokens; {os.cpu_count()} CPU "
-          f"cores, torch threads {local.lm.model.device.type}:{__import__('torch').get_num_threads()}")
-    ref, secs = score(local, jobs)
-    base = len(jobs) / secs * 60
-    print(f"{'where':<22} {'load s':>7} {'evals/min':>10} {'x in-process':>13} {'same values':>12}")
-    print(f"{'in-process':<22} {'-':>7} {base:>10.1f} {1.0:>13.2f} {'-':>12}")
+          f"cores, {local.lm.model.device.type}, {conditions()}; median (min-max) of {args.repeats} passes")
+    ref, runs = rates(local, jobs, args.repeats)
+    base = statistics.median(runs)
+    print(f"{'where':<22} {'load s':>7} {'evals/min':>22} {'x in-process':>13} {'same values':>12}")
+    print(f"{'in-process':<22} {'-':>7} {spread(runs, '.1f'):>22} {1.0:>13.2f} {'-':>12}")
     del local
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     per_worker = {}
@@ -82,11 +93,10 @@ def main(argv=None):
         rb = RayWorkbench(SearchConfig(**{**cfg.to_dict(), "workers": w}))
         load = time.perf_counter() - t0
         score(rb, jobs[:w])  # each worker's first forward (allocations) outside the timing
-        got, secs = score(rb, jobs)
-        rate = len(jobs) / secs * 60
-        per_worker[w] = rate
-        print(f"{f'Ray, {w} worker(s)':<22} {load:>7.1f} {rate:>10.1f} {rate / base:>13.2f} {str(got == ref):>12}",
-              flush=True)
+        got, runs = rates(rb, jobs, args.repeats)
+        rate = per_worker[w] = statistics.median(runs)
+        print(f"{f'Ray, {w} worker(s)':<22} {load:>7.1f} {spread(runs, '.1f'):>22} {rate / base:>13.2f} "
+              f"{str(got == ref):>12}", flush=True)
         rb.close()
     print(f"2 workers / 1 worker: {per_worker[2] / per_worker[1]:.2f} (both share {os.cpu_count()} cores)")
     over = driver_overhead_s()

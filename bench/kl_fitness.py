@@ -25,7 +25,7 @@ from selfpruner.core.model.kl import dense_full, full_kl
 from selfpruner.core.proposers.repair import random_vector, repair
 from selfpruner.core.types import Problem
 
-from bench_args import add, add_protocol_args  # bench/ is on sys.path when run as a script
+from bench_args import add, add_protocol_args, conditions  # bench/ is on sys.path when run as a script
 
 
 def candidates(n_layers: int, beta: float, count: int, seed: int) -> list[list[float]]:
@@ -63,7 +63,8 @@ def main(argv=None):
             secs.setdefault(f"kl k={k}", []).append(s)
         with bench.pruner.applied(r):
             scores["kl full"].append(full_kl(bench.lm.model, full_ref, windows))
-    print(f"{'fitness':<12} {'spearman':>9} {'ref-best rank':>14} {'s/eval vs ppl':>14}")
+    print(f"{'fitness':<12} {'spearman':>9} {'ref-best rank':>14} {'s/eval vs ppl':>14}  (median over the candidates, "
+          f"interleaved; {conditions()})")
     best = min(range(len(cands)), key=ref.__getitem__)
     for name, vals in scores.items():
         rho = spearmanr(vals, ref).statistic

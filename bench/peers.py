@@ -7,7 +7,8 @@ the FLAP baseline only in the layer allocation; it spends --evaluations fitness 
 compensation. `--llm` adds the paper's protocol (llama.cpp proposer, one seed: it is slow on a CPU). With
 `--split flap` every one-shot row and search divides a layer's rate between heads and channels by FLAP's scores
 (FLAP's own structure; with the default `rule`, one row adds FLAP + comp that way); a variant may set its own. `--piqa DIR` adds PIQA acc / acc_norm (lm-eval, local
-files, --piqa-limit items; for a search, its first seed's model), scored on the pruned model in memory.
+files, --piqa-limit items; FLAP + comp and, for a search, its first seed's model), scored on the pruned model in
+memory.
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def piqa(bench, rates, compensate: bool, split: str, data_dir, limit) -> str:
     from selfpruner.core.results.lm_eval_bridge import evaluate_tasks, resolve_tasks
     bench.set_pruning(compensate, 1, split)
     with bench.pruner.applied(rates):
-        m = evaluate_tasks(bench.lm.model, bench.lm.tokenizer, resolve_tasks(["piqa"], data_dir), limit=limit)["piqa"]
+        m = evaluate_tasks(bench.lm.model, bench.lm.tokenizer, resolve_tasks(["piqa"], data_dir), limit=limit,
+                           batch_size=32)["piqa"]
     return f"{m['acc']:.3f} / {m['acc_norm']:.3f}"
 
 
@@ -97,7 +99,8 @@ def main(argv=None):
             for comp in (False, True):
                 rows.append((f"{name}{' + comp' if comp else ''}",
                              [final(wb, rates, args.final_tokens, comp, args.split)], 0, 0.0, "",
-                             piqa(wb, rates, comp, args.split, args.piqa, args.piqa_limit) if comp else ""))
+                             piqa(wb, rates, comp, args.split, args.piqa, args.piqa_limit) if comp and method == "flap"
+                             else ""))
         flap_comp = rows[-1][1][0]
         if args.split == "rule":  # FLAP's own within-layer structure beside it
             rates = baseline_rates(bench, "flap", beta)

@@ -3,6 +3,7 @@ for the bundled SmolLM2 pruned every way a search can prune it, and for HF-direc
 writer builds itself; what llama.cpp cannot run is refused in one line."""
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ llama_cpp = pytest.importorskip("llama_cpp")
 from selfpruner.core.model.models import bundled_gguf_path, load_model
 from selfpruner.core.plans import candidate_key, layer_plan
 from selfpruner.core.results.gguf_export import GgufExportError, check_exportable, write_gguf
+
+PIQA = Path(__file__).resolve().parents[2] / "shared" / "data" / "piqa"
 
 
 def llama_cpp_logits(path, ids, kv_f32: bool = False) -> np.ndarray:
@@ -223,3 +226,40 @@ def test_speed_command_compares_gguf_files_on_llama_cpp(tmp_path, smollm2_tokeni
     assert rows[0].split("|")[-3].strip() == "1.00"  # dense against itself
     code, _, stderr = cli("speed", str(tmp_path / "missing.gguf"), "--dense", dense)
     assert code == 2 and "not found" in stderr
+
+
+@pytest.mark.slow
+def test_zero_shot_on_a_gguf_export_scores_as_transformers_does(smol, tmp_path):
+    """`eval FILE.gguf` runs a per-layer-width export in llama.cpp (transformers cannot read `deci`): each
+    (context, continuation) log-likelihood equals lm-eval's HF model's on the same pruned model, so PIQA's choices
+    come out the same."""
+    from lm_eval.models.huggingface import HFLM
+
+    from selfpruner.core.results.export import build_pruned
+    from selfpruner.core.results.llama_cpp_lm import is_pruned_gguf, llama_cpp_lm
+
+    smol.set_pruning(True)
+    try:
+        model = build_pruned(smol.lm, smol.pruner, SEARCHED, dtype=torch.float32, device="cpu")
+    finally:
+        smol.set_pruning(False)
+    rep = write_gguf(model, smol.lm.tokenizer, tmp_path / "p.gguf", source_gguf=smol.lm.gguf_path, outtype="f32")
+    assert is_pruned_gguf(rep.path) and not is_pruned_gguf(smol.lm.gguf_path)
+
+    class Req:  # what lm-eval hands a model: .args = (context, continuation)
+        def __init__(self, *args):
+            self.args = args
+
+    items = [json.loads(line) for line in (PIQA / "valid.jsonl").read_text().splitlines()[:6]]
+    reqs = [Req(f"Question: {it['goal']}\nAnswer:", f" {it[sol]}") for it in items for sol in ("sol1", "sol2")]
+    reqs.append(Req("", "The first words of a text."))  # an empty context starts from end-of-text, as lm-eval does
+    engine = llama_cpp_lm(rep.path, n_ctx=256)
+    got = engine.loglikelihood(reqs)
+    ref = HFLM(pretrained=model, tokenizer=smol.lm.tokenizer, backend="causal", batch_size=1).loglikelihood(reqs)
+    for (lp, greedy), (lp_ref, greedy_ref) in zip(got, ref):
+        assert abs(lp - lp_ref) < 0.02 * max(1.0, abs(lp_ref)) and greedy == greedy_ref, (got, ref)
+    pick = lambda res: [res[i][0] > res[i + 1][0] for i in range(0, 12, 2)]
+    assert pick(got) == pick(ref)
+    from selfpruner.core.results.lm_eval_bridge import TaskUnavailable
+    with pytest.raises(TaskUnavailable, match="--format hf"):  # one line, not a crash inside lm-eval
+        engine.generate_until([Req("Question:", {"until": ["\n"]})])

@@ -144,25 +144,37 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence, *, limit: int | float | No
                    num_fewshot: int = 0, include_path=None, max_length: int | None = None,
                    quiet: bool = True) -> dict[str, dict[str, float]]:
     """Zero-shot (by default) lm-eval metrics of `model` on `tasks`; see the module docstring."""
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
+
+    # backend="causal": lm-eval cannot tell from a custom model_type that it is a causal LM.
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size, max_length=max_length)
+    return evaluate_lm(lm, tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path, quiet=quiet)
+
+
+def evaluate_lm(lm, tasks: Sequence, *, limit: int | float | None = None, num_fewshot: int = 0, include_path=None,
+                quiet: bool = True) -> dict[str, dict[str, float]]:
+    """The metrics of an lm-eval LM (HF, or llama.cpp for a GGUF export) on `tasks`."""
+    import lm_eval
 
     if quiet:
         for name in ("lm-eval", "lm_eval"):
             logging.getLogger(name).setLevel(logging.WARNING)
     loaded, manager = load_tasks(tasks, include_path=include_path)
-    # backend="causal": lm-eval cannot tell from a custom model_type that it is a causal LM.
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size, max_length=max_length)
     res = lm_eval.simple_evaluate(model=lm, tasks=list(loaded.values()), num_fewshot=num_fewshot, limit=limit,
                                   task_manager=manager, log_samples=False, bootstrap_iters=1000)
     return {name: _metrics(res["results"][name]) for name in loaded if name in res["results"]}
 
 
 def evaluate_dir(path, tasks: Sequence, *, device: str | None = None, dtype: str | None = None,
-                 device_map: str | None = None, **kwargs) -> dict[str, dict[str, float]]:
+                 device_map: str | None = None, batch_size: int = 1, max_length: int | None = None,
+                 **kwargs) -> dict[str, dict[str, float]]:
     """Metrics of a model named as `search` names one (smollm2, bundled, a GGUF, an HF dir or hub id) or of an
-    exported directory (export.load_any)."""
+    exported directory (export.load_any). A GGUF export with per-layer widths runs in llama.cpp, the engine it
+    is served with (transformers cannot read it; llama_cpp_lm.py)."""
     from .export import load_any
+    from .llama_cpp_lm import is_pruned_gguf, llama_cpp_lm
 
+    if is_pruned_gguf(path):
+        return evaluate_lm(llama_cpp_lm(path, n_ctx=max_length or 1024), tasks, **kwargs)
     model, tokenizer = load_any(path, dtype=dtype, device=device, device_map=device_map)
-    return evaluate_tasks(model, tokenizer, tasks, **kwargs)
+    return evaluate_tasks(model, tokenizer, tasks, batch_size=batch_size, max_length=max_length, **kwargs)
