@@ -69,7 +69,7 @@ def test_flap_split_reproduces_flaps_global_structure(tiny_bench):
     assert differs  # the rule split does not give FLAP's structure from FLAP's own rates
 
 
-def test_flap_split_search_is_stored_prompted_and_kept_on_resume(tiny_bench, tmp_path, tiny_llama_dir):
+def test_flap_split_search_is_stored_prompted_and_kept_on_resume(tiny_bench, tmp_path, tiny_llama_dir, capsys):
     cfg = SearchConfig(model=str(tiny_llama_dir), proposer="numeric", beta=0.4, population=4, mutations=1,
                        crossovers=1, generations=1, seq_len=32, budget_tokens=32, calib_tokens=256, data="local",
                        sessions_dir=str(tmp_path), split="flap", final_eval=False)
@@ -84,6 +84,9 @@ def test_flap_split_search_is_stored_prompted_and_kept_on_resume(tiny_bench, tmp
         again, _ = run_search(resume_config(str(search.store.path), str(tmp_path), {"generations": 2})[0],
                               tiny_bench, resume=search.store.path)
         assert tiny_bench.pruner.split == "flap" and again.store.session()["config"]["split"] == "flap"
+        from selfpruner.cli import main
+        assert main(["show", again.store.session()["id"], "--sessions-dir", str(tmp_path)]) == 0
+        assert "flap split" in capsys.readouterr().out
     finally:
         tiny_bench.set_pruning(False)
     with pytest.raises(ConfigError, match="split"):
