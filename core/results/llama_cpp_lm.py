@@ -37,8 +37,10 @@ def llama_cpp_lm(path, n_ctx: int = 1024, threads: int | None = None):
         def __init__(self):
             super().__init__()
             t = threads or max(1, len(os.sched_getaffinity(0)))
-            self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=t, n_threads_batch=t,
-                                       logits_all=True, verbose=False)
+            # a small batch: with logits for every position, llama.cpp fills an n_batch x vocabulary buffer per
+            # decode (a 1,024-token batch made each request 6x slower on SmolLM2)
+            self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 128), n_threads=t,
+                                       n_threads_batch=t, logits_all=True, verbose=False)
             self.eot = self.llm.token_eos()
 
         def _ids(self, text: str) -> list[int]:
