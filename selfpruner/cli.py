@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="re-run a session with its stored proposer answers and compare")
     p.add_argument("session")
     p.add_argument("--no-final", action="store_true")
+    p.add_argument("--rel-tol", type=float, default=0.0, metavar="X",
+                   help="accept fitness values within X relative (default 0: bit-identical, as on the machine that "
+                        "ran it; another CPU's or a GPU's kernels round the last bits differently)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_replay)
 

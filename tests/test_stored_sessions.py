@@ -1,7 +1,11 @@
 """Sessions as users have them on disk still work: tests/data/sessions holds one of each kind (numeric GA,
 llama.cpp proposer, racing, Ray workers, Pruner-Zero), written by make.py beside them on the bundled SmolLM2
-before the code was regrouped. Each still shows, a layer-rate session replays bit-identically from its stored
-answers, and each resumes (extended by a generation, or a finished metric search evaluating nothing again)."""
+before the code was regrouped. Each still shows, a layer-rate session replays from its stored answers (the same
+candidates, selections and populations, and fitness within 1e-4 relative: the files were written on another
+machine, whose CPU kernels round the last bits differently), and each resumes (extended by a generation, or a
+finished metric search evaluating nothing again)."""
+
+OTHER_MACHINE = 1e-4  # measured: another CPU moved these sessions' fitness by up to 7e-6 relative
 from __future__ import annotations
 
 import re
@@ -52,9 +56,9 @@ def test_a_stored_session_shows(stored, name):
 
 
 @pytest.mark.parametrize("name", ["numeric", "llama-cpp", "racing"])
-def test_a_stored_session_replays_bit_identically(stored, name):
+def test_a_stored_session_replays(stored, name):
     sid, d = stored(name)
-    code, out, err = cli("replay", sid, "--sessions-dir", str(d), "--no-final")
+    code, out, err = cli("replay", sid, "--sessions-dir", str(d), "--no-final", "--rel-tol", str(OTHER_MACHINE))
     assert code == 0 and "replay reproduced" in out, out + err
 
 
@@ -68,7 +72,7 @@ def test_a_stored_ray_session_replays_in_process(stored):
                                   overrides={"workers": 0})
     assert search.run().status == "finished"
     with Store(path, readonly=True) as source:
-        assert source.session()["config"]["workers"] == 1 and compare_trajectories(source, search.store) == []
+        assert source.session()["config"]["workers"] == 1 and compare_trajectories(source, search.store, OTHER_MACHINE) == []
 
 
 @pytest.mark.parametrize("name", LAYER)

@@ -346,7 +346,8 @@ class SelfPrunerSearch:
 
 def compare_trajectories(a: Store, b: Store, rel_tol: float = 0.0) -> list[str]:
     """Differences between two sessions' candidates, fitness values, selections and generations
-    ([] = identical). rel_tol 0: bit-exact, as a CPU replay is; a GPU replay may pass a tolerance."""
+    ([] = identical). rel_tol 0: bit-exact, as a replay on the machine that ran it is; on another CPU or a GPU
+    the kernels round the last bits differently, so a tolerance is passed there."""
     diffs = []
     ca, cb = a.candidates(), b.candidates()
     if len(ca) != len(cb):

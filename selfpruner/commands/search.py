@@ -89,11 +89,12 @@ def cmd_replay(args) -> int:
         search, path = replay_session(args.session, args.sessions_dir, bus=bus, control=control,
                                       final_eval=not args.no_final, overrides=_typed_placement(args))
         result = _run_with_signals(search.run, control)
-    diffs = compare_trajectories(Store(path, readonly=True), search.store)
+    diffs = compare_trajectories(Store(path, readonly=True), search.store, rel_tol=args.rel_tol)
     _print_result(search.store, result)
     if diffs:
         out.print(f"[red]replay diverged[/] from {path.stem}: " + "; ".join(diffs[:10]))
         return 4
+    same = "bit-identical fitness" if not args.rel_tol else f"fitness within {args.rel_tol:g} relative"
     out.print(f"[green]replay reproduced[/] the stored trajectory of {path.stem} "
-              f"({len(search.store.candidates())} candidates re-read from the stored replies, bit-identical fitness)")
+              f"({len(search.store.candidates())} candidates re-read from the stored replies, {same})")
     return 0
