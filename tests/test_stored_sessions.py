@@ -4,8 +4,6 @@ before the code was regrouped. Each still shows, a layer-rate session replays fr
 candidates, selections and populations, and fitness within 1e-4 relative: the files were written on another
 machine, whose CPU kernels round the last bits differently), and each resumes (extended by a generation, or a
 finished metric search evaluating nothing again)."""
-
-OTHER_MACHINE = 1e-4  # measured: another CPU moved these sessions' fitness by up to 7e-6 relative
 from __future__ import annotations
 
 import re
@@ -23,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 STORED = Path(__file__).parent / "data" / "sessions"
 LAYER = ["numeric", "llama-cpp", "racing", "ray"]
+OTHER_MACHINE = 1e-4  # measured: another CPU moved these sessions' fitness by up to 7e-6 relative
 
 
 @pytest.fixture
