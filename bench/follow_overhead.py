@@ -80,7 +80,8 @@ def main(argv=None):
                 if follower:
                     reads1, cpu1 = _follower(report)
                     share.append((cpu1 - cpu0) / wall)
-                    note = f"; follower: {reads1 - reads0} reads, {cpu1 - cpu0:.2f} CPU s = {100 * share[-1]:.2f}% of the wall"
+                    note = (f"; follower: {reads1 - reads0} reads, {cpu1 - cpu0:.2f} CPU s = {100 * share[-1]:.2f}% "
+                            f"of the wall")
             finally:
                 if follower:
                     follower.kill()

@@ -6,9 +6,9 @@ the FLAP baseline only in the layer allocation; it spends --evaluations fitness 
 (K + N·(M+S)). Final ppl on --final-tokens held-out tokens, mean ± sd over --seeds; the ratio is against FLAP with
 compensation. `--llm` adds the paper's protocol (llama.cpp proposer, one seed: it is slow on a CPU). With
 `--split flap` every one-shot row and search divides a layer's rate between heads and channels by FLAP's scores
-(FLAP's own structure; with the default `rule`, one row adds FLAP + comp that way); a variant may set its own. `--piqa DIR` adds PIQA acc / acc_norm (lm-eval, local
-files, --piqa-limit items; FLAP + comp and, for a search, its first seed's model), scored on the pruned model in
-memory.
+(FLAP's own structure; with the default `rule`, one row adds FLAP + comp that way); a variant may set its own.
+`--piqa DIR` adds PIQA acc / acc_norm (lm-eval, local files, --piqa-limit items; FLAP + comp and, for a search,
+its first seed's model), scored on the pruned model in memory.
 """
 from __future__ import annotations
 
