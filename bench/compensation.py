@@ -74,8 +74,9 @@ def main(argv=None):
             bench.pruner.compensate = comp
             times[comp].append(bench.fitness(rates, args.budget_tokens)[1])
     ratio = statistics.median(times[True]) / statistics.median(times[False])
-    print(f"fitness time with / without compensation ({args.budget_tokens} tokens, median of {args.repeats} interleaved, "
-          f"{conditions()}): {ratio:.3f}; seconds with {spread(times[True])}, without {spread(times[False])}")
+    print(f"fitness time with / without compensation ({args.budget_tokens} tokens, median of {args.repeats} "
+          f"interleaved, {conditions()}): {ratio:.3f}; seconds with {spread(times[True])}, without "
+          f"{spread(times[False])}")
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 

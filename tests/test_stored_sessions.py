@@ -57,7 +57,8 @@ def test_a_stored_session_shows(stored, name):
 @pytest.mark.parametrize("name", ["numeric", "llama-cpp", "racing"])
 def test_a_stored_session_replays(stored, name):
     sid, d = stored(name)
-    code, out, err = cli("replay", sid, "--sessions-dir", str(d), "--no-final", "--rel-tol", str(OTHER_MACHINE))
+    code, out, err = cli("replay", sid, "--sessions-dir", str(d), "--no-final",
+                         "--rel-tol", str(OTHER_MACHINE))
     assert code == 0 and "replay reproduced" in out, out + err
 
 
