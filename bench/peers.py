@@ -6,7 +6,8 @@ the FLAP baseline only in the layer allocation; it spends --evaluations fitness 
 (K + N·(M+S)). Final ppl on --final-tokens held-out tokens, mean ± sd over --seeds; the ratio is against FLAP with
 compensation. `--llm` adds the paper's protocol (llama.cpp proposer, one seed: it is slow on a CPU). With
 `--split flap` every one-shot row and search divides a layer's rate between heads and channels by FLAP's scores
-(FLAP's own structure; with the default `rule`, one row adds FLAP + comp that way); a variant may set its own.
+(FLAP's own structure; with the default `rule`, one row adds FLAP + comp that way); a variant may set its own,
+and `search` (a second gene per layer, its attention rate) is for searches only.
 `--piqa DIR` adds PIQA acc / acc_norm (lm-eval, local files, --piqa-limit items; FLAP + comp and, for a search,
 its first seed's model), scored on the pruned model in memory.
 """
@@ -34,6 +35,10 @@ VARIANTS = {  # name: SearchConfig overrides
     "GA + flap split": dict(seed_references=False, numeric_mutation="gauss", split="flap"),
     "GA + references + level-switch + flap split": dict(seed_references=True, numeric_mutation="mixed",
                                                        split="flap"),
+    # each layer's attention-unit rate searched as a second gene (the references start from the rule's split)
+    "GA + split searched": dict(seed_references=False, numeric_mutation="gauss", split="search"),
+    "GA + references + level-switch + split searched": dict(seed_references=True, numeric_mutation="mixed",
+                                                           split="search"),
 }
 
 
@@ -59,6 +64,8 @@ def show(beta: float, row: tuple, flap_comp: float) -> None:
     sd = statistics.stdev(ppls) if len(ppls) > 1 else 0.0
     val = f"{statistics.mean(ppls):.2f}" + (f" ± {sd:.2f}" if len(ppls) > 1 else "")
     ev, wl = (str(n_evals), f"{wall:.0f}") if n_evals else ("", "")
+    if len(ppls) > 1:  # each seed's, so a wide sd can be read
+        note = "; ".join(x for x in ("seeds " + ", ".join(f"{p:.1f}" for p in ppls), note) if x)
     print(f"{beta:>4}  {name:<52} {val:>18} {statistics.mean(ppls) / flap_comp:>11.3f} {ev:>6} {wl:>7} {acc:>13}  "
           f"{note}", flush=True)
 

@@ -68,10 +68,12 @@ class Pruning:
     channel_multiple: int = setting(1, metavar="N",
                                     help="keep each layer's MLP channels in multiples of N (32 for Q8_0 GGUF; 64 or "
                                          "128 for aligned GPU kernels)")
-    # rule: round(p·units) heads, the rest channels; flap: heads and channels by FLAP's standardised scores
-    split: str = setting("rule", choices=("rule", "flap"), label="split of a layer's rate",
+    # rule: round(p·units) heads, the rest channels; flap: heads and channels by FLAP's standardised scores;
+    # search: each layer's attention-unit rate is a second gene of the candidate (core/plans.py)
+    split: str = setting("rule", choices=("rule", "flap", "search"), label="split of a layer's rate",
                          help="how a layer's rate is split between its heads and MLP channels (rule: round(p·units) "
-                              "heads, the rest channels; flap: by FLAP's standardised importance, as FLAP does)")
+                              "heads, the rest channels; flap: by FLAP's standardised importance, as FLAP does; "
+                              "search: each layer's attention rate is searched too)")
     # of every rate: what prompts show and ask for, and repair's unit (10**-decimals)
     decimals: int = setting(5, help="decimals of every rate (prompts and repair)")
 

@@ -7,7 +7,11 @@ or query heads under MQA) are coarse. How a layer's rate p is split between them
         its prunable attention+MLP parameters;
   flap: remove units and channels in the order of their standardised importance (FLAP's z-scores, each kind
         standardised within its layer) until p of the layer's parameters are gone, so a layer whose heads
-        matter less than its channels loses heads first (FLAP's own within-layer structure).
+        matter less than its channels loses heads first (FLAP's own within-layer structure);
+  search: the split is a gene of its own. A candidate is [p_1..p_n, a_1..a_n]: the layer rates (mean β, so the
+        global budget is the same as under the other splits) and then each layer's attention-unit rate a_i, the
+        share of its attention units removed; its MLP channels remove the rest of p_i. a_i is kept inside what
+        p_i allows (attention_bounds), so the MLP rate follows from the pair.
 Many rate vectors give the same plans, so plans (not rate strings) are what the search deduplicates and caches on.
 """
 from __future__ import annotations
@@ -38,6 +42,8 @@ class LayerGrain:
     # --split flap: per layer, the positions (0-based, ascending) at which its attention units come in the
     # layer's merged ascending-score order of units and channels; None = the rule split
     unit_order: tuple[tuple[int, ...], ...] | None = None
+    # --split search: candidates carry a second gene per layer, its attention-unit rate (see the module's doc)
+    attention_genes: bool = False
 
     @property
     def channel_rate(self) -> float:
@@ -55,10 +61,31 @@ class LayerGrain:
         return 1.0 / self.attn_units
 
 
-def layer_plan(grain: LayerGrain, p: float, layer: int | None = None) -> LayerPlan:
-    """The plan of `layer` at rate p (the layer matters only to the flap split)."""
+def attention_bounds(grain: LayerGrain, p: float) -> tuple[int, int]:
+    """The fewest and most attention units a layer at rate p can remove: its MLP channels must be able to take
+    the rest of p, and the units alone must not remove more than p."""
+    target, tiny = min(max(float(p), 0.0), 1.0) * grain.prunable_params, 1e-9
+    most = min(grain.attn_units, math.floor(target / grain.params_per_attn_unit + tiny))
+    least = max(0, math.ceil((target - grain.channels * grain.params_per_channel) / grain.params_per_attn_unit - tiny))
+    return min(least, most), most
+
+
+def fit_attention(grain: LayerGrain, p: float, a: float) -> float:
+    """The attention-unit rate the pair (p, a) prunes: a on the layer's unit grid, inside attention_bounds."""
+    least, most = attention_bounds(grain, p)
+    units = min(max(math.floor(min(max(float(a), 0.0), 1.0) * grain.attn_units + 0.5), least), most)
+    return units / grain.attn_units
+
+
+def layer_plan(grain: LayerGrain, p: float, layer: int | None = None, a: float | None = None) -> LayerPlan:
+    """The plan of `layer` at rate p (the layer matters only to the flap split; a, the attention-unit rate, only to
+    the searched split)."""
     p = min(max(float(p), 0.0), 1.0)
-    if grain.unit_order is None:
+    if a is not None:
+        removed_units = round(fit_attention(grain, p, a) * grain.attn_units)
+        rest = p * grain.prunable_params - removed_units * grain.params_per_attn_unit
+        removed_ch = min(grain.channels, max(0, round(rest / grain.params_per_channel)))
+    elif grain.unit_order is None:
         removed_units = min(grain.attn_units, math.floor(p * grain.attn_units + 0.5))
         rest = p * grain.prunable_params - removed_units * grain.params_per_attn_unit
         removed_ch = min(grain.channels, max(0, round(rest / grain.params_per_channel)))
@@ -92,7 +119,20 @@ def _scored_removal(grain: LayerGrain, unit_at: tuple[int, ...], target: float) 
 
 
 def plans(grain: LayerGrain, rates) -> list[LayerPlan]:
+    if grain.attention_genes:
+        n = len(rates) // 2
+        return [layer_plan(grain, p, i, a) for i, (p, a) in enumerate(zip(rates[:n], rates[n:]))]
     return [layer_plan(grain, p, i) for i, p in enumerate(rates)]
+
+
+def split_genes(genes, split: str | None) -> tuple[list[float], list[float] | None]:
+    """(layer rates, attention-unit rates) of a stored candidate: under --split search its genes are the n layer
+    rates followed by the n attention rates; under the other splits there are no attention genes (None)."""
+    genes = list(genes)
+    if split == "search":
+        n = len(genes) // 2
+        return genes[:n], genes[n:]
+    return genes, None
 
 
 def scored_unit_order(unit_z, channel_z) -> tuple[int, ...]:

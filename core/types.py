@@ -25,6 +25,15 @@ class Problem:
     sensitivity_rate: float | None = None
     dense_ppl: float | None = None
 
+    @property
+    def attention_genes(self) -> bool:
+        """--split search: a candidate is n layer rates, then n attention-unit rates (core/plans.py)."""
+        return self.grain is not None and self.grain.attention_genes
+
+    @property
+    def n_genes(self) -> int:
+        return self.n_layers * (2 if self.attention_genes else 1)
+
 
 @dataclass
 class Proposal:

@@ -36,6 +36,8 @@ def save_best_rates(state: SearchState) -> Path:
         "seq_len": state.config.get("seq_len"),
         "rates": best.rates,
     }
+    if best.attention is not None:  # --split search: each layer's attention-unit rate
+        payload["attention"] = best.attention
     path = output_dir(state) / f"{state.session_id or 'session'}-best-rates.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path

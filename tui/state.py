@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from selfpruner.core import events as E
+from selfpruner.core.plans import split_genes
 
 
 @dataclass
@@ -25,10 +26,18 @@ class Candidate:
     cached: bool = False
     eval_s: float | None = None
     raced: str = ""  # --race: its last early-stage score ("35.210 @512") while it has none on the search budget
+    attention: list[float] | None = None  # --split search: each layer's attention-unit rate (`rates` is the layer's)
 
     @property
     def mean_rate(self) -> float:
         return sum(self.rates) / len(self.rates) if self.rates else 0.0
+
+
+def candidate(config: dict, id: int, generation: int, origin: str, parents, genes, *rest) -> Candidate:
+    """A stored or proposed candidate as the screens show it: under --split search its genes are the layer rates
+    followed by the attention rates (core/plans.py)."""
+    rates, attention = split_genes(genes, config.get("split"))
+    return Candidate(id, generation, origin, list(parents), rates, *rest, attention=attention)
 
 
 @dataclass
@@ -119,7 +128,7 @@ class SearchState:
             self.current, self.gen_total, self.gen_done, self.eval_frac = ev.generation, ev.n_candidates, done, 0.0
             return {"table", "progress", "status"}
         if isinstance(ev, E.CandidateProposed):
-            self.cands[ev.id] = Candidate(ev.id, ev.generation, ev.origin, list(ev.parents), list(ev.rates))
+            self.cands[ev.id] = candidate(self.config, ev.id, ev.generation, ev.origin, ev.parents, ev.rates)
             return {"table", "progress"}
         if isinstance(ev, E.EvalProgress):
             self.eval_frac = ev.done / ev.total if ev.total else 0.0
@@ -127,7 +136,7 @@ class SearchState:
         if isinstance(ev, E.CandidateEvaluated):
             c = self.cands.get(ev.id)
             if c is None:  # resumed run: proposed before this process started
-                c = self.cands[ev.id] = Candidate(ev.id, ev.generation, ev.origin, list(ev.parents), list(ev.rates))
+                c = self.cands[ev.id] = candidate(self.config, ev.id, ev.generation, ev.origin, ev.parents, ev.rates)
             if ev.final:
                 c.fitness, c.eval_s, c.cached, c.raced = ev.fitness, ev.eval_s, ev.cached, ""
             else:  # an early --race stage: another token budget, not ranked with the population
@@ -168,7 +177,7 @@ class SearchState:
         evals = {e["candidate_id"]: e for e in store.evaluations() if e["kind"] == "search"}
         for c in store.candidates():
             e = evals.get(c["id"])
-            cand = st.cands[c["id"]] = Candidate(c["id"], c["generation"], c["origin"], c["parents"], c["rates"],
+            cand = st.cands[c["id"]] = candidate(cfg, c["id"], c["generation"], c["origin"], c["parents"], c["rates"],
                                                  c["phase"], fit.get(c["id"]), bool(e and e["cached"]),
                                                  e["eval_s"] if e else None)
             if race and cand.fitness is None and e:

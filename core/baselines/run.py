@@ -1,7 +1,7 @@
 """Evaluate a baseline rate vector (uniform, OWL or FLAP) exactly as a searched one is, and store it."""
 from __future__ import annotations
 
-from ..config import SearchConfig
+from ..config import ConfigError, SearchConfig
 from ..events import EventBus, SessionStarted, Stage
 from ..layer_search.workbench import Workbench
 from ..store import Store
@@ -25,6 +25,8 @@ def baseline_rates(bench: Workbench, method: str, beta: float, *, lam: float = 0
 
 def run_baseline(cfg: SearchConfig, method: str, *, bus: EventBus | None = None, bench: Workbench | None = None,
                  lam: float = 0.08, m: float = 5.0) -> dict:
+    if cfg.split == "search":
+        raise ConfigError("--split search is for searches: a baseline's rates carry no attention genes (use rule or flap)")
     bus = bus or EventBus()
     bench = bench or Workbench.from_config(cfg, bus)
     bench.pin_dtype(cfg)

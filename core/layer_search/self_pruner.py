@@ -143,7 +143,9 @@ class SelfPrunerSearch:
                 self.bus.emit(Stage("sensitivity", f"layer {job.key} alone at rate {rate:g}", sum(p > 0 for p in ppl),
                                     n))
 
-            jobs = [EvalJob(i, [rate if j == i else 0.0 for j in range(n)], self.cfg.budget_tokens) for i in range(n)]
+            genes = 2 if self.problem.attention_genes else 1  # --split search: attention as the rule (a = p)
+            jobs = [EvalJob(i, [rate if j == i else 0.0 for j in range(n)] * genes, self.cfg.budget_tokens)
+                    for i in range(n)]
             try:
                 self.bench.evaluate_many(jobs, done=done, before=self.control.checkpoint,
                                          should_stop=lambda: self.control.stopped)

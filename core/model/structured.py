@@ -28,7 +28,7 @@ from .models import ORDER_ATTR, ModelArch, decoder_layers, order_digest
 from .wanda_sp import wanda_sp_scores
 
 IMPORTANCE = {"wanda-sp": wanda_sp_scores, "flap": flap_scores}
-SPLITS = ("rule", "flap")  # how a layer's rate is split between heads and channels (core/plans.py)
+SPLITS = ("rule", "flap", "search")  # how a layer's rate is split between heads and channels (core/plans.py)
 
 
 class ZeroAttention(nn.Module):
@@ -137,18 +137,21 @@ class StructuredPruner:
         self._means = None
         self.compensate = compensate
         self._unit_order = None
+        self._attention_genes = False
         self.split = split
 
     @property
     def split(self) -> str:
-        """How a layer's rate is split between its attention units and MLP channels (plans.py): rule | flap."""
-        return "rule" if self._unit_order is None else "flap"
+        """How a layer's rate is split between its attention units and MLP channels (plans.py): rule | flap |
+        search (rate vectors also carry each layer's attention-unit rate)."""
+        return "search" if self._attention_genes else "rule" if self._unit_order is None else "flap"
 
     @split.setter
     def split(self, how: str) -> None:
         if how not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {how!r}")
-        if how == "rule":
+        self._attention_genes = how == "search"
+        if how != "flap":
             self._unit_order = None
         elif self._unit_order is None:  # FLAP's scores of the dense model, whatever orders the removal
             if self.current is not None:
@@ -170,14 +173,16 @@ class StructuredPruner:
 
     # ---- rates -> counts -------------------------------------------------------------------
     def plan(self, rates) -> list[LayerPlan]:
-        if len(rates) != self.arch.n_layers:
-            raise ValueError(f"expected {self.arch.n_layers} rates, got {len(rates)}")
+        n = self.arch.n_layers * (2 if self._attention_genes else 1)
+        if len(rates) != n:
+            raise ValueError(f"expected {n} rates, got {len(rates)}")
         return plans(self.grain, rates)
 
     @property
     def grain(self) -> LayerGrain:
         """The layers' grain with this pruner's channel multiple and split."""
-        return replace(self.arch.grain, channel_multiple=self.channel_multiple, unit_order=self._unit_order)
+        return replace(self.arch.grain, channel_multiple=self.channel_multiple, unit_order=self._unit_order,
+                       attention_genes=self._attention_genes)
 
     def layer_params(self, plan: LayerPlan) -> int:
         a = self.arch

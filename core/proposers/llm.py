@@ -92,7 +92,7 @@ def grain_text(problem: Problem) -> str:
     unit = (f"KV groups (one KV head with its {g.q_heads_per_unit} query heads)" if g.q_heads_per_unit > 1
             else "attention heads")
     step = "one channel" if g.channel_multiple == 1 else f"{g.channel_multiple} channels"
-    name = "grain.txt" if g.unit_order is None else "grain_flap.txt"  # --split rule | flap
+    name = "grain_search.txt" if g.attention_genes else "grain.txt" if g.unit_order is None else "grain_flap.txt"
     return template(name).substitute(units=g.attn_units, unit=unit, channels=g.channels,
                                      unit_rate=f"{g.unit_rate:.5f}", channel_step=step,
                                      channel_rate=f"{g.channel_step_rate:.5f}").strip()
@@ -129,7 +129,7 @@ def interpret_reply(phase: str, text: str | None, problem: Problem, pop: list[Sc
                     taken: set) -> tuple[list[Proposal], list[str]]:
     """(at most `count` repaired, distinct proposals, reasons for what was dropped). Adds the kept
     candidates' identities to `taken`."""
-    parsed = parse_reply(text, problem.n_layers)
+    parsed = parse_reply(text, problem.n_genes, problem.n_layers if problem.attention_genes else None)
     problems, kept = list(parsed.rejected), []
     for values, cited in parsed.candidates:
         if len(kept) == count:
@@ -195,9 +195,12 @@ class LLMProposer:
 
     # ---- prompts --------------------------------------------------------------------------------------
     def _fields(self, problem: Problem, count: int) -> dict:
-        d = problem.decimals
-        return dict(model=problem.model_name, n_layers=problem.n_layers, beta=f"{problem.beta:g}",
-                    lo=f"{problem.lo:g}", hi=f"{problem.hi:g}", decimals=d, count=count,
+        d, n = problem.decimals, problem.n_layers
+        listed = f"{n} rates in [{problem.lo:g}, {problem.hi:g}] with {d} decimals, mean {problem.beta:g}"
+        if problem.attention_genes:
+            listed += f", then {n} attention rates"
+        return dict(model=problem.model_name, n_layers=n, beta=f"{problem.beta:g}", n_numbers=problem.n_genes,
+                    listed=listed, lo=f"{problem.lo:g}", hi=f"{problem.hi:g}", decimals=d, count=count,
                     example=f"{problem.beta:.{d}f}", total=f"{problem.beta * problem.n_layers:.{d}f}".rstrip("0")
                     .rstrip("."), grain=layer_facts(problem))
 
@@ -223,7 +226,8 @@ class LLMProposer:
         output = "output_selection_json.txt" if phase == "selection" else "output_json.txt"
         return template("chat.txt").substitute(
             problem=template("problem.txt").substitute(f).strip(),
-            attributes=template("attributes.txt").substitute(f).strip(),
+            attributes=template("attributes_split.txt" if problem.attention_genes else "attributes.txt")
+            .substitute(f).strip(),
             population=population_block,
             task=template(f"task_{phase}.txt").substitute(f).strip(),
             output=template(output).substitute(f, parents_example=example_ids).strip())
@@ -299,14 +303,14 @@ class LLMProposer:
         phases = [(ph, min(c, per_call or c)) for ph, c in counts.items() if c > 0]
         if len(phases) < 2:
             return
-        requests = [self._request(ph, problem, pop, c, problem.n_layers, N_PARENTS[ph], generation, 1)
+        requests = [self._request(ph, problem, pop, c, problem.n_genes, N_PARENTS[ph], generation, 1)
                     for ph, c in phases]
         for (ph, _), (prompt, _), outcome in zip(phases, requests, many(requests)):
             self._ahead[(generation, ph)] = (prompt, outcome)
 
     def _call(self, phase: str, problem: Problem, pop: list[Scored], count: int, attempt: int, generation: int,
               taken: set) -> list[Proposal]:
-        rec, text = self._ask(phase, problem, pop, count, attempt, generation, problem.n_layers, N_PARENTS[phase])
+        rec, text = self._ask(phase, problem, pop, count, attempt, generation, problem.n_genes, N_PARENTS[phase])
         if text is None:
             self._emit(rec)
             return []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 
+from ..plans import attention_bounds
 from ..types import Problem, Proposal, Scored
 from .base import CallSink, Proposer, ProposerError
 from .repair import RepairError, identity, random_vector, repair
@@ -48,11 +49,28 @@ class NumericProposer:
     def mutate_one(self, problem: Problem, pop: list[Scored], rng: random.Random, taken):
         parent = self.pick(pop, rng)
         kind = self.mutation_kind if self.mutation_kind != "mixed" else rng.choice(("gauss", "level-switch"))
+        n = problem.n_layers
         if kind == "gauss":
-            child = [v + rng.gauss(0.0, self.sigma) for v in parent.rates]
+            child = [v + rng.gauss(0.0, self.sigma) for v in parent.rates[:n]]
         else:
-            child = self.level_switch(parent.rates, problem, rng)
+            child = self.level_switch(parent.rates[:n], problem, rng)
+        if problem.attention_genes:
+            child += self.attention_step(parent.rates[n:], child, problem, rng)
         return repair(child, problem, taken)[0], [parent.id]
+
+    @staticmethod
+    def attention_step(attention: list[float], layer: list[float], problem: Problem, rng: random.Random) -> list[float]:
+        """--split search: half the mutations also move one layer's attention by one unit (Gaussian noise of the
+        rates' size would almost never cross a unit: SmolLM2 has 3 per layer), where its rate allows."""
+        out = list(attention)
+        if rng.random() < 0.5:
+            i = rng.randrange(len(out))
+            least, most = attention_bounds(problem.grain, layer[i])
+            units = round(out[i] * problem.grain.attn_units)
+            moves = [u for u in (units - 1, units + 1) if least <= u <= most]
+            if moves:
+                out[i] = rng.choice(moves) / problem.grain.attn_units
+        return out
 
     def level_switch(self, rates: list[float], problem: Problem, rng: random.Random) -> list[float]:
         """EvoPress's mutation: move one step of rate from one layer to another, a geometric number of times
@@ -76,8 +94,10 @@ class NumericProposer:
             if b.id != a.id or len(pop) < 2:
                 break
             b = self.pick(pop, rng)
-        if self.crossover_kind == "uniform":
-            child = [x if rng.random() < 0.5 else y for x, y in zip(a.rates, b.rates)]
+        if self.crossover_kind == "uniform":  # a layer's genes (its rate and, split searched, attention) go together
+            n = problem.n_layers
+            take_a = [rng.random() < 0.5 for _ in range(n)]
+            child = [x if take_a[i % n] else y for i, (x, y) in enumerate(zip(a.rates, b.rates))]
         else:  # BLX-0.25: a random point on (and a little beyond) the segment between the parents, per layer
             child = [x + rng.uniform(-0.25, 1.25) * (y - x) for x, y in zip(a.rates, b.rates)]
         return repair(child, problem, taken)[0], [a.id, b.id] if b.id != a.id else [a.id]

@@ -39,6 +39,8 @@ _PARENTS_RE = re.compile(
     re.IGNORECASE)
 MAX_JSON_DEPTH = 32  # a real reply nests 4 levels ({"solutions": [{"rates": [...]}]}); deeper is junk
 _RATE_KEYS = ("rates", "rate", "values", "pruning_rates", "layer_rates", "solution", "vector", "p")
+_ATTENTION_KEYS = ("attention", "attention_rates", "attn", "attn_rates")
+_ATTENTION_LABEL = re.compile(r"\b(?:attention|attn)\w*[\"']?\s*[:=]?\s*$", re.IGNORECASE)
 _LIST_KEYS = ("solutions", "candidates", "children", "offspring", "population", "configurations", "lists")
 
 
@@ -69,8 +71,10 @@ def _ints(text: str) -> list[int]:
 class _Checker:
     """Shared acceptance rules for both readers."""
 
-    def __init__(self, n: int | None, result: ParseResult):
-        self.n, self.result = n, result
+    def __init__(self, n: int | None, result: ParseResult, layers: int | None = None):
+        self.n, self.result, self.split = n, result, layers is not None
+        # fewest numbers a list may have; --split search also takes the layer rates alone (repair adds the rest)
+        self.least = math.ceil(0.75 * (layers if self.split else n)) if n is not None else 0
 
     def add(self, values: list[float], parents: list[int] | None, where: str) -> None:
         r = self.result
@@ -80,7 +84,7 @@ class _Checker:
             r.rejected.append(f"{where}: NaN or infinity")
         elif any(v < -0.5 or v > 1.5 for v in values):  # rates in [0, 1]; e.g. 30 means a percent without '%'
             r.rejected.append(f"{where}: values far outside [0, 1] ({max(values, key=abs):g})")
-        elif self.n is not None and not (math.ceil(0.75 * self.n) <= len(values) <= 1.5 * self.n):
+        elif self.n is not None and not (self.least <= len(values) <= 1.5 * self.n):
             r.rejected.append(f"{where}: {len(values)} numbers, expected {self.n}")
         else:
             r.candidates.append(RawCandidate(values, parents))
@@ -113,10 +117,11 @@ def _bracket_spans(text: str) -> dict[int, tuple[int, int]]:
     return spans
 
 
-def _json_values(text: str, rejected: list[str]) -> list:
+def _json_values(text: str, rejected: list[str], split: bool = False) -> list:
     """Every top-level JSON value in the text: the whole reply if it parses, else each '{' / '[' that
     decodes, scanning on after it (so a truncated reply still yields its complete objects). A value
-    nested deeper than MAX_JSON_DEPTH is skipped whole, with a reason in `rejected`."""
+    nested deeper than MAX_JSON_DEPTH is skipped whole, with a reason in `rejected`. `split`: a list labelled
+    attention joins the list before it (--split search)."""
     cleaned = _clean_json(text)
     spans = _bracket_spans(cleaned)
     if max((levels for _, levels in spans.values()), default=0) <= MAX_JSON_DEPTH:
@@ -138,6 +143,10 @@ def _json_values(text: str, rejected: list[str]) -> list:
         try:
             value, pos = dec.raw_decode(cleaned, m.start())
         except (ValueError, RecursionError):
+            continue
+        if split and out and isinstance(value, list) and isinstance(out[-1], list) \
+                and _ATTENTION_LABEL.search(cleaned[max(0, m.start() - 32):m.start()]):
+            out[-1] = out[-1] + value
             continue
         out.append(value)
     return out
@@ -163,7 +172,11 @@ def _walk(obj, chk: _Checker, where: str, parents: list[int] | None = None) -> N
                 return _walk(low[k], chk, f"{where}.{k}")
         for k in _RATE_KEYS:
             if k in low:
-                return _walk(low[k], chk, f"{where}.{k}", _parents_of(low))
+                values = low[k]
+                extra = next((low[a] for a in _ATTENTION_KEYS if a in low), None)  # --split search, given apart
+                if chk.split and isinstance(values, list) and isinstance(extra, list):
+                    values = values + extra
+                return _walk(values, chk, f"{where}.{k}", _parents_of(low))
         chk.result.rejected.append(f"{where}: object without rates")
     elif isinstance(obj, list):
         if obj and all(not isinstance(x, (list, dict)) for x in obj):
@@ -197,6 +210,9 @@ def _scan_text(text: str, chk: _Checker) -> None:
         if any(v is None for v in nums):
             chk.result.rejected.append(f"{where}: non-numeric items")
             continue
+        if chk.split and lists and _ATTENTION_LABEL.search(text[max(0, m.start() - 32):m.start()]):
+            lists[-1][1] = lists[-1][1] + nums  # "rates: [...] attention: [...]": one candidate
+            continue
         lists.append([m.start(), nums, None])
     tail = text[last_end:]
     if "[" in tail and re.search(r"\d", tail[tail.index("["):]):
@@ -217,26 +233,28 @@ def _scan_text(text: str, chk: _Checker) -> None:
         chk.add(nums, parents, f"list {i + 1}")
 
 
-def parse_reply(text: str | None, n: int | None = None) -> ParseResult:
+def parse_reply(text: str | None, n: int | None = None, layers: int | None = None) -> ParseResult:
     """Candidates in `text`, each (values, parents or None). With `n`, lists far from n numbers (fewer than
-    3n/4 or more than 3n/2) are rejected; near misses are kept for repair to pad or truncate. Never raises
-    on any text: a reply it cannot read gives no candidates and a reason."""
+    3n/4 or more than 3n/2) are rejected; near misses are kept for repair to pad or truncate. `layers`: the
+    --split search reading (n = 2·layers), where the layer rates alone are kept too and a list labelled
+    attention joins the list before it. Never raises on any text: a reply it cannot read gives no candidates
+    and a reason."""
     try:
-        return _parse_reply(text, n)
+        return _parse_reply(text, n, layers)
     except RecursionError:  # last resort; nesting is bounded before decoding, so this should not happen
         return ParseResult(rejected=["reply nested too deeply to read"])
 
 
-def _parse_reply(text: str | None, n: int | None) -> ParseResult:
+def _parse_reply(text: str | None, n: int | None, layers: int | None = None) -> ParseResult:
     result = ParseResult()
     if not text or not text.strip():
         result.rejected.append("empty reply")
         return result
     body = re.sub(r"```[a-zA-Z0-9_-]*", "\n", text)  # code fences, with or without a language tag
     from_json = ParseResult()
-    for i, obj in enumerate(_json_values(body, from_json.rejected)):
-        _walk(obj, _Checker(n, from_json), f"json {i + 1}")
-    _scan_text(body, _Checker(n, result))
+    for i, obj in enumerate(_json_values(body, from_json.rejected, layers is not None)):
+        _walk(obj, _Checker(n, from_json, layers), f"json {i + 1}")
+    _scan_text(body, _Checker(n, result, layers))
     def score(r):
         return len(r.candidates), sum(c.parents is not None for c in r.candidates)
 

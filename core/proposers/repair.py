@@ -2,6 +2,9 @@
 `problem.decimals` decimals, and distinct from the vectors already taken. "Distinct" is judged on the pruned
 model a vector gives (its layer plans, core/plans.py) when the problem knows the layers' grain.
 
+Under --split search a candidate also carries n attention-unit rates after its n layer rates: they are put on
+each layer's unit grid inside what its rate allows (plans.fit_attention), and missing ones follow the rule split.
+
 Work is done in integer units of 10**-decimals after a continuous projection, so the stored 5-decimal text
 of a repaired vector sums to n*beta exactly (whenever n*beta is itself a multiple of 10**-decimals).
 """
@@ -11,7 +14,7 @@ import math
 import random
 from itertools import combinations
 
-from ..plans import candidate_key
+from ..plans import candidate_key, fit_attention
 from ..types import Problem
 
 
@@ -82,7 +85,16 @@ def _to_units(x: list[float], problem: Problem) -> list[int]:
     return units
 
 
-def _distinct(units: list[int], problem: Problem, taken) -> list[int]:
+def _with_attention(layer: list[float], attention: list[float | None] | None, problem: Problem) -> list[float]:
+    """The whole candidate: the layer rates, then (--split search) each attention gene fitted to its layer's rate,
+    a missing one as the rule split would remove (round(p·units) units)."""
+    if attention is None:
+        return layer
+    return layer + [round(fit_attention(problem.grain, p, p if a is None else a), problem.decimals)
+                    for p, a in zip(layer, attention)]
+
+
+def _distinct(units: list[int], problem: Problem, taken, attention=None) -> list[int]:
     """Smallest deterministic mean-preserving change (move d units from layer i to layer j) whose identity
     is not in `taken`; d grows in steps of one MLP channel's rate. There are at most len(taken) collisions,
     so the search ends quickly."""
@@ -90,7 +102,7 @@ def _distinct(units: list[int], problem: Problem, taken) -> list[int]:
     lo_u, hi_u = math.ceil(problem.lo * scale - 1e-9), math.floor(problem.hi * scale + 1e-9)
 
     def k(u):
-        return identity([v / scale for v in u], problem)
+        return identity(_with_attention([v / scale for v in u], attention, problem), problem)
 
     if k(units) not in taken:
         return units
@@ -123,6 +135,8 @@ def repair(values, problem: Problem, taken=frozenset(), notes: list[str] | None 
         raise RepairError("vector contains NaN or infinity")
     notes = notes if notes is not None else []
     n = problem.n_layers
+    attention = _attention_genes(vals, n, notes) if problem.attention_genes else None
+    vals = vals[:n] if attention is not None else vals
     if len(vals) != n:
         notes.append(f"length {len(vals)} != {n}: " + ("truncated" if len(vals) > n else f"padded with {problem.beta}"))
         vals = (vals + [problem.beta] * n)[:n]
@@ -136,24 +150,42 @@ def repair(values, problem: Problem, taken=frozenset(), notes: list[str] | None 
     if abs(sum(units) - n * problem.beta * scale) > 1e-6:
         notes.append(f"mean cannot be exactly {problem.beta} at {problem.decimals} decimals")
     before = list(units)
-    units = _distinct(units, problem, taken)
+    units = _distinct(units, problem, taken, attention)
     if units != before:
         notes.append("perturbed to differ from an existing candidate")
-    out = [u / scale for u in units]
-    changed = len(values) != n or any(a != b for a, b in zip(out, vals))
+    out = _with_attention([u / scale for u in units], attention, problem)
+    given = [float(v) for v in values]
+    changed = len(given) != len(out) or any(a != b for a, b in zip(out, given))
     return out, changed
 
 
+def _attention_genes(vals: list[float], n: int, notes: list[str]) -> list[float | None]:
+    """The attention part of a --split search vector (None where it is missing)."""
+    attention: list[float | None] = list(vals[n:2 * n])
+    if len(vals) > 2 * n:
+        notes.append(f"length {len(vals)} != {2 * n}: truncated")
+    elif len(attention) < n:
+        notes.append(f"{len(attention)} of {n} attention rates: the rest follow the rule split")
+        attention += [None] * (n - len(attention))
+    if any(a is not None and not 0.0 <= a <= 1.0 for a in attention):
+        notes.append("attention rates outside [0, 1] clamped")
+    return attention
+
+
 def is_valid(values, problem: Problem, tol: float = 1e-9) -> bool:
-    """Length n, finite, inside the bounds, mean beta within tol, and written at `decimals` decimals."""
+    """Length n (2n under --split search), finite, inside the bounds, the layer rates' mean beta within tol, and
+    written at `decimals` decimals."""
     try:
         vals = [float(v) for v in values]
     except (TypeError, ValueError):
         return False
     scale = 10 ** problem.decimals
-    return (len(vals) == problem.n_layers and all(math.isfinite(v) for v in vals)
-            and all(problem.lo - tol <= v <= problem.hi + tol for v in vals)
-            and abs(sum(vals) / len(vals) - problem.beta) <= tol
+    if len(vals) != problem.n_genes or not all(math.isfinite(v) for v in vals):
+        return False
+    layer, attention = vals[:problem.n_layers], vals[problem.n_layers:]
+    return (all(problem.lo - tol <= v <= problem.hi + tol for v in layer)
+            and all(-tol <= v <= 1 + tol for v in attention)
+            and abs(sum(layer) / len(layer) - problem.beta) <= tol
             and all(abs(v * scale - round(v * scale)) < 1e-6 for v in vals))
 
 
@@ -164,4 +196,6 @@ def random_vector(problem: Problem, rng: random.Random, spread: float | None = N
     if spread is None:
         spread = min(problem.beta - problem.lo, problem.hi - problem.beta)
     raw = [problem.beta + rng.uniform(-spread, spread) for _ in range(problem.n_layers)]
+    if problem.attention_genes:  # around the rule's split of each layer's rate
+        raw += [p + rng.uniform(-spread, spread) for p in raw]
     return repair(raw, problem, taken)[0]

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..model.models import LoadedModel, ModelArch, decoder_layers, frozen
 from ..model.structured import LayerPlan, StructuredPruner, ZeroAttention
+from ..plans import split_genes
 from . import pruned_modeling
 
 pruned_modeling.register()
@@ -108,12 +109,15 @@ def build_pruned(lm: LoadedModel, pruner: StructuredPruner, rates, *, meta: dict
 
 def _record(lm, pruner: StructuredPruner, rates, plans: list[LayerPlan], meta: dict) -> dict:
     kept = sum(pruner.layer_params(p) for p in plans)
+    rates, attention = split_genes(rates, pruner.split)
     return {
         "source_model": lm.name,
         "source_fingerprint": lm.fingerprint,
         "dense_arch": pruner.arch.describe(),
         "rates": [round(float(r), 6) for r in rates],
         "mean_rate": round(sum(float(r) for r in rates) / len(rates), 6),
+        **({"attention_rates": [round(float(a), 6) for a in attention]} if attention is not None else {}),
+        "split": pruner.split,
         "plans": [[p.attn_units, p.channels] for p in plans],
         "compensation": pruner.compensate,
         "achieved_sparsity": round(pruner.achieved_sparsity(plans), 6),

@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..plans import split_genes
 from ..store import Store
 from .session_summary import proposal_shares
 
@@ -38,6 +39,7 @@ class SessionView:
     references: dict = field(default_factory=dict)  # uniform / owl rates
     calls: dict | None = None
     results: dict = field(default_factory=dict)  # kind -> [payload]
+    best_attention: list[float] | None = None  # --split search: the best candidate's attention-unit rates
 
     @property
     def label(self) -> str:
@@ -60,10 +62,11 @@ def read_session(path) -> SessionView:
         for r in st.results():
             results.setdefault(r["kind"], []).append(r["payload"])
         refs = (results.get("reference") or [{}])[0]
+        rates, attention = split_genes(best["rates"], s["config"].get("split")) if best else (None, None)
         return SessionView(s["id"], s["kind"], s["model_name"] or "", s["beta"], s["proposer"] or "",
-                           s["status"] or "?", s["config"], best["rates"] if best else None, s["best_fitness"],
+                           s["status"] or "?", s["config"], rates, s["best_fitness"],
                            s["final_ppl"], evals, [(g["generation"], g["best"], g["mean"]) for g in st.generations()],
-                           refs, call_stats(st), results)
+                           refs, call_stats(st), results, attention)
 
 
 def call_stats(st: Store) -> dict | None:
@@ -115,12 +118,16 @@ def profile_figure(views: list[SessionView], out: Path, stem: str) -> str | None
         ax.axhline(shown[0].beta, color="0.3", lw=1, ls=":", label=f"uniform β={shown[0].beta:g}")
     width = 0.8 / len(shown)
     for k, v in enumerate(shown):
-        ax.bar([i - 0.4 + width * (k + 0.5) for i in range(len(v.best_rates))], v.best_rates, width=width,
-               label=f"{v.label} best", alpha=0.85)
+        at = [i - 0.4 + width * (k + 0.5) for i in range(len(v.best_rates))]
+        bars = ax.bar(at, v.best_rates, width=width, label=f"{v.label} best", alpha=0.85)
+        if v.best_attention:  # --split search: the share of each layer's heads removed, over its bar
+            ax.plot(at, v.best_attention, ls="none", marker="_", ms=9, mew=2, color=bars.patches[0].get_facecolor(),
+                    label=f"{v.label} attention share removed")
     _integer_ticks(ax)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("pruning rate")
-    ax.set_ylim(0, max(1e-3, *(max(v.best_rates) for v in shown)) * 1.35)  # room for the legend above the bars
+    top = max(1e-3, *(max(v.best_rates + (v.best_attention or [])) for v in shown))
+    ax.set_ylim(0, top * 1.35)  # room for the legend above the bars
     ax.legend(fontsize=7, loc="upper left", ncol=2)
     ax.set_title("per-layer rates of the best candidate" + (" (references: the first session's)" if len(shown) > 1
                                                            else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..plans import split_genes
 from ..store import Store, StoreError, resolve_session
 
 LLM_PROPOSERS = ("openai", "llama-cpp", "vllm")
@@ -83,7 +84,8 @@ def results_line(store: Store) -> str:
     return " · ".join(parts)
 
 
-HISTORY_FIELDS = ("id", "generation", "phase", "origin", "parents", "fitness", "eval_s", "mean_rate", "rates")
+HISTORY_FIELDS = ("id", "generation", "phase", "origin", "parents", "fitness", "eval_s", "mean_rate", "rates",
+                  "attention")
 
 
 def candidate_history(store: Store) -> list[dict]:
@@ -92,10 +94,13 @@ def candidate_history(store: Store) -> list[dict]:
     cfg = store.session().get("config") or {}
     fit = store.fitness_by_candidate(budget_tokens=cfg.get("budget_tokens") if cfg.get("race") else None)
     secs = {e["candidate_id"]: e["eval_s"] for e in store.evaluations() if e["kind"] == "search"}
-    return [{"id": c["id"], "generation": c["generation"], "phase": c["phase"], "origin": c["origin"],
-             "parents": c["parents"], "fitness": fit.get(c["id"]), "eval_s": secs.get(c["id"]),
-             "mean_rate": sum(c["rates"]) / len(c["rates"]) if c["rates"] else None, "rates": c["rates"]}
-            for c in store.candidates()]
+    rows = []
+    for c in store.candidates():
+        rates, attention = split_genes(c["rates"], cfg.get("split"))  # attention: --split search only
+        rows.append({"id": c["id"], "generation": c["generation"], "phase": c["phase"], "origin": c["origin"],
+                     "parents": c["parents"], "fitness": fit.get(c["id"]), "eval_s": secs.get(c["id"]),
+                     "mean_rate": sum(rates) / len(rates) if rates else None, "rates": rates, "attention": attention})
+    return rows
 
 
 def history_csv(rows: list[dict]) -> str:

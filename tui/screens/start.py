@@ -26,7 +26,8 @@ DTYPE_CHOICES = [("auto (bfloat16 on a GPU, float32 on the CPU)", "auto"), ("bfl
                  ("float16", "float16"), ("float32", "float32")]
 IMPORTANCE_CHOICES = [("Wanda-sp (|W|·||X||)", "wanda-sp"), ("FLAP (Var(X)·||W||²)", "flap")]
 SPLIT_CHOICES = [("rule (round(p·units) heads, the rest channels)", "rule"),
-                 ("flap (heads against channels by FLAP's scores)", "flap")]
+                 ("flap (heads against channels by FLAP's scores)", "flap"),
+                 ("search (each layer's attention rate is searched too)", "search")]
 DEVICE_MAP_CHOICES = [("none (one device)", ""), ("auto (spread over all GPUs)", "auto"),
                       ("balanced", "balanced"), ("sequential", "sequential")]
 # A setting's label comes with its declaration (core/config.py); the form's input id is the field's name.

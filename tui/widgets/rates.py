@@ -15,6 +15,7 @@ from ..state import Candidate, fmt_fitness
 BLOCKS = " ▏▎▍▌▋▊▉█"
 HEADER_LINES = 3
 LABEL, VALUES = 6, 15  # "L12   " before a bar, " 0.3479 +0.048" after it
+ATTENTION = 11  # --split search: "  attn 0.33" after them, the layer's attention-unit rate
 
 
 def bar(value: float, width: int) -> str:
@@ -52,7 +53,8 @@ class RateBars(Widget):
         self.refresh()  # the bars are as wide as the widget
 
     def bar_width(self) -> int:
-        return max(10, self.size.width - LABEL - VALUES)
+        extra = ATTENTION if self.candidate is not None and self.candidate.attention is not None else 0
+        return max(10, self.size.width - LABEL - VALUES - extra)
 
     def render(self) -> Text:
         c = self.candidate
@@ -66,8 +68,8 @@ class RateBars(Widget):
         legend = Text.assemble(f"mean rate {c.mean_rate:.4f} · ", ("┆", "yellow"),
                                f" uniform β = {self.beta:g} · ", ("below", "green"), " / ", ("above", "red"), " β")
         top_label = f"{top:g}"
-        axis = Text("layer".ljust(LABEL) + "0".ljust(width - len(top_label)) + top_label + "    rate     Δβ",
-                    style="dim")
+        axis = Text("layer".ljust(LABEL) + "0".ljust(width - len(top_label)) + top_label + "    rate     Δβ"
+                    + ("  attention" if c.attention is not None else ""), style="dim")
         lines = [title, legend, axis]
         for i, r in enumerate(c.rates):
             cells = bar(r / top, width)
@@ -82,6 +84,8 @@ class RateBars(Widget):
             line.append(cells[mark + 1:], style=colour)
             line.append(f" {r:7.4f} ")
             line.append(f"{r - self.beta:+.3f}", style=colour)
+            if c.attention is not None:  # the share of the layer's heads removed; its MLP channels take the rest
+                line.append(f"  attn {c.attention[i]:.2f}", style="cyan")
             lines.append(line)
         for line in lines:
             line.no_wrap, line.overflow = True, "ellipsis"
