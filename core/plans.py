@@ -81,18 +81,15 @@ def layer_plan(grain: LayerGrain, p: float, layer: int | None = None, a: float |
     """The plan of `layer` at rate p (the layer matters only to the flap split; a, the attention-unit rate, only to
     the searched split)."""
     p = min(max(float(p), 0.0), 1.0)
-    if a is not None:
-        removed_units = round(fit_attention(grain, p, a) * grain.attn_units)
-        rest = p * grain.prunable_params - removed_units * grain.params_per_attn_unit
-        removed_ch = min(grain.channels, max(0, round(rest / grain.params_per_channel)))
-    elif grain.unit_order is None:
-        removed_units = min(grain.attn_units, math.floor(p * grain.attn_units + 0.5))
-        rest = p * grain.prunable_params - removed_units * grain.params_per_attn_unit
-        removed_ch = min(grain.channels, max(0, round(rest / grain.params_per_channel)))
-    else:
+    if a is None and grain.unit_order is not None:
         if layer is None:
             raise ValueError("the flap split plans a layer by its index")
         removed_units, removed_ch = _scored_removal(grain, grain.unit_order[layer], p * grain.prunable_params)
+    else:  # the units the rule or the attention gene says; MLP channels take the rest of the rate
+        removed_units = (round(fit_attention(grain, p, a) * grain.attn_units) if a is not None
+                         else min(grain.attn_units, math.floor(p * grain.attn_units + 0.5)))
+        rest = p * grain.prunable_params - removed_units * grain.params_per_attn_unit
+        removed_ch = min(grain.channels, max(0, round(rest / grain.params_per_channel)))
     kept, m = grain.channels - removed_ch, grain.channel_multiple
     if m > 1 and kept < grain.channels:
         kept = min(grain.channels, m * math.floor(kept / m + 0.5))
@@ -119,10 +116,8 @@ def _scored_removal(grain: LayerGrain, unit_at: tuple[int, ...], target: float) 
 
 
 def plans(grain: LayerGrain, rates) -> list[LayerPlan]:
-    if grain.attention_genes:
-        n = len(rates) // 2
-        return [layer_plan(grain, p, i, a) for i, (p, a) in enumerate(zip(rates[:n], rates[n:]))]
-    return [layer_plan(grain, p, i) for i, p in enumerate(rates)]
+    layer_rates, attention = split_genes(rates, "search" if grain.attention_genes else None)
+    return [layer_plan(grain, p, i, attention[i] if attention else None) for i, p in enumerate(layer_rates)]
 
 
 def split_genes(genes, split: str | None) -> tuple[list[float], list[float] | None]:

@@ -44,6 +44,11 @@ _ATTENTION_LABEL = re.compile(r"\b(?:attention|attn)\w*[\"']?\s*[:=]?\s*$", re.I
 _LIST_KEYS = ("solutions", "candidates", "children", "offspring", "population", "configurations", "lists")
 
 
+def _labelled_attention(text: str, start: int) -> bool:
+    """Whether the list at `start` is labelled as attention rates ("attention: [...]"): --split search."""
+    return bool(_ATTENTION_LABEL.search(text[max(0, start - 32):start]))
+
+
 def to_number(item) -> float | None:
     """A JSON value or text item as a float (percent strings divided by 100); None if it is not a number."""
     if isinstance(item, bool):
@@ -145,7 +150,7 @@ def _json_values(text: str, rejected: list[str], split: bool = False) -> list:
         except (ValueError, RecursionError):
             continue
         if split and out and isinstance(value, list) and isinstance(out[-1], list) \
-                and _ATTENTION_LABEL.search(cleaned[max(0, m.start() - 32):m.start()]):
+                and _labelled_attention(cleaned, m.start()):
             out[-1] = out[-1] + value
             continue
         out.append(value)
@@ -210,7 +215,7 @@ def _scan_text(text: str, chk: _Checker) -> None:
         if any(v is None for v in nums):
             chk.result.rejected.append(f"{where}: non-numeric items")
             continue
-        if chk.split and lists and _ATTENTION_LABEL.search(text[max(0, m.start() - 32):m.start()]):
+        if chk.split and lists and _labelled_attention(text, m.start()):
             lists[-1][1] = lists[-1][1] + nums  # "rates: [...] attention: [...]": one candidate
             continue
         lists.append([m.start(), nums, None])
