@@ -186,7 +186,7 @@ def test_a_stop_inside_a_llama_cpp_generation_then_resume_equals_uninterrupted(t
         return p
     monkeypatch.setattr("selfpruner.core.layer_search.session.build_proposer", build)
     kw = dict(model=str(tiny_llama_dir), proposer="llama-cpp", proposer_model="smollm2", llm_threads=1, seed=5,
-              **{**TINY, "generations": 2})
+              **{**TINY, "generations": 1})
     ref, ref_res = _run(SearchConfig(sessions_dir=str(tmp_path / "ref"), **kw), tiny_bench)
     assert ref_res.status == "finished"
 
@@ -451,13 +451,15 @@ def test_a_failing_write_is_one_line_and_loses_nothing(tmp_path, tiny_bench, tin
     assert set(search_evaluation_counts(resumed.store).values()) == {1}
 
 
-# ---- the scenario: SmolLM2 proposing for SmolLM2, kill -9 in generation 2, resume ----------------
+# ---- the scenario: SmolLM2 proposing through llama.cpp, kill -9 inside a generation, resume ----------
+# (SmolLM2 as the pruned model too is bench/resume_exact.py; here it proposes for the tiny LLaMA, so that its
+# lists are 4 numbers long and the three CLI runs take seconds, not minutes)
 @pytest.mark.slow
-def test_kill_9_and_resume_with_the_llama_cpp_proposer_on_smollm2(tmp_path):
+def test_kill_9_and_resume_with_the_llama_cpp_proposer(tmp_path, tiny_llama_dir):
     pytest.importorskip("llama_cpp")
-    args = ["search", "--model", "smollm2", "--proposer", "llama-cpp", "--proposer-model", "smollm2",
-            "--ratio", "0.3", "-K", "3", "-M", "1", "-S", "1", "-N", "1",
-            "--calib-tokens", "2048", "--budget-tokens", "256", "--seq-len", "256", "--final-tokens", "256",
+    args = ["search", "--model", str(tiny_llama_dir), "--proposer", "llama-cpp", "--proposer-model", "smollm2",
+            "--ratio", "0.4", "-K", "3", "-M", "1", "-S", "1", "-N", "1",
+            "--calib-tokens", "256", "--budget-tokens", "128", "--seq-len", "32", "--final-tokens", "256",
             "--data", "local", "--seed", "7"]
     code, _, err = cli(*args, "--sessions-dir", str(tmp_path / "ref"), timeout=1200)
     assert code == 0, err

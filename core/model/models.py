@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,6 +325,25 @@ def _place(model: nn.Module, device: torch.device, device_map: str | None) -> nn
     return model if device.type == "cpu" else model.to(device)
 
 
+@contextmanager
+def _gguf_parsed_once():
+    """transformers reads a GGUF's header three times (config, weights, tokenizer), and parsing gemma's 262k-token
+    vocabulary takes ~23 s each on this CPU: within the block, each file is parsed once and its reader reused."""
+    import gguf
+    original, readers = gguf.GGUFReader, {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _load_gguf(gguf: Path, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
                device_map: str | None = None):
     """Dequantising a GGUF takes ~1 min; the result is cached as safetensors for later loads. A float32 cache
@@ -338,8 +358,9 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, device: torch.device = torch.devi
             tok = AutoTokenizer.from_pretrained(cache)
             return model, tok
     cache = _gguf_cache_dir(gguf, dtype)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _gguf_parsed_once():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are plain dequantised tensors now; drop the GGUF quantiser so they can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
