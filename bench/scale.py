@@ -146,9 +146,9 @@ def physical(args, bench, rates, windows, out, label):
 
     fit, raw = [], []
     for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
-        t, (ppl_views, _) = timed(lambda: bench.fitness(rates, args.budget_tokens), 1)
+        t, (ppl_views, _) = timed(lambda: bench.fitness(rates, args.budget_tokens))
         fit.append(t)
-        raw.append(timed(bare, 1)[0])
+        raw.append(timed(bare)[0])
     ppl_phys = perplexity(phys, windows, batch_size=b)
     med_fit, med_raw = statistics.median(fit), statistics.median(raw)
     out(f"fitness    {label}: prefix views {med_fit:.2f} s vs bare forward of the physically pruned model "

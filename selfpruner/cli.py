@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score the best N again on --race-tokens before the final evaluation (0/1: no race)")
     p.add_argument("--race-tokens", type=int, default=0, help="search tokens of that race (0: 4 x --budget-tokens)")
     p.add_argument("--proposer", choices=list(METRIC_PROPOSERS), default=None, help="let an LLM write metrics too")
+    p.add_argument("--proposer-model", default=None,
+                   help="llama-cpp: a GGUF path or smollm2 / bundled (default: bundled gemma-3-270m); openai: the "
+                        "model name (default gpt-4o)")
+    p.add_argument("--base-url", default=None, metavar="URL",
+                   help="--proposer openai against an OpenAI-compatible server (vllm serve, llama-cpp-python's "
+                        "server, Ollama); no API key needed")
     p.add_argument("--llm-every", type=int, default=0, help="ask the LLM every N iterations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", choices=DATA_SOURCES, default="auto")

@@ -250,3 +250,87 @@ def test_search_with_base_url_runs_and_replays(llama_server, no_key, tmp_path, t
         phases = [c["phase"] for c in calls if c["generation"] == g and c["phase"] in ("mutation", "crossover")]
         assert phases.index("mutation") < phases.index("crossover")
     assert main(["replay", st.session()["id"], "--no-final", *common[:2]]) == 0
+
+
+# ---- the metric search's OpenAI-compatible proposer ----------------------------------------------------------
+class MetricWriter(http.server.BaseHTTPRequestHandler):
+    """A chat model that answers every prompt with one good metric, one that does not parse and a line of prose."""
+    requests: list = []
+    REPLY = "Here are new metrics:\n1. mul(abs(W), sqrt(X))\n2. mul(W, (((\nThese should work well."
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        MetricWriter.requests.append(body)
+        data = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": self.REPLY}}],
+                           "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_metric_search_takes_metrics_from_an_openai_compatible_server(tmp_path, tiny_llama_dir, no_key):
+    from conftest import cli
+    from selfpruner.core.store import Store
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MetricWriter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    MetricWriter.requests = []
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    tiny = ["--model", tiny_llama_dir, "--population", "4", "--iterations", "2", "--top-k", "2", "--no-gradients",
+            "--budget-tokens", "128", "--seq-len", "32", "--calib-tokens", "256", "--final-tokens", "128",
+            "--data", "local", "--sessions-dir", tmp_path]
+    try:
+        code, out, err = cli("metric-search", *tiny, "--proposer", "openai", "--proposer-model", "local-model",
+                             "--base-url", url, "--llm-every", "1")
+    finally:
+        server.shutdown()
+    assert code == 0, err
+    (db,) = tmp_path.glob("*.db")
+    st = Store(db, readonly=True)
+    calls = st.calls()
+    assert [(c["proposer"], c["phase"], c["generation"]) for c in calls] == [("openai", "metric", 1),
+                                                                            ("openai", "metric", 2)]
+    assert calls[0]["response"] == MetricWriter.REPLY and calls[0]["parsed"] == 1 and calls[1]["parsed"] == 0
+    # the prompt went out as the user message, without a JSON schema (the layer search's), with the call's seed
+    sent = MetricWriter.requests[0]
+    assert sent["model"] == "local-model" and sent["messages"][0]["content"] == calls[0]["prompt"]
+    assert "response_format" not in sent and isinstance(sent["seed"], int)
+    llm = [c for c in st.metric_candidates() if c["origin"] == "llm"]
+    assert [c["canonical"] for c in llm] == ["mul(abs(W), sqrt(X))"]  # asked again, it is a duplicate: not re-run
+    rejected = sorted((r["payload"]["iteration"], r["payload"]["text"]) for r in st.results("metric_rejection"))
+    assert rejected == [(1, "mul(W, ((("), (2, "mul(W, ((("), (2, "mul(abs(W), sqrt(X))")]  # prose is skipped
+    assert st.session()["config"]["run"]["base_url"] == url and "api_key" not in json.dumps(st.session())
+    # without a key or a server: one line, before any model loads
+    code, _, err = cli("metric-search", *tiny, "--proposer", "openai")
+    assert code == 2 and err.strip().splitlines() == [
+        "error: OPENAI_API_KEY is not set; use --proposer llama-cpp for the offline proposer (or --base-url for "
+        "a local OpenAI-compatible server)"]
+
+
+@pytest.mark.slow
+def test_metric_search_with_a_real_server_stores_what_it_wrote(llama_server, no_key, tmp_path, tiny_llama_dir):
+    """SmolLM2-135M-Instruct on llama-cpp-python's server writes free text: whatever it wrote is stored, each line
+    that parses is evaluated as an LLM candidate, each that does not is a stored rejection, and the search ends."""
+    from conftest import cli
+    from selfpruner.core.store import Store
+
+    _, url, _ = llama_server
+    code, _, err = cli("metric-search", "--model", tiny_llama_dir, "--population", "4", "--iterations", "1",
+                       "--top-k", "2", "--no-gradients", "--budget-tokens", "128", "--seq-len", "32",
+                       "--calib-tokens", "256", "--final-tokens", "128", "--data", "local", "--sessions-dir", tmp_path,
+                       "--proposer", "openai", "--proposer-model", "smollm2", "--base-url", url, "--llm-every", "1")
+    assert code == 0, err
+    (db,) = tmp_path.glob("*.db")
+    st = Store(db, readonly=True)
+    (call,) = st.calls()
+    assert call["error"] is None or call["error"] == "no new valid expression in the reply"
+    assert call["response"] and call["latency_s"] > 0
+    llm = [c for c in st.metric_candidates() if c["origin"] == "llm"]
+    assert len(llm) == call["parsed"] and st.session()["status"] == "finished"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from ..config import ConfigError, Placement, check_placement
 from ..events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
@@ -28,7 +29,9 @@ class MetricRun:
     final_tokens: int | None = 4096  # None = the whole test stream
     data: str = "auto"
     sessions_dir: str = "sessions"
-    proposer: str | None = None  # "llama-cpp" to let the bundled GGUF write metrics; None = pure GP
+    proposer: str | None = None  # an LLM that writes metrics too (proposers.registry.METRIC_PROPOSERS); None = GP
+    proposer_model: str | None = None  # its GGUF (llama-cpp: a path or a bundled name) or model name (openai)
+    base_url: str | None = None  # openai: any OpenAI-compatible server; no API key needed
     # Where the model runs, as in SearchConfig; a new session stores the dtype it actually ran in.
     device: str = "auto"
     dtype: str = "auto"
@@ -51,28 +54,32 @@ def resumed_run(stored: dict, given: MetricRun, session_id: str) -> MetricRun:
         raise ConfigError(f"--dtype cannot change when resuming session {session_id}: it ran in {stored['dtype']}, "
                           f"and {given.dtype} weights give other fitness values; start a new search instead")
     default = MetricRun()
+    if given.base_url:  # the server may have moved since; what it answered is stored
+        stored["base_url"] = given.base_url
     for k in RUN_RESUMABLE:
         if getattr(given, k) != getattr(default, k) or (k == "device_map" and given.device != default.device):
             stored[k] = getattr(given, k)
     return MetricRun(**stored)
 
 
-def metric_proposer(name: str, cfg: MetricSearchConfig):
-    """The metric search's LLM proposer (prompt -> text) named `name`, from the one registry of proposers."""
+def metric_proposer(run: MetricRun, cfg: MetricSearchConfig):
+    """The metric search's LLM proposer (prompt -> text) that `run` names, from the one registry of proposers."""
     from ..proposers.registry import METRIC_PROPOSERS
-    if name not in METRIC_PROPOSERS:
-        raise ProposerError(f"unknown metric proposer {name!r}; choose one of {', '.join(METRIC_PROPOSERS)}")
-    return METRIC_PROPOSERS[name].build(cfg)
+    if run.proposer not in METRIC_PROPOSERS:
+        raise ProposerError(f"unknown metric proposer {run.proposer!r}; choose one of {', '.join(METRIC_PROPOSERS)}")
+    return METRIC_PROPOSERS[run.proposer].build(cfg, run)
 
 
 def llama_cpp_metric_proposer(cfg: MetricSearchConfig, model_path: str | None = None, temperature: float = 0.8):
     """prompt -> text with llama.cpp, constrained by a grammar that admits only parseable metrics."""
     from llama_cpp import Llama, LlamaGrammar
 
-    from ..model.models import bundled_gguf_path
+    from ..model.models import BUNDLED_NAMES, bundled_gguf_path
     from ..proposers.llama_cpp_backend import default_threads
-    llm = Llama(model_path=str(model_path or bundled_gguf_path()), n_ctx=2048, n_threads=default_threads(),
-                seed=cfg.seed, verbose=False)
+    path = bundled_gguf_path(model_path or "bundled") if model_path in (None, *BUNDLED_NAMES) else Path(model_path)
+    if not path.is_file():
+        raise ProposerError(f"GGUF model not found: {path}")
+    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=default_threads(), seed=cfg.seed, verbose=False)
     grammar = LlamaGrammar.from_string(metric_grammar(cfg, cfg.llm_count), verbose=False)
 
     def propose(prompt: str, seed: int | None = None) -> str:
@@ -83,6 +90,22 @@ def llama_cpp_metric_proposer(cfg: MetricSearchConfig, model_path: str | None = 
                    seed=cfg.seed if seed is None else seed)["choices"][0]["text"]
     propose.name = "llama-cpp"
     propose.seeded = True
+    return propose
+
+
+def openai_metric_proposer(cfg: MetricSearchConfig, model: str | None = None, base_url: str | None = None,
+                           temperature: float = 0.8):
+    """prompt -> text through the OpenAI API or any OpenAI-compatible server (--base-url). No grammar there: the
+    reply is free text, and the search's reader keeps the lines that parse as metrics and stores the others as
+    rejections."""
+    from ..proposers.openai_backend import OpenAIBackend
+    backend = OpenAIBackend(model or "gpt-4o", temperature=temperature, base_url=base_url, seed=cfg.seed)
+    backend.format = "text"  # one metric per line, as the prompt asks; the JSON schemas are the layer search's
+
+    def propose(prompt: str, seed: int | None = None) -> str:
+        return backend.complete(prompt, n_numbers=0, n_lists=1, max_tokens=60 * cfg.llm_count, seed=seed)[0]
+    propose.name = "openai"
+    propose.seeded = True  # best effort on the server's side: the seed is sent, as the layer search does
     return propose
 
 
@@ -155,7 +178,7 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
                 raise StoreError(f"session {s['id']} is a {s['kind']} search, not a metric search")
             cfg = MetricSearchConfig.from_dict(s["config"]["search"])
             run = resumed_run(s["config"]["run"], run, s["id"])
-        proposer = metric_proposer(run.proposer, cfg) if run.proposer else None
+        proposer = metric_proposer(run, cfg) if run.proposer else None
         ws = Workspace(cfg, run, bus)
         if resume:
             if ws.lm.fingerprint != s["model_fingerprint"]:

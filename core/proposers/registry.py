@@ -18,7 +18,8 @@ class Entry:
     name: str
     label: str  # in the TUI's list
     help: str  # one line: what it needs
-    build: Callable[[Any], Any]  # the search's config -> a proposer (layer search) or prompt -> text (metric search)
+    # the search's config -> a proposer (layer search); (search config, MetricRun) -> prompt -> text (metric search)
+    build: Callable[..., Any]
     in_form: bool = True  # offered in the TUI's start form (replay is started from a stored session)
 
 
@@ -58,9 +59,14 @@ def _replay(cfg) -> Proposer:
     return ReplayProposer(Store(resolve_session(cfg.replay_from, cfg.sessions_dir), readonly=True))
 
 
-def _llama_cpp_metric(cfg) -> Callable[[str], str]:
+def _llama_cpp_metric(cfg, run) -> Callable[[str], str]:
     from ..metric_search.session import llama_cpp_metric_proposer
-    return llama_cpp_metric_proposer(cfg)
+    return llama_cpp_metric_proposer(cfg, run.proposer_model)
+
+
+def _openai_metric(cfg, run) -> Callable[[str], str]:
+    from ..metric_search.session import openai_metric_proposer
+    return openai_metric_proposer(cfg, run.proposer_model, run.base_url)
 
 
 LAYER_PROPOSERS = {e.name: e for e in (
@@ -75,6 +81,8 @@ LAYER_PROPOSERS = {e.name: e for e in (
 METRIC_PROPOSERS = {e.name: e for e in (
     Entry("llama-cpp", "llama-cpp (local GGUF)", "a local GGUF model writes metric trees under a grammar",
           _llama_cpp_metric),
+    Entry("openai", "OpenAI API", "needs OPENAI_API_KEY, or --base-url for an OpenAI-compatible server",
+          _openai_metric),
 )}
 
 

@@ -19,7 +19,8 @@ def cmd_metric_search(args) -> int:
                              llm_every=args.llm_every, race_top=args.race_top, race_tokens=args.race_tokens,
                              seed=args.seed)
     run = MetricRun(calib_tokens=args.calib_tokens, final_tokens=args.final_tokens, data=args.data,
-                    sessions_dir=args.sessions_dir, proposer=args.proposer, **_placement(args))
+                    sessions_dir=args.sessions_dir, proposer=args.proposer, proposer_model=args.proposer_model,
+                    base_url=args.base_url, **_placement(args))
     bus, control = EventBus(), Control()
     with ProgressRenderer(args.verbose) as renderer:
         bus.subscribe(renderer)
