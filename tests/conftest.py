@@ -3,9 +3,12 @@ offline from the local WikiText-2 copy, and the bundled gemma-3-270m for slow te
 from __future__ import annotations
 
 import collections
+import http.server
+import json
 import os
 import re
 import tempfile
+import threading
 
 import pytest
 import torch
@@ -132,3 +135,48 @@ def cli(*args, env=None, cwd=None, timeout=600):
     r = subprocess.run([sys.executable, "-m", "selfpruner.cli", *map(str, args)], capture_output=True, text=True,
                        timeout=timeout, env=e, cwd=cwd)
     return r.returncode, r.stdout, r.stderr
+
+
+# ---- a fake OpenAI server (the proposers' tests) ---------------------------------------------------------
+SECRET = "sk-test-DO-NOT-STORE-42"
+
+
+class FakeOpenAI(http.server.BaseHTTPRequestHandler):
+    """An OpenAI chat-completions endpoint on loopback: answers `content` (or an error at another `status`) and
+    records each request's path, Authorization header and body."""
+    requests: list = []
+    status = 200
+    content = ""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOpenAI.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if FakeOpenAI.status != 200:
+            payload = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                 "code": "invalid_api_key"}}
+        else:
+            payload = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": FakeOpenAI.content}}],
+                       "usage": {"prompt_tokens": 321, "completion_tokens": 45, "total_tokens": 366}}
+        data = json.dumps(payload).encode()
+        self.send_response(FakeOpenAI.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_openai(monkeypatch):
+    """FakeOpenAI serving, reached through OPENAI_BASE_URL with the key SECRET in the environment."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    FakeOpenAI.requests, FakeOpenAI.status = [], 200
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
+    yield FakeOpenAI
+    server.shutdown()

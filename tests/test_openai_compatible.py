@@ -5,6 +5,7 @@ output (its json_object dialect), concurrency, a timeout, a server killed mid-ca
 --base-url that replays exactly. The fake server covers the error cases a real one will not produce on cue."""
 import http.server
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -253,62 +254,42 @@ def test_search_with_base_url_runs_and_replays(llama_server, no_key, tmp_path, t
 
 
 # ---- the metric search's OpenAI-compatible proposer ----------------------------------------------------------
-class MetricWriter(http.server.BaseHTTPRequestHandler):
-    """A chat model that answers every prompt with one good metric, one that does not parse and a line of prose."""
-    requests: list = []
-    REPLY = "Here are new metrics:\n1. mul(abs(W), sqrt(X))\n2. mul(W, (((\nThese should work well."
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        MetricWriter.requests.append(body)
-        data = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": self.REPLY}}],
-                           "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+METRIC_REPLY = "Here are new metrics:\n1. mul(abs(W), sqrt(X))\n2. mul(W, (((\nThese should work well."
 
 
-def test_metric_search_takes_metrics_from_an_openai_compatible_server(tmp_path, tiny_llama_dir, no_key):
-    from conftest import cli
+def test_metric_search_takes_metrics_from_an_openai_compatible_server(tmp_path, tiny_llama_dir, fake_openai):
+    """A chat model that answers every prompt with one good metric, one that does not parse and prose."""
+    from conftest import SECRET, cli
     from selfpruner.core.store import Store
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MetricWriter)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    MetricWriter.requests = []
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    fake_openai.content = METRIC_REPLY
+    url = os.environ["OPENAI_BASE_URL"]
     tiny = ["--model", tiny_llama_dir, "--population", "4", "--iterations", "2", "--top-k", "2", "--no-gradients",
             "--budget-tokens", "128", "--seq-len", "32", "--calib-tokens", "256", "--final-tokens", "128",
             "--data", "local", "--sessions-dir", tmp_path]
-    try:
-        code, out, err = cli("metric-search", *tiny, "--proposer", "openai", "--proposer-model", "local-model",
-                             "--base-url", url, "--llm-every", "1")
-    finally:
-        server.shutdown()
+    code, out, err = cli("metric-search", *tiny, "--proposer", "openai", "--proposer-model", "local-model",
+                         "--base-url", url, "--llm-every", "1", env={"OPENAI_API_KEY": SECRET})
     assert code == 0, err
     (db,) = tmp_path.glob("*.db")
     st = Store(db, readonly=True)
     calls = st.calls()
     assert [(c["proposer"], c["phase"], c["generation"]) for c in calls] == [("openai", "metric", 1),
                                                                             ("openai", "metric", 2)]
-    assert calls[0]["response"] == MetricWriter.REPLY and calls[0]["parsed"] == 1 and calls[1]["parsed"] == 0
+    assert calls[0]["response"] == METRIC_REPLY and calls[0]["parsed"] == 1 and calls[1]["parsed"] == 0
     # the prompt went out as the user message, without a JSON schema (the layer search's), with the call's seed
-    sent = MetricWriter.requests[0]
-    assert sent["model"] == "local-model" and sent["messages"][0]["content"] == calls[0]["prompt"]
-    assert "response_format" not in sent and isinstance(sent["seed"], int)
+    sent = fake_openai.requests[0]
+    assert sent["path"] == "/v1/chat/completions" and sent["auth"] == f"Bearer {SECRET}"
+    assert sent["body"]["model"] == "local-model" and sent["body"]["messages"][0]["content"] == calls[0]["prompt"]
+    assert "response_format" not in sent["body"] and isinstance(sent["body"]["seed"], int)
     llm = [c for c in st.metric_candidates() if c["origin"] == "llm"]
     assert [c["canonical"] for c in llm] == ["mul(abs(W), sqrt(X))"]  # asked again, it is a duplicate: not re-run
     rejected = sorted((r["payload"]["iteration"], r["payload"]["text"]) for r in st.results("metric_rejection"))
     assert rejected == [(1, "mul(W, ((("), (2, "mul(W, ((("), (2, "mul(abs(W), sqrt(X))")]  # prose is skipped
-    assert st.session()["config"]["run"]["base_url"] == url and "api_key" not in json.dumps(st.session())
+    assert st.session()["config"]["run"]["base_url"] == url
+    st.close()
+    assert SECRET.encode() not in db.read_bytes()  # the key reached the server, never the session
     # without a key or a server: one line, before any model loads
-    code, _, err = cli("metric-search", *tiny, "--proposer", "openai")
+    code, _, err = cli("metric-search", *tiny, "--proposer", "openai", env={"OPENAI_BASE_URL": ""})
     assert code == 2 and err.strip().splitlines() == [
         "error: OPENAI_API_KEY is not set; use --proposer llama-cpp for the offline proposer (or --base-url for "
         "a local OpenAI-compatible server)"]

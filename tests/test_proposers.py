@@ -1,10 +1,8 @@
 """LLMProposer with scripted backends (retries, call records, fallback, parents), the OpenAI backend against a
 local fake server, the numeric GA, the registry, and one slow run of the real llama-cpp backend."""
-import http.server
 import json
 import random
 import sys
-import threading
 import time
 import types
 
@@ -18,6 +16,8 @@ from selfpruner.core.proposers.parse import parse_reply
 from selfpruner.core.proposers.registry import make_proposer
 from selfpruner.core.proposers.repair import is_valid, random_vector
 from selfpruner.core.types import Problem, Scored
+
+from conftest import SECRET
 
 PROB = Problem("tiny-llama", 6, 0.3)
 
@@ -216,47 +216,6 @@ def test_chunks_of_a_long_phase_are_not_failures():
 
 
 # ---- OpenAI backend against a local fake server ----------------------------------------------------------
-SECRET = "sk-test-DO-NOT-STORE-42"
-
-
-class FakeOpenAI(http.server.BaseHTTPRequestHandler):
-    requests: list = []
-    status = 200
-    content = ""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeOpenAI.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        if FakeOpenAI.status != 200:
-            payload = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
-                                 "code": "invalid_api_key"}}
-        else:
-            payload = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": FakeOpenAI.content}}],
-                       "usage": {"prompt_tokens": 321, "completion_tokens": 45, "total_tokens": 366}}
-        data = json.dumps(payload).encode()
-        self.send_response(FakeOpenAI.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def fake_openai(monkeypatch):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    FakeOpenAI.requests, FakeOpenAI.status = [], 200
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
-    yield FakeOpenAI
-    server.shutdown()
-
-
 def test_openai_backend_structured_output_and_no_key_in_records(fake_openai):
     pop = population()
     fake_openai.content = json.dumps({"solutions": [{"parents": [101], "rates": GOOD[0]},
