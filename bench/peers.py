@@ -4,10 +4,10 @@ without bias compensation) and the numeric GA with and without the quality piece
 Every search prunes as FLAP does (FLAP's importance orders the units, compensation on), so a search differs from
 the FLAP baseline only in the layer allocation; it spends --evaluations fitness calls of --budget-tokens
 (K + N·(M+S)). Final ppl on --final-tokens held-out tokens, mean ± sd over --seeds; the ratio is against FLAP with
-compensation. `--llm` adds the paper's protocol (llama.cpp proposer, one seed: it is slow on a CPU). With
-`--split flap` every one-shot row and search divides a layer's rate between heads and channels by FLAP's scores
-(FLAP's own structure; with the default `rule`, one row adds FLAP + comp that way); a variant may set its own,
-and `search` (a second gene per layer, its attention rate) is for searches only.
+compensation. `--llm` adds the paper's protocol (the default llama.cpp proposer, the bundled gemma-3-270m; one
+seed: it is slow on a CPU). With `--split flap` every one-shot row and search divides a layer's rate between heads
+and channels by FLAP's scores (FLAP's own structure; with the default `rule`, one row adds FLAP + comp that way); a
+variant may set its own, and `search` (a second gene per layer, its attention rate) is for searches only.
 `--piqa DIR` adds PIQA acc / acc_norm (lm-eval, local files, --piqa-limit items; FLAP + comp and, for a search,
 its first seed's model), scored on the pruned model in memory.
 """
@@ -118,7 +118,7 @@ def main(argv=None):
         chosen = [v for v in args.variants.split(",") if v]
         runs = [(v, VARIANTS[v], "numeric") for v in chosen]
         if args.llm:
-            runs.append(("Self-Pruner protocol (llama.cpp SmolLM2 proposer)", dict(seed_references=False),
+            runs.append(("Self-Pruner protocol (llama.cpp, gemma-3-270m proposer)", dict(seed_references=False),
                          "llama-cpp"))
         for name, over, proposer in runs:
             ppls, walls, best_refs, n_evals, acc = [], [], 0, 0, ""
