@@ -29,7 +29,9 @@ each made lazily inside the function that needs it: `config` parses a `--race` s
 - `baselines/`: uniform, OWL and FLAP layer rates (`rates`) and a baseline evaluated and stored like a searched
   candidate (`run`).
 - `results/`: what comes after a search: the physically smaller model (`export`, `pruned_modeling`,
-  `session_export`) and its GGUF for llama.cpp / Ollama (`gguf_export`), speed (`speed`; on llama.cpp
-  `gguf_speed`), zero-shot accuracy (`lm_eval_bridge`), LoRA recovery (`lora`), reports
-  (`report`) and what a session says about itself (`session_summary`).
+  `session_export`), its GGUF for llama.cpp / Ollama (`gguf_export`) and its vLLM classes (`vllm_model`,
+  registered by selfpruner/vllm_plugin.py; `served_families` says which families they serve; `vllm_runs` runs an
+  engine), speed (`speed`; on llama.cpp `gguf_speed`; on vLLM `vllm_speed`), zero-shot accuracy
+  (`lm_eval_bridge`), LoRA recovery (`lora`), reports (`report`) and what a session says about itself
+  (`session_summary`).
 """

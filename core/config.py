@@ -214,6 +214,15 @@ PARTS = (Pruning, Placement, Data, Fitness, Evolution, Proposing, Cluster)
 RESUMABLE = frozenset(f.name for part in PARTS for f in fields(part) if f.metadata["resume"])
 
 
+def check_stored_base_url(stored: str | None, given: str | None, session_id: str) -> None:
+    """A session DB may come from anyone, and the OpenAI client sends OPENAI_API_KEY to its base URL: a resume
+    talks to a stored server only where this run names it too (--base-url, or OPENAI_BASE_URL)."""
+    import os
+    if stored and given is None and stored != os.environ.get("OPENAI_BASE_URL"):
+        raise ConfigError(f"session {session_id} used the server {stored}: pass --base-url {stored} (or another) to "
+                          f"resume it; an API key is only sent to a server named in this run")
+
+
 def part_fields(*parts) -> list:
     return [f for part in parts for f in fields(part)]
 

@@ -41,17 +41,15 @@ def request(store: Store, command: str, tool: str = "selfpruner control") -> int
 
 
 class ControlPoller:
-    """Installed as a Control's poll hook by the runner: applies the commands other processes stored."""
+    """Installed as a Control's poll hook by the runner: applies the commands other processes stored. Every
+    pending row is for this run: the run lock makes `request` accept a command, and taking the lock expired the
+    rows asked of earlier runs (Store.begin_run), so one sent while the model still loads is obeyed too."""
 
     def __init__(self, store: Store, control: Control, run_id: int | None = None):
         self.store, self.control, self.run_id = store, control, run_id
-        self.seen = {r["id"] for r in store.controls()}  # older rows were for an earlier run
 
     def __call__(self) -> None:
         for row in self.store.controls(pending=True):
-            if row["id"] in self.seen:
-                continue
-            self.seen.add(row["id"])
             getattr(self.control, {"pause": "pause", "resume": "resume", "stop": "stop",
                                    "stop-after-generation": "stop_after_generation"}[row["command"]])()
             self.store.obey_control(row["id"], self.run_id)

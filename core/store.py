@@ -25,8 +25,11 @@ from .plans import candidate_key, candidate_key_text
 from .types import CallRecord, Proposal
 
 # 1: the first format; 2: the `runs` table (who ran the session, core/run_lock.py) and PRAGMA user_version;
-# 3: the `controls` table (pause/resume/stop asked from another process, core/steering.py).
-SCHEMA_VERSION = 3
+# 3: the `controls` table (pause/resume/stop asked from another process, core/steering.py);
+# 4: settings an older reader would drop on resume (split, channel_multiple, seed_references), and controls asked
+#    of an earlier run marked expired (note) instead of being remembered by each runner.
+SCHEMA_VERSION = 4
+EXPIRED = "expired: asked of an earlier run"
 DEFAULT_DIR = Path("sessions")
 
 
@@ -157,9 +160,11 @@ class Store:
         self.close()
 
     @classmethod
-    def new_session(cls, directory: Path | str, kind: str, config: dict, **fields) -> Store:
-        """A new session: the file `<directory>/<new id>.db` with its session row (status running)."""
-        sid = new_session_id(kind)
+    def new_session(cls, directory: Path | str, kind: str, config: dict, session_id: str | None = None,
+                    **fields) -> Store:
+        """A new session: the file `<directory>/<new id>.db` with its session row (status running); a runner
+        creates it through run_lock.new_locked_session, which holds the run lock first."""
+        sid = session_id or new_session_id(kind)
         store = cls(Path(directory) / f"{sid}.db", create=True)
         try:
             store.create_session(sid, kind, config, **fields)
@@ -231,6 +236,13 @@ class Store:
         row = rows[0]
         row["config"] = json.loads(row["config"] or "{}")
         return row
+
+    def mark_failed(self, e: BaseException) -> None:
+        """The session ended on an error: say which, where it can still be written."""
+        try:
+            self.update_session(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        except StoreError:
+            pass  # the DB itself failed (a full disk): its own error is the one to report
 
     @_writes
     def update_session(self, **fields) -> None:
@@ -317,8 +329,9 @@ class Store:
 
     # ---- runs (core/run_lock.py) ---------------------------------------------------------------------
     @_writes
-    def begin_run(self, pid: int, host: str, command: str) -> int:
-        """Called under the run lock: earlier runs still open died without a word (their lock is free)."""
+    def begin_run(self, pid: int, host: str, command: str, locked_at: float | None = None) -> int:
+        """Called under the run lock (taken at `locked_at`): earlier runs still open died without a word (their
+        lock is free), and commands asked before the lock was taken were for them."""
         if self.schema_version < SCHEMA_VERSION:  # an older DB gains the newer tables on its first run by this one
             self._create_runs()
             self._create_controls()
@@ -328,6 +341,8 @@ class Store:
         with self.db.conn:
             self.db.conn.execute("BEGIN")
             self.db.execute("update runs set outcome = 'died' where ended is null and outcome is null")
+            self.db.execute("update controls set note = ? where obeyed is null and (note is null or note = '') "
+                            "and requested < ?", [EXPIRED, locked_at if locked_at is not None else now])
             run_id = self.db["runs"].insert({"pid": pid, "host": host, "command": command,
                                              "selfpruner_version": selfpruner_version(), "started": now}).last_pk
         return run_id
@@ -344,7 +359,7 @@ class Store:
     def controls(self, pending: bool = False) -> list[dict]:
         if "controls" not in self.db.table_names():
             return []
-        where = " where obeyed is null" if pending else ""
+        where = " where obeyed is null and (note is null or note = '')" if pending else ""
         return [dict(r) for r in self.db.query(f"select * from controls{where} order by id")]
 
     @_writes

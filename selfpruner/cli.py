@@ -14,7 +14,7 @@ from selfpruner.core.results.gguf_export import FORMATS, OUTTYPES
 
 from .commands.common import USER_ERRORS, console
 from .commands.metric import cmd_metric_search, cmd_prune
-from .commands.options import add_settings
+from .commands.options import SettingsParser, add_settings
 from .commands.results import cmd_eval, cmd_export, cmd_lora, cmd_speed
 from .commands.search import BASELINE_FITNESS, SEARCH_PARTS, cmd_baseline, cmd_replay, cmd_search
 from .commands.sessions import cmd_control, cmd_report, cmd_sessions, cmd_show
@@ -33,7 +33,7 @@ def _device_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="selfpruner", description="LLM-driven structured pruning search")
+    ap = SettingsParser(prog="selfpruner", description="LLM-driven structured pruning search")
     sessions = argparse.ArgumentParser(add_help=False)  # every command that reads or writes sessions
     sessions.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     device = _device_options()
@@ -171,15 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", default=None,
                    help="the dense model: a name as for search (smollm2, bundled, HF dir) or, with --engine llama-cpp, "
                         "a .gguf (a name is written as GGUF in the pruned file's type first); default: bundled")
-    p.add_argument("--engine", choices=["transformers", "llama-cpp"], default=None,
-                   help="what runs the models (default: llama-cpp for a .gguf, else transformers)")
+    p.add_argument("--engine", choices=["transformers", "llama-cpp", "vllm"], default=None,
+                   help="what runs the models (default: llama-cpp for a .gguf, else transformers); vllm: offline "
+                        "batched throughput of --batch-size prompts (default 16), the export through selfpruner's "
+                        "vLLM plugin")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--repeats", type=int, default=5,
                    help="interleaved rounds per model after a warm-up (median and min-max reported)")
     p.add_argument("--prefill-len", type=int, default=256)
     p.add_argument("--decode-tokens", type=int, default=32)
-    p.add_argument("--vllm", action="store_true", help="also measure with vLLM (GPU box, .[gpu] extra)")
+    p.add_argument("--json", action="store_true", help="--engine vllm: the report as JSON (for scripts)")
     p.set_defaults(fn=cmd_speed)
 
     p = sub.add_parser("lora", parents=[sessions, device],

@@ -7,7 +7,6 @@ import http.server
 import json
 import os
 import re
-import tempfile
 import threading
 
 import pytest
@@ -16,9 +15,12 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Tests never touch the user's ~/.cache/selfpruner: a fresh cache per run (subprocesses inherit it), or
-# $SELFPRUNER_TEST_CACHE to keep the dequantised bundled model between local runs.
-os.environ["SELFPRUNER_CACHE"] = os.environ.get("SELFPRUNER_TEST_CACHE") or tempfile.mkdtemp(prefix="selfpruner-cache-")
+# Tests never touch the user's ~/.cache/selfpruner; they share a cache of their own outside the checkout
+# ($SELFPRUNER_TEST_CACHE, default ~/.cache/selfpruner-tests; subprocesses inherit it). Its entries are keyed by
+# content and code version (the GGUF's sha256, the model fingerprint, the windows), so a second run on the same
+# machine, a fresh clone's included, skips the dequantisation and calibration passes and nothing stale is read.
+os.environ["SELFPRUNER_CACHE"] = os.environ.get("SELFPRUNER_TEST_CACHE") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "selfpruner-tests")
 
 
 def _wordlevel_tokenizer(vocab_size: int = 1000):
@@ -102,6 +104,28 @@ def bundled():
     return load_model()
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled SmolLM2-135M-Instruct in float32 on the CPU, loaded once for every test that needs it."""
+    from selfpruner.core.model.models import load_model
+    return load_model("smollm2", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def smol_bench(smollm2):
+    """SmolLM2's one workbench (256-token windows, 4,096 calibration tokens, Wanda-sp order). Only one: a second
+    workbench on the same model would re-order its heads and channels under this one."""
+    from selfpruner.core.layer_search.workbench import Workbench
+    return Workbench.build(None, lm=smollm2, seq_len=256, calib_tokens=4096, data="local")
+
+
+@pytest.fixture
+def smol(smol_bench):
+    """The shared SmolLM2 workbench, its pruning settings back to the defaults after each test."""
+    yield smol_bench
+    smol_bench.set_pruning(False)
+
+
 class HeldSession:
     """Another process that runs a session: it holds the session's run lock until killed (kill -9)."""
 
@@ -126,8 +150,42 @@ class HeldSession:
         self.kill()
 
 
-def cli(*args, env=None, cwd=None, timeout=600):
-    """(exit code, stdout, stderr) of `selfpruner ARGS` in a subprocess, as a user runs it (no API key)."""
+def cli(*args, env=None, cwd=None, timeout=None):
+    """(exit code, stdout, stderr) of `selfpruner ARGS` as a user runs it (no API key), in this process: the
+    same main(argv) behind the console script, its output captured, the environment and working directory as a
+    subprocess would get them. Tests about a process boundary (signals, kill -9, a lock held by the runner
+    itself, a module path) use cli_process. `timeout` is cli_process's; accepted here so callers can switch."""
+    import contextlib
+    import io
+    import traceback
+
+    from selfpruner.cli import main
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    os.environ.pop("OPENAI_API_KEY", None)
+    os.environ.update(env or {})
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse: usage errors (2), --help (0)
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:  # what a subprocess prints before it dies with 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    # newlines as a subprocess's text-mode pipe reads them (csv writes \r\n)
+    return code, stdout.getvalue().replace("\r\n", "\n"), stderr.getvalue().replace("\r\n", "\n")
+
+
+def cli_process(*args, env=None, cwd=None, timeout=600):
+    """(exit code, stdout, stderr) of `selfpruner ARGS` in a subprocess (no API key in its environment)."""
     import subprocess
     import sys
     e = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}

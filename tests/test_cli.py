@@ -8,7 +8,7 @@ from selfpruner.core.config import SearchConfig
 from selfpruner.core.layer_search.session import build_proposer
 from selfpruner.core.store import Store, StoreError
 
-from conftest import cli
+from conftest import cli, cli_process
 
 
 def _one_error_line(stderr):
@@ -83,7 +83,8 @@ def test_unknown_session(tmp_path):
     (["--ray-address", "127.0.0.1:1"], "Ray"),  # nothing listens there: fails in seconds, not minutes
 ])
 def test_race_and_workers_errors_are_one_line(tmp_path, args, needle):
-    code, _, err = cli("search", "--proposer", "numeric", "--sessions-dir", str(tmp_path), *args)
+    run = cli_process if "--ray-address" in args else cli  # Ray's client is left half-started in the process
+    code, _, err = run("search", "--proposer", "numeric", "--sessions-dir", str(tmp_path), *args)
     assert code == 2 and needle in _one_error_line(err)
     assert not list(tmp_path.glob("*.db"))
 
@@ -92,8 +93,8 @@ def test_workers_without_ray_says_how_to_install_it(tmp_path):
     fake = tmp_path / "noray"
     (fake / "ray").mkdir(parents=True)
     (fake / "ray" / "__init__.py").write_text("raise ImportError('ray is not installed')\n")
-    code, _, err = cli("search", "--proposer", "numeric", "--workers", "2", "--sessions-dir", str(tmp_path),
-                       env={"PYTHONPATH": str(fake)})
+    code, _, err = cli_process("search", "--proposer", "numeric", "--workers", "2", "--sessions-dir", str(tmp_path),
+                               env={"PYTHONPATH": str(fake)})  # a process of its own: a module path
     assert code == 2 and "selfpruner[distributed]" in _one_error_line(err)
     assert not list(tmp_path.glob("*.db"))
 

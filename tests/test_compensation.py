@@ -96,10 +96,10 @@ def test_search_stores_and_uses_compensation(bench, tmp_path, tiny_llama_dir):
 
 
 @pytest.mark.slow
-def test_compensation_lowers_smollm2_uniform_ppl():
-    b = Workbench.build("smollm2", seq_len=256, calib_tokens=4096, data="local")
+def test_compensation_lowers_smollm2_uniform_ppl(smol):
+    b = smol
     rates = [0.3] * b.lm.arch.n_layers
     plain = b.fitness(rates, 1024)[0]
-    b.pruner.compensate = True
+    b.set_pruning(True)
     comp = b.fitness(rates, 1024)[0]
     assert comp < 0.8 * plain, (plain, comp)

@@ -1,19 +1,18 @@
 """search → export → eval → speed from the command line, on a tiny model; results land in the session."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from selfpruner.core.store import Store
+
+from conftest import cli as run_cli
 
 DATA = Path(__file__).parent / "data"
 
 
 def cli(*args):
-    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    return out
 
 
 def test_search_export_eval_speed(tmp_path, tiny_llama_dir):

@@ -45,10 +45,11 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
 
 
-def _tiny_dir(tmp_path, kind, tokenizer, biases=False):
+def _tiny_dir(tmp_path, kind, tokenizer, biases=False, **over):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
     kw = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    kw.update(over)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**kw)) if kind == "llama" else Qwen2ForCausalLM(Qwen2Config(**kw))
     if biases:  # Qwen2's q/k/v biases, made large enough to matter
@@ -130,12 +131,6 @@ def test_channel_multiple_keeps_mlp_widths_aligned_and_dedups_on_them(tiny_bench
 
 
 # ---- the bundled SmolLM2, pruned every way a search prunes it (slow) ---------------------------------------------
-@pytest.fixture(scope="module")
-def smol():
-    from selfpruner.core.layer_search.workbench import Workbench
-    return Workbench.build(None, lm=load_model("smollm2"), seq_len=256, calib_tokens=4096, data="local")
-
-
 SEARCHED = [0.1, 0.5, 0.34, 0.2, 0.7, 0.0] * 5
 ATTENTION_FREE = [1.0, 0.2, 0.3, 0.9, 0.1, 0.3] * 5  # every sixth layer removed entirely, others without attention
 
@@ -214,16 +209,48 @@ def test_cli_exports_a_session_to_gguf_with_a_modelfile(tmp_path):
     assert "smol-flap.gguf" in stdout
 
 
+def _slice_mlp(model, keep: int):
+    """`model` with each layer's first `keep` MLP channels only (a structured prune, written as a stock model)."""
+    from transformers import LlamaForCausalLM
+    cfg = model.config.__class__.from_dict({**model.config.to_dict(), "intermediate_size": keep})
+    pruned = LlamaForCausalLM(cfg)
+    sd = {k: v[:keep] if k.endswith(("gate_proj.weight", "up_proj.weight")) else
+          v[:, :keep] if k.endswith("down_proj.weight") else v for k, v in model.state_dict().items()}
+    pruned.load_state_dict(sd)
+    return pruned.eval()
+
+
 def test_speed_command_compares_gguf_files_on_llama_cpp(tmp_path, smollm2_tokenizer):
+    """`speed PRUNED.gguf --dense MODEL`: the dense model is written as GGUF in the pruned file's type and computes in
+    llama.cpp what transformers computes; each row shows its own file, and the pruned row's ratios are its medians
+    over the dense row's."""
     from conftest import cli
-    lm = load_model(str(_tiny_dir(tmp_path, "llama", smollm2_tokenizer)), device="cpu", dtype="float32")
-    dense = write_gguf(lm.model, lm.tokenizer, tmp_path / "dense.gguf", outtype="f16").path
-    code, stdout, stderr = cli("speed", dense, "--dense", dense, "--threads", "1", "--repeats", "2",
-                               "--prefill-len", "16", "--decode-tokens", "4")
+    dense_dir = _tiny_dir(tmp_path, "llama", smollm2_tokenizer, intermediate_size=1024)
+    lm = load_model(str(dense_dir), device="cpu", dtype="float32")
+    pruned = write_gguf(_slice_mlp(lm.model, 256), lm.tokenizer, tmp_path / "pruned.gguf", outtype="f16").path
+    cache = tmp_path / "cache"  # where the command writes the dense GGUF
+    code, stdout, stderr = cli("speed", pruned, "--dense", dense_dir, "--threads", "1", "--repeats", "2",
+                               "--prefill-len", "16", "--decode-tokens", "4", env={"SELFPRUNER_CACHE": str(cache)})
     assert code == 0, stderr
-    rows = [ln for ln in stdout.splitlines() if ln.startswith(("| dense", "| pruned"))]
-    assert len(rows) == 2 and "1 threads" in stdout and "median of 2 interleaved rounds" in stdout
-    assert rows[0].split("|")[-3].strip() == "1.00"  # dense against itself
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in stdout.splitlines()
+            if ln.startswith(("| dense", "| pruned"))]
+    assert [r[0] for r in rows] == ["dense", "pruned"] and "1 threads" in stdout
+    assert "median of 2 interleaved rounds" in stdout and "ratios vs dense" in stdout
+    (dense,) = (cache / "gguf-dense").glob("*.gguf")
+    assert dense.name.endswith("-f16.gguf")  # in the pruned file's type
+    mib = lambda p: f"{Path(p).stat().st_size / 2**20:.1f}"
+    assert [r[1] for r in rows] == [mib(dense), mib(pruned)] and mib(dense) != mib(pruned)
+    # the dense GGUF the command ran computes what transformers computes for the dense model
+    ids = lm.tokenizer(TEXT).input_ids
+    with torch.no_grad():
+        ref = lm.model(input_ids=torch.tensor([ids])).logits[0].double().numpy()
+    a = agreement(llama_cpp_logits(dense, ids), ref, ids)
+    assert a["top1"] >= 0.95 and a["corr"] > 0.99999 and abs(a["ppl_ratio"] - 1) < 1e-3, a
+    # ratios: each row's median tok/s over the dense row's (1.00 for dense itself), within the printed rounding
+    for col, ratio, half in ((3, 5, 0.5), (4, 6, 0.05)):  # prompt (whole tok/s), gen (one decimal)
+        d, p = (float(r[col].split()[0]) for r in rows)
+        assert rows[0][ratio] == "1.00", rows
+        assert abs(float(rows[1][ratio]) - p / d) <= 0.005 + p / d * (half / p + half / d) + 1e-9, rows
     code, _, stderr = cli("speed", str(tmp_path / "missing.gguf"), "--dense", dense)
     assert code == 2 and "not found" in stderr
 

@@ -1,20 +1,19 @@
 """metric-search and prune from the command line on a tiny model: stored, resumable, bad metrics refused."""
-import subprocess
-import sys
+from types import SimpleNamespace
 
 from selfpruner.core.store import Store
 
 from conftest import HeldSession
+from conftest import cli as run_cli
 
 TINY = ["--budget-tokens", "128", "--seq-len", "32", "--calib-tokens", "256", "--data", "local"]
 
 
 def cli(*args, ok=True):
-    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=600)
+    code, out, err = run_cli(*args)
     if ok:
-        assert r.returncode == 0, r.stderr
-    return r
+        assert code == 0, err
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 def test_metric_search_stores_candidates_and_resumes(tmp_path, tiny_llama_dir):

@@ -8,21 +8,15 @@ from selfpruner.core.config import SearchConfig
 from selfpruner.core.events import CandidateEvaluated, Control, EventBus
 from selfpruner.core.layer_search.self_pruner import compare_trajectories
 from selfpruner.core.layer_search.session import replay_session
-from selfpruner.core.layer_search.workbench import Workbench
-from selfpruner.core.model.models import load_model
 from selfpruner.core.results.export import export_pruned, load_pruned
 
+from conftest import cli
 from conftest import run_search as _run
 
 pytestmark = pytest.mark.slow
 
 SMALL = dict(model="smollm2", beta=0.3, proposer="numeric", population=4, mutations=2, crossovers=2,
              generations=2, budget_tokens=256, seq_len=256, calib_tokens=4096, final_tokens=512, data="local")
-
-
-@pytest.fixture(scope="module")
-def smol():
-    return Workbench.build(None, lm=load_model("smollm2"), seq_len=256, calib_tokens=4096, data="local")
 
 
 def test_smollm2_is_llama_with_three_kv_groups(smol):
@@ -95,17 +89,12 @@ def test_lm_eval_bridge_scores_dense_above_heavily_pruned(smol):
 
 def test_metric_search_on_smollm2_finds_wanda_better_than_magnitude(tmp_path):
     """Pruner-Zero on the GQA model, through the CLI (the final evaluation scores --final-tokens only)."""
-    import subprocess
-    import sys
-
     from selfpruner.core.store import Store
 
-    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", "metric-search", "--model", "smollm2",
-                        "--population", "3", "--iterations", "1", "--top-k", "3", "--no-gradients",
-                        "--budget-tokens", "256", "--seq-len", "256", "--calib-tokens", "1024",
-                        "--final-tokens", "256", "--data", "local", "--sessions-dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli("metric-search", "--model", "smollm2", "--population", "3", "--iterations", "1", "--top-k", "3",
+                       "--no-gradients", "--budget-tokens", "256", "--seq-len", "256", "--calib-tokens", "1024",
+                       "--final-tokens", "256", "--data", "local", "--sessions-dir", str(tmp_path))
+    assert code == 0, err
     (db,) = tmp_path.glob("*.db")
     st = Store(db)
     rows = {c["canonical"]: c["fitness"] for c in st.metric_candidates()}

@@ -133,3 +133,27 @@ def test_layers_are_pruned_in_order_on_the_pruned_model_inputs(kind):
     assert torch.allclose(arch.layers[last].q.weight, expect, atol=1e-5)
     pruner.restore()
     assert torch.equal(arch.layers[last].q.weight, w_last)
+
+
+@pytest.mark.parametrize("pattern", [(2, 5), (1, 5)])
+def test_n_m_groups_are_pattern_masks_whatever_the_block_size(pattern):
+    """M divides neither 128 nor the 298 columns: groups straddle the default blocks (125-129, 255-259) and
+    three columns trail. Each whole group keeps N, the tail is kept as pattern_mask keeps it, the result
+    does not depend on the block size and equals the direct OBS reference on the whole groups."""
+    from selfpruner.core.metric_search.unstructured import pattern_mask
+    n, m = pattern
+    W, X, H = correlated_problem(rows=16, cols=298, tokens=600, seed=2)
+    whole = 298 - 298 % m
+    pruned = obs_prune(W, H, 0.0, pattern=pattern)  # blocksize 128
+    zero = pruned == 0
+    assert bool((zero[:, :whole].reshape(16, -1, m).sum(-1) == m - n).all())
+    assert torch.equal(zero[:, whole:], pattern_mask(W.abs(), pattern)[:, whole:])  # tail: nothing pruned
+    small = obs_prune(W, H, 0.0, pattern=pattern, blocksize=m)  # no group can straddle a block
+    assert torch.equal(zero, small == 0) and torch.allclose(pruned, small, rtol=1e-4, atol=1e-4)
+    ref = reference_obs(W, H, 0.0, pattern, blocksize=128, percdamp=0.01)  # its tail rule differs; nothing
+    assert torch.equal(zero[:, :whole], ref[:, :whole] == 0)  # flows leftwards, so the whole groups agree
+    assert torch.allclose(pruned[:, :whole].double(), ref[:, :whole], rtol=1e-3, atol=1e-4)
+    err = lambda V: ((W - V.double()) @ X.T).norm().item()  # the layer's output error
+    masked = W.masked_fill(zero, 0.0)  # the same mask without the weight update
+    wanda = W.masked_fill(pattern_mask(W.abs() * X.norm(dim=0), pattern), 0.0)
+    assert err(pruned) < err(masked) and err(pruned) < err(wanda)

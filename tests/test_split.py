@@ -26,8 +26,13 @@ def test_scored_split_takes_the_lowest_scores_first_and_meets_the_rate():
     g = replace(GRAIN, unit_order=(low, high))
     for p in (0.0, 0.1, 0.25, 0.5, 0.8, 1.0):
         a, b = plans(g, [p, p])
-        assert a.attn_units == 4 - min(4, round(p * 900 / 100)) or p >= 0.5  # heads go first...
-        assert b.channels == 50 - min(50, round(p * 900 / 10)) or p > 0.55  # ...or channels go first
+        target = p * 900
+        # layer 0: heads go first; once all four are gone (400 parameters) channels take the rest
+        assert a.attn_units == 4 - min(4, round(target / 100)), (p, a)
+        assert a.channels == 50 - max(0, round((target - 400) / 10)), (p, a)
+        # layer 1: channels go first; once all fifty are gone (500 parameters) heads take the rest
+        assert b.channels == 50 - min(50, round(target / 10)), (p, b)
+        assert b.attn_units == 4 - max(0, round((target - 500) / 100)), (p, b)
         for pl in (a, b):  # within half of the coarsest step of the rate's parameters
             removed = 900 - pl.attn_units * 100 - pl.channels * 10
             assert abs(removed - p * 900) <= 50

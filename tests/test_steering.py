@@ -1,6 +1,9 @@
 """Steering a search that runs in another process (core/steering.py): `selfpruner control ID pause|resume|
 stop-after-generation|stop` is stored, obeyed at the next evaluation boundary, and the run resumes to the same
 trajectory as an uninterrupted one."""
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +24,18 @@ def evaluations(path: Path) -> int:
     return db_count(path, "select count(*) from evaluations")
 
 
+# another process asking through the public API, as a TUI attached to a run elsewhere does: DB, tool, commands
+ASK = ("import sys\n"
+       "from selfpruner.core.steering import request\n"
+       "from selfpruner.core.store import Store\n"
+       "with Store(sys.argv[1]) as st:\n"
+       "    for command in sys.argv[3:]:\n"
+       "        request(st, command, tool=sys.argv[2])\n")
+
+
 def test_commands_reach_the_control_of_the_process_that_runs_the_session(tmp_path):
+    """This process runs the session (its run lock, its Control's poller); the commands come from other processes:
+    a script through the public API, then `selfpruner control` while the runner waits paused in its checkpoint."""
     st = Store(tmp_path / "s.db", create=True)
     st.create_session("s", "layer", {})
     with pytest.raises(ConfigError, match="session s is not running .*nothing to pause"):
@@ -29,20 +43,35 @@ def test_commands_reach_the_control_of_the_process_that_runs_the_session(tmp_pat
     lock = RunLock(st, "test").acquire()
     control = Control()
     control.poll = ControlPoller(st, control, lock.run_id)
-    other = Store(tmp_path / "s.db")  # another process's connection
-    request(other, "pause", tool="selfpruner-tui")
-    request(other, "stop-after-generation")
+    other = subprocess.Popen([sys.executable, "-c", ASK, str(tmp_path / "s.db"), "selfpruner-tui", "pause",
+                              "stop-after-generation"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = other.communicate(timeout=120)
+    assert other.returncode == 0 and other.pid != os.getpid(), err
     with pytest.raises(ConfigError, match="must be one of pause, resume, stop, stop-after-generation"):
-        request(other, "halt")
+        request(st, "halt")
+    assert not control.paused  # stored by the other process; the runner takes it at its next checkpoint
     control.poll()
     assert control.paused and control.stopping_after_generation and not control.stopped
     rows = st.controls()
     assert [r["command"] for r in rows] == ["pause", "stop-after-generation"]
     assert all(r["obeyed"] and r["run_id"] == lock.run_id for r in rows)
-    assert rows[0]["requested_by"].startswith("selfpruner-tui (")
-    request(other, "resume")  # obeyed while the runner waits in its checkpoint
-    t0 = time.monotonic()
-    assert control.checkpoint() is False and not control.paused and time.monotonic() - t0 < 5
+    assert all(r["requested_by"].startswith("selfpruner-tui (") and r["requested_by"].endswith(f", pid {other.pid})")
+               for r in rows)  # who asked: the other process
+    t0 = time.time()
+    resumer = subprocess.Popen([sys.executable, "-m", "selfpruner.cli", "control", "s", "resume", "--wait", "60",
+                                "--sessions-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:  # paused, the runner waits in its checkpoint until the resume arrives from the CLI's process
+        assert control.checkpoint() is False and not control.paused and time.time() - t0 < 60
+        out, err = resumer.communicate(timeout=60)
+    finally:
+        resumer.kill()
+    assert resumer.returncode == 0 and "obeyed after" in out, err
+    (resume,) = st.controls()[2:]
+    assert resume["command"] == "resume" and resume["run_id"] == lock.run_id
+    assert t0 < resume["requested"] <= resume["obeyed"]  # asked while the runner waited
+    assert resume["requested_by"].startswith("selfpruner control (") and resume["requested_by"].endswith(
+        f", pid {resumer.pid})")
     lock.release("stopped")
 
 

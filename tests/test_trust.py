@@ -27,6 +27,8 @@ from selfpruner.core.results.session_summary import proposal_shares
 from selfpruner.core.store import Store
 from selfpruner.core.types import Problem
 
+from conftest import cli
+
 TINY = dict(beta=0.4, population=4, mutations=2, crossovers=2, generations=2, budget_tokens=128, seq_len=32,
             calib_tokens=256, final_tokens=256, data="local")
 RATES = [0.1, 0.6, 0.3, 0.6]
@@ -262,9 +264,8 @@ def test_fallback_share_is_reported_and_a_weak_session_flagged(tmp_path, tiny_be
     g, b = proposal_shares(good.store), proposal_shares(bad.store)
     assert g["llm"] == g["asked"] == 14 and g["fallback"] == 0 and not g["weak"]
     assert b["llm"] == 0 and b["fallback"] == 14 and b["weak"] and b["parents_llm"] == 0
-    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", "show", bad.store.path.stem, "--sessions-dir",
-                        str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
-    assert "LLM wrote 0 of 14 candidates (14 from the numeric fallback)" in r.stdout and "WARNING" in r.stdout
+    _, out, _ = cli("show", bad.store.path.stem, "--sessions-dir", str(tmp_path / "bad"))
+    assert "LLM wrote 0 of 14 candidates (14 from the numeric fallback)" in out and "WARNING" in out
 
 
 # ---- 8. resume / replay / export check the setup ------------------------------------------------------
@@ -292,10 +293,9 @@ def test_resume_and_export_refuse_other_data_or_calibration(tmp_path, tiny_bench
     with pytest.raises(ConfigError, match="used data hub"):
         start_search(cfg, bus=EventBus(), control=Control(), resume=search.store.path, bench=tiny_bench)
     search.store.update_session(data_source=tiny_bench.data.source, calib_key="other")
-    r = subprocess.run([sys.executable, "-m", "selfpruner.cli", "export", search.store.path.stem, "--out",
-                        str(tmp_path / "out"), "--sessions-dir", str(tmp_path)], capture_output=True, text=True,
-                       timeout=300)
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.returncode == 2 and len(errors) == 1 and "calibrated on other windows" in errors[0]
+    code, _, err = cli("export", search.store.path.stem, "--out", str(tmp_path / "out"), "--sessions-dir",
+                       str(tmp_path))
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "calibrated on other windows" in errors[0]
     assert not (tmp_path / "out").exists()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 
-from selfpruner.commands.options import add_settings, settings_from
+from selfpruner.commands.options import SettingsParser, add_settings, settings_from
 from selfpruner.core.config import Data, Placement, Proposing, Pruning, SearchConfig
 from selfpruner.core.proposers.registry import LAYER_PROPOSERS
 
@@ -171,7 +171,7 @@ FORM_OPTIONS = ("model", "beta", "proposer", "data", "device", "dtype")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="selfpruner-tui", description="Watch and steer a Self-Pruner search")
+    ap = SettingsParser(prog="selfpruner-tui", description="Watch and steer a Self-Pruner search")
     ap.add_argument("--sessions-dir", default=os.environ.get("SELFPRUNER_SESSIONS", "sessions"))
     form = ap.add_argument_group("the start form's defaults")
     add_settings(form, *FORM_DEFAULTS, only=FORM_OPTIONS,

@@ -253,6 +253,25 @@ def session_options(cfg: dict) -> list[str]:
     return out
 
 
+BASELINE_NAMES = {"flap": "FLAP", "owl": "OWL", "uniform": "uniform"}
+
+
+def baseline_options(cfg: dict, method: str = "") -> list[str]:
+    """What a baseline session (core/baselines/run.py: one rate vector, evaluated once) did: its method (OWL
+    with its λ and M), the importance and compensation it pruned with, its split and its search ppl's tokens."""
+    method = cfg.get("method") or method or "?"
+    name = f"{BASELINE_NAMES.get(method, method)} baseline"
+    if method == "owl":
+        name += f" (λ {cfg.get('owl_lambda', 0.08):g}, M {cfg.get('owl_m', 5.0):g})"
+    out = [name, f"{cfg.get('importance') or 'wanda-sp'} importance",
+           "bias compensation" if cfg.get("compensate") else "no compensation"]
+    if cfg.get("split", "rule") != "rule":
+        out.append(f"{cfg['split']} split")
+    if cfg.get("budget_tokens"):
+        out.append(f"search ppl on {cfg['budget_tokens']} tok")
+    return out
+
+
 def workers_text(workers: dict) -> "Text":
     """One chunk per Ray worker: idle, evaluating #id, or dead (red)."""
     from rich.text import Text

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..config import ConfigError, SearchConfig
 from ..events import EventBus, SessionStarted, Stage
 from ..layer_search.workbench import Workbench
-from ..store import Store
+from ..run_lock import new_locked_session
 from ..types import Proposal
 from .rates import flap_rates, owl_rates, uniform_rates
 
@@ -33,9 +33,12 @@ def run_baseline(cfg: SearchConfig, method: str, *, bus: EventBus | None = None,
     bench.set_pruning(cfg.compensate, cfg.channel_multiple, cfg.split)
     rates = baseline_rates(bench, method, cfg.beta, lam=lam, m=m, lo=cfg.lo, hi=cfg.hi)
     conf = cfg.to_dict() | {"method": method, "owl_lambda": lam, "owl_m": m}
-    with Store.new_session(cfg.sessions_dir, "baseline", conf, model_name=bench.lm.name,
-                           model_fingerprint=bench.lm.fingerprint, data_source=bench.data.source, beta=cfg.beta,
-                           proposer=method) as store:
+    store, lock = new_locked_session(cfg.sessions_dir, "baseline", conf, model_name=bench.lm.name,
+                                     model_fingerprint=bench.lm.fingerprint, data_source=bench.data.source,
+                                     beta=cfg.beta, proposer=method, calib_key=bench.calib_key,
+                                     bos_token=bench.data.bos)
+    outcome = "failed"
+    try:
         sid = store.session_id
         bus.emit(SessionStarted(sid, str(store.path), conf, bench.lm.arch.n_layers))
         (cid,) = store.add_candidates(0, "init", [Proposal(rates, origin=method)])
@@ -49,4 +52,12 @@ def run_baseline(cfg: SearchConfig, method: str, *, bus: EventBus | None = None,
                   "final_tokens": tokens, "session_id": sid}
         store.add_result("baseline", method, result)
         store.update_session(status="finished", best_candidate=cid, best_fitness=search_ppl, final_ppl=final_ppl)
+        outcome = "finished"
+    except BaseException as e:
+        store.mark_failed(e)
+        outcome = "failed" if isinstance(e, Exception) else "aborted"
+        raise
+    finally:
+        lock.release(outcome)
+        store.close()
     return result

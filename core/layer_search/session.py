@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import RESUMABLE, ConfigError, SearchConfig
+from ..config import RESUMABLE, ConfigError, SearchConfig, check_stored_base_url
 from ..events import Control, EventBus, SessionStarted
 from ..proposers.base import Proposer
-from ..run_lock import RunLock
+from ..run_lock import RunLock, new_locked_session
 from ..store import Store, StoreError, resolve_session
 from .self_pruner import SelfPrunerSearch
 from .workbench import Workbench
@@ -34,10 +34,11 @@ def stored_config(s: dict) -> SearchConfig:
     return SearchConfig.from_dict(d)
 
 
-def resume_config(ref: str, sessions_dir: str = "sessions", overrides: dict | None = None
-                  ) -> tuple[SearchConfig, Path]:
+def resume_config(ref: str, sessions_dir: str = "sessions", overrides: dict | None = None, *,
+                  calls_proposer: bool = True) -> tuple[SearchConfig, Path]:
     """The stored config with `overrides` (settings the user gave explicitly) applied where they may change:
-    a larger --generations extends a finished search."""
+    a larger --generations extends a finished search. `calls_proposer`: the run will talk to the stored
+    proposer (not a replay of its stored answers)."""
     path = resolve_session(ref, sessions_dir)
     with Store(path, readonly=True) as st:
         s = st.session()
@@ -60,6 +61,8 @@ def resume_config(ref: str, sessions_dir: str = "sessions", overrides: dict | No
         if k == "generations" and v < stored.generations:
             raise ConfigError(f"session {s['id']} has {stored.generations} generations; resume can only extend it")
         d[k] = v
+    if calls_proposer and d.get("proposer") == "openai":
+        check_stored_base_url(stored.base_url, overrides.get("base_url"), s["id"])
     cfg = SearchConfig.from_dict(d)
     cfg.sessions_dir = sessions_dir
     return cfg, path
@@ -142,25 +145,26 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
             if bench is None:
                 bench = new_workbench(cfg, bus)
             bench.pin_dtype(cfg)
-            store = Store.new_session(cfg.sessions_dir, "layer", cfg.to_dict(), model_name=bench.lm.name,
-                                      model_fingerprint=bench.lm.fingerprint,
-                                      model_arch=json.dumps(bench.lm.arch.describe()), data_source=bench.data.source,
-                                      beta=cfg.beta, proposer=proposer.name, calib_key=bench.calib_key,
-                                      bos_token=bench.data.bos)
+            store, lock = new_locked_session(
+                cfg.sessions_dir, "layer", cfg.to_dict(), command, model_name=bench.lm.name,
+                model_fingerprint=bench.lm.fingerprint, model_arch=json.dumps(bench.lm.arch.describe()),
+                data_source=bench.data.source, beta=cfg.beta, proposer=proposer.name, calib_key=bench.calib_key,
+                bos_token=bench.data.bos)
             sid = store.session_id
-            lock = RunLock(store, command).acquire()
             store_references(store, bench, cfg)
         if bench.pruner.importance != cfg.importance:  # the importance fixed the model's head/channel order
             raise ConfigError(f"the workbench orders heads and channels by {bench.pruner.importance}, the search "
                               f"asks for --importance {cfg.importance}")
-    except BaseException:
+        bench.set_pruning(cfg.compensate, cfg.channel_multiple, cfg.split)
+        bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
+        return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench,
+                                lock=lock)
+    except BaseException as e:
         if lock is not None:
-            lock.release("refused")
+            if resume is None:  # a new session that never ran: not resumable, say why
+                lock.store.mark_failed(e)
+            lock.release("refused" if resume is not None else "failed")
         raise
-    bench.set_pruning(cfg.compensate, cfg.channel_multiple, cfg.split)
-    bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
-    return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench,
-                            lock=lock)
 
 
 def replay_session(ref: str, sessions_dir: str = "sessions", *, bus: EventBus, control: Control,
@@ -168,7 +172,7 @@ def replay_session(ref: str, sessions_dir: str = "sessions", *, bus: EventBus, c
     """A new session that re-runs a stored one from its stored replies (re-parsed and re-repaired) on the
     same model, data and calibration; compare_trajectories(source, search.store) tells whether it matched.
     `overrides`: what resume may change (device, batch size), e.g. to replay a GPU session on the CPU."""
-    cfg, path = resume_config(ref, sessions_dir, overrides)
+    cfg, path = resume_config(ref, sessions_dir, overrides, calls_proposer=False)
     with Store(path, readonly=True) as src:
         s = src.session()
     cfg.proposer, cfg.replay_from, cfg.final_eval = "replay", str(path), final_eval

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..config import ConfigError, Placement, check_placement
+from ..config import ConfigError, Placement, check_placement, check_stored_base_url
 from ..events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
 from ..layer_search.evaluator import Evaluator
 from ..model.calibration import load_or_collect
@@ -13,7 +13,7 @@ from ..model.data import load_token_data
 from ..model.evaluate import auto_batch_size, perplexity
 from ..model.models import dtype_name, load_model
 from ..proposers.base import ProposerError
-from ..run_lock import RunLock
+from ..run_lock import RunLock, new_locked_session
 from ..steering import ControlPoller
 from ..store import Store, StoreError, resolve_session
 from .expr_parse import parse
@@ -46,18 +46,21 @@ class MetricRun:
 RUN_RESUMABLE = tuple(f.name for f in fields(Placement) if f.metadata["resume"])
 
 
-def resumed_run(stored: dict, given: MetricRun, session_id: str) -> MetricRun:
-    """The stored MetricRun with the placement the user gave; a dtype change is refused (sessions from before
-    devices existed ran in float32)."""
+def resumed_run(stored: dict, given: MetricRun, session_id: str, typed: frozenset = frozenset()) -> MetricRun:
+    """The stored MetricRun with the placement settings the user typed (`typed`: their names, whatever their
+    value); a dtype change is refused (sessions from before devices existed ran in float32)."""
     stored = {"dtype": "float32", **stored, "sessions_dir": given.sessions_dir}
-    if given.dtype not in ("auto", stored["dtype"]):
+    if "dtype" in typed and given.dtype not in ("auto", stored["dtype"]):
         raise ConfigError(f"--dtype cannot change when resuming session {session_id}: it ran in {stored['dtype']}, "
                           f"and {given.dtype} weights give other fitness values; start a new search instead")
-    default = MetricRun()
+    if stored.get("proposer") == "openai":
+        check_stored_base_url(stored.get("base_url"), given.base_url, session_id)
     if given.base_url:  # the server may have moved since; what it answered is stored
         stored["base_url"] = given.base_url
+    if "device" in typed:  # a device given on its own replaces the stored placement, device map included
+        stored["device_map"] = given.device_map
     for k in RUN_RESUMABLE:
-        if getattr(given, k) != getattr(default, k) or (k == "device_map" and given.device != default.device):
+        if k in typed:
             stored[k] = getattr(given, k)
     return MetricRun(**stored)
 
@@ -165,7 +168,8 @@ class Workspace(Evaluator):
 
 
 def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus, control: Control,
-                       resume: str | None = None) -> dict:
+                       resume: str | None = None, typed: frozenset = frozenset()) -> dict:
+    """A new metric search, or (`resume`) a stored one continued with the placement settings named in `typed`."""
     cfg.validate()
     lock = None
     try:
@@ -177,7 +181,7 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
             if s["kind"] != "metric":
                 raise StoreError(f"session {s['id']} is a {s['kind']} search, not a metric search")
             cfg = MetricSearchConfig.from_dict(s["config"]["search"])
-            run = resumed_run(s["config"]["run"], run, s["id"])
+            run = resumed_run(s["config"]["run"], run, s["id"], typed)
         proposer = metric_proposer(run, cfg) if run.proposer else None
         ws = Workspace(cfg, run, bus)
         if resume:
@@ -188,11 +192,11 @@ def run_metric_session(cfg: MetricSearchConfig, run: MetricRun, *, bus: EventBus
             sid = s["id"]
         else:
             run.dtype = ws.dtype  # 'auto' resolves per box; the session records what it ran in
-            store = Store.new_session(run.sessions_dir, "metric", {"search": cfg.to_dict(), "run": run.__dict__},
-                                      model_name=ws.lm.name, model_fingerprint=ws.lm.fingerprint,
-                                      data_source=ws.data.source, beta=cfg.sparsity, proposer=run.proposer or "gp")
+            store, lock = new_locked_session(run.sessions_dir, "metric",
+                                             {"search": cfg.to_dict(), "run": run.__dict__}, model_name=ws.lm.name,
+                                             model_fingerprint=ws.lm.fingerprint, data_source=ws.data.source,
+                                             beta=cfg.sparsity, proposer=run.proposer or "gp")
             sid = store.session_id
-            lock = RunLock(store).acquire()
     except BaseException:
         if lock is not None:
             lock.release("refused")
@@ -240,10 +244,7 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
                                 on_candidate=on_candidate, should_stop=stop, proposer=proposer, on_call=on_call,
                                 on_reject=on_reject, resume_from=previous)
     except Exception as e:
-        try:
-            store.update_session(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
-        except StoreError:
-            pass  # the DB itself failed (a full disk): its own error is the one to report
+        store.mark_failed(e)
         raise
     out = {"session_id": sid, "status": res.status, "best": res.best.canonical if res.best else None,
            "best_fitness": res.best.fitness if res.best else None, "evaluated": res.n_evaluated}

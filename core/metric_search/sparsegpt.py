@@ -17,7 +17,7 @@ import torch
 
 from ..model.calibration import POINTS, point_module
 from ..model.models import ModelArch, decoder_layers, input_device
-from .unstructured import INPUT_POINT, PROJECTIONS
+from .unstructured import INPUT_POINT, PROJECTIONS, pattern_mask
 
 
 def _block_mask(W1: torch.Tensor, d2: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -37,7 +37,8 @@ def obs_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, *, pattern: tup
     """W pruned to `sparsity` (or to N kept of every M with `pattern=(N, M)`) with the OBS update, float32.
 
     H is Σ x xᵀ over the calibration inputs ([cols, cols]); its scale does not matter. Columns that never
-    saw a nonzero input are zeroed (nothing downstream depends on them)."""
+    saw a nonzero input are zeroed (nothing downstream depends on them). Under N:M the groups are
+    `pattern_mask`'s (M columns from column 0, a ragged tail kept) and `blocksize` rounds up to a multiple of M."""
     W = W.detach().to(torch.float32).clone()
     H = H.detach().to(torch.float32).clone()
     rows, cols = W.shape
@@ -47,7 +48,9 @@ def obs_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, *, pattern: tup
     H += torch.eye(cols, dtype=H.dtype, device=H.device) * (percdamp * torch.diag(H).mean())
     # upper Cholesky factor of H^-1: row j holds (H_F^-1)[j, j:] / sqrt((H_F^-1)[j, j]) for F = {j, ..., cols-1}
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    n_keep, m = pattern if pattern else (0, 0)
+    m = pattern[1] if pattern else 0
+    if pattern:  # whole groups per block: a group's mask needs weights the lazy update has already reached
+        blocksize = -(-blocksize // m) * m
     for b0 in range(0, cols, blocksize):
         b1 = min(b0 + blocksize, cols)
         W1, U1 = W[:, b0:b1].clone(), U[b0:b1, b0:b1]
@@ -56,10 +59,9 @@ def obs_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, *, pattern: tup
         # N:M fills its mask group by group below; unstructured chooses the whole block now
         mask = torch.zeros_like(W1, dtype=torch.bool) if pattern else _block_mask(W1, d * d, sparsity)
         for j in range(b1 - b0):
-            if pattern and (b0 + j) % m == 0:
+            if pattern and (b0 + j) % m == 0:  # pattern_mask's groups, tie rule and kept ragged tail
                 sal = W1[:, j:j + m] ** 2 / (d[j:j + m] ** 2).unsqueeze(0)
-                drop = torch.topk(sal, m - n_keep, dim=1, largest=False).indices
-                mask[:, j:j + m].scatter_(1, drop, True)
+                mask[:, j:j + m] = pattern_mask(sal, pattern)
             w = W1[:, j]
             q = torch.where(mask[:, j], torch.zeros_like(w), w)
             e = (w - q) / d[j]

@@ -5,6 +5,7 @@ and `layers[i].mlp.{gate,up,down}_proj`. GQA is described by `ModelArch.n_kv_hea
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -302,9 +303,36 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# What the cached files were written by: bump when this code changes what it writes (the dequantised checkpoint,
+# the calibration statistics); transformers' version is part of the key too, as it does the dequantising.
+CACHE_FORMAT = 2
+
+
+def code_version() -> str:
+    import transformers
+    return f"{CACHE_FORMAT}-{transformers.__version__}"
+
+
+@functools.lru_cache(maxsize=16)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes (~0.3 s for a 250 MB GGUF), once per process and file version."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    st = path.stat()
+    return _content_hash(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
 def _gguf_cache_dir(gguf: Path, dtype: torch.dtype = torch.float32) -> Path:
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    """Keyed by the GGUF's content and the code that dequantises it: the same file anywhere (another checkout,
+    another venv, a CI run's fresh clone on the same machine) reuses one entry, and a new writer never reads an
+    old one."""
+    key = hashlib.sha256(f"{file_digest(gguf)}|{code_version()}".encode()).hexdigest()[:16]
     suffix = "" if dtype == torch.float32 else f"-{dtype_name(dtype)}"
     return cache_root() / "dequantised" / f"{gguf.stem}-{key}{suffix}"
 
@@ -365,14 +393,32 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, device: torch.device = torch.devi
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = cache.with_name(cache.name + ".tmp")
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # two processes may dequantise the same file at once
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         tmp.rename(cache)
-    except OSError:
-        pass  # a read-only cache only costs time
+    except OSError:  # a read-only cache only costs time; where another process won the race, its copy is kept
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
     return _place(model, device, device_map), tok
+
+
+def hf_directory(spec: str | None) -> Path:
+    """A transformers directory holding `spec`'s weights, for engines that read one (vLLM): an HF directory as
+    it is, a bundled name or a .gguf as its dequantised cache (written by a first load_model where missing)."""
+    spec = spec or BUNDLED
+    if spec in BUNDLED_NAMES or spec.endswith(".gguf"):
+        gguf = bundled_gguf_path("smollm2" if spec == "smollm2" else BUNDLED) if spec in BUNDLED_NAMES else Path(spec)
+        if not gguf.is_file():
+            raise ModelLoadError(f"model file not found: {spec}")
+        if not (_gguf_cache_dir(gguf) / "config.json").exists():
+            _load_gguf(gguf, torch.float32)
+        return _gguf_cache_dir(gguf)
+    path = Path(spec).expanduser()
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"model not found: {spec} (no config.json there)")
+    return path
 
 
 def load_model(spec: str | None = None, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",

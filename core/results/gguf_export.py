@@ -4,7 +4,9 @@ llama.cpp's `deci` architecture (written for Llama-3.1-Nemotron-51B) reads the h
 size of every layer from per-layer arrays, so it runs a model whose layers differ in width without any change
 (../shared/DESIGN.md §6). Tensors keep the names and order of a LLaMA GGUF; q/k rows go into llama.cpp's
 interleaved rotary order (whole heads are kept, so the permutation stays within a head). Bias compensation goes
-into `attn_output.bias` / `ffn_down.bias`, which the graph applies.
+into `attn_output.bias` / `ffn_down.bias`, which the graph applies; `mlp_bias` models' gate/up biases into
+`ffn_gate.bias` / `ffn_up.bias`, which it applies too. Every parameter of the model must land in some tensor, else the
+export is refused naming it (a family with a tensor deci has no place for cannot export silently wrong).
 
 Where llama.cpp's graph would silently differ from the torch model, the file is written so that it does not,
 exactly (zero weights add nothing):
@@ -13,7 +15,10 @@ exactly (zero weights add nothing):
   * a removed attention block that carries a compensation bias: llama.cpp's attention-free layer adds nothing,
     so one KV group with zero weights is kept and its output projection carries the bias;
   * widths a quantized type cannot hold (Q8_0 blocks of 32 along a row): MLP channels are padded with zero
-    channels to the block size; any other tensor whose rows do not fit stays F16, and the report says so.
+    channels to the block size; any other tensor whose rows do not fit stays F16, and the report says so;
+  * padded embeddings (Qwen2's vocab_size exceeds its tokenizer's ids): the token list is padded with UNUSED
+    `[PAD{i}]` tokens to the embedding's rows, as llama.cpp's converter does (llama.cpp requires they agree).
+Sliding-window attention (Mistral v0.1) is refused: deci attends to the whole context.
 """
 from __future__ import annotations
 
@@ -32,7 +37,10 @@ if TYPE_CHECKING:  # torch and numpy load when a file is written, not when the C
 FORMATS = ("hf", "gguf")  # what `selfpruner export` writes
 RECORD_KEY = "selfpruner.record"
 ARCH = "deci"
-FAMILIES = ("llama", "mistral", "qwen2")  # stock model types whose layers are LLaMA's (q/k/v biases: qwen2)
+# Families of pruned_modeling.FAMILIES (the one table of what the pruner builds) whose layers deci's graph does not
+# compute; every other family there is written as LLaMA's layers, guarded by the activation check and the
+# tensor coverage check of write_gguf.
+NOT_DECI = {"qwen3": "per-head q/k norms", "gemma3_text": "Gemma's norms, scaled embeddings and GELU"}
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 Q8_BLOCK = 32
 
@@ -80,32 +88,63 @@ def _rope(config) -> dict:
     return dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
 
 
-def check_exportable(config) -> str:
-    """The stock model type of a (pruned or dense) config, or a one-line refusal."""
+def gguf_families() -> tuple[str, ...]:
+    """The stock model types written as deci GGUF (imported late: pruned_modeling loads torch)."""
+    from .pruned_modeling import FAMILIES
+    return tuple(f for f in FAMILIES if f not in NOT_DECI)
+
+
+def _sliding_window(config) -> int | None:
+    """The attention window the torch model applies to some layer (None: full attention everywhere)."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None or (types is not None and "sliding_attention" not in types):  # Qwen2's off by default
+        return None
+    return int(window)
+
+
+def check_exportable(config, context_length: int | None = None) -> str:
+    """The stock model type of a (pruned or dense) config, or a one-line refusal. `context_length`: the one the
+    file will declare (default max_position_embeddings)."""
     base = config.model_type.removeprefix("selfpruner_")
-    if base not in FAMILIES:
+    families = gguf_families()
+    if base not in families:
+        why = f"; {base}'s layers have {NOT_DECI[base]}" if base in NOT_DECI else ""
         raise GgufExportError(
             f"cannot write {base} as GGUF with per-layer widths: llama.cpp's {base} graph takes one head count and "
             f"one MLP size for every layer (only its deci graph reads per-layer arrays, and it runs LLaMA-family "
-            f"layers: {', '.join(FAMILIES)}); export --format hf instead")
+            f"layers: {', '.join(families)}{why}); export --format hf instead")
+    act = getattr(config, "hidden_act", "silu")
+    if act != "silu":
+        raise GgufExportError(f"cannot write an MLP with activation {act!r} to GGUF (deci's graph applies SiLU); "
+                              f"export --format hf instead")
     kind = _rope(config).get("rope_type", _rope(config).get("type", "default"))
     if kind not in ("default", "linear"):
         raise GgufExportError(f"cannot write RoPE scaling {kind!r} to GGUF yet (default and linear are written); "
                               f"export --format hf instead")
+    window = _sliding_window(config)
+    ctx = int(context_length or getattr(config, "max_position_embeddings", 4096))
+    if window is not None and window < ctx:
+        raise GgufExportError(f"cannot write sliding-window attention (window {window} < context {ctx}) to GGUF: "
+                              f"llama.cpp's deci graph attends to the whole context; export --format hf instead")
     return base
 
 
 class _Writer:
-    """Collects tensors in the file's dtype; norms and biases stay F32 as llama.cpp's converter writes them."""
+    """Collects tensors in the file's dtype; norms and biases stay F32 as llama.cpp's converter writes them.
+    `covered` holds the ids of the model parameters written (or known to add nothing), for the coverage check."""
 
     def __init__(self, gw, outtype: str, report: GgufReport):
         self.gw, self.outtype, self.report = gw, outtype, report
+        self.covered: set[int] = set()
 
-    def add(self, name: str, t: torch.Tensor) -> None:
+    def add(self, name: str, t: torch.Tensor, src: torch.Tensor | None = None) -> None:
+        """Write `t` as `name`; `src`: the parameter it was made from (default `t` itself)."""
         import gguf
         import numpy as np
         import torch
 
+        self.covered.add(id(t if src is None else src))
         data = t.detach().to("cpu", torch.float32).contiguous().numpy()
         if data.ndim == 1 or self.outtype == "f32":
             self.gw.add_tensor(name, data)
@@ -147,22 +186,28 @@ def _layer_tensors(layer: nn.Module, i: int, group: int, hd: int, multiple: int,
         w.report.kept_bias_groups += 1
     else:
         nq = nkv = 0
+        if bias_only is not None:
+            w.covered.add(id(bias_only))  # all zeros: the attention-free layer adds the same nothing
     if nq:
         w.add(p + "attn_norm.weight", layer.input_layernorm.weight)
-        w.add(p + "attn_q.weight", rotary_interleave(q, nq))
-        w.add(p + "attn_k.weight", rotary_interleave(k, nkv))
+        w.add(p + "attn_q.weight", rotary_interleave(q, nq), q)
+        w.add(p + "attn_k.weight", rotary_interleave(k, nkv), k)
         w.add(p + "attn_v.weight", v)
         w.add(p + "attn_output.weight", o)
         for n, name, heads in (("q", "attn_q", nq), ("k", "attn_k", nkv), ("v", "attn_v", 0), ("o", "attn_output", 0)):
             if biases[n] is not None:
-                w.add(p + name + ".bias", rotary_interleave(biases[n], heads))
+                w.add(p + name + ".bias", rotary_interleave(biases[n], heads), biases[n])
+    else:
+        w.covered.add(id(layer.input_layernorm.weight))  # it normalises only the input of the removed attention
     ch = mlp.gate_proj.out_features
     width = max(multiple, -(-ch // multiple) * multiple)  # at least one block: 0 channels would skip the layer
     w.report.padded_channels += width - ch
     w.add(p + "ffn_norm.weight", layer.post_attention_layernorm.weight)
-    w.add(p + "ffn_gate.weight", _pad_rows(mlp.gate_proj.weight, width))
-    w.add(p + "ffn_up.weight", _pad_rows(mlp.up_proj.weight, width))
-    w.add(p + "ffn_down.weight", _pad_rows(mlp.down_proj.weight.T, width).T)
+    for proj, name in ((mlp.gate_proj, "ffn_gate"), (mlp.up_proj, "ffn_up")):
+        w.add(p + name + ".weight", _pad_rows(proj.weight, width), proj.weight)
+        if proj.bias is not None:  # mlp_bias; padded channels stay silent: up's zero row makes their product 0
+            w.add(p + name + ".bias", _pad_rows(proj.bias, width), proj.bias)
+    w.add(p + "ffn_down.weight", _pad_rows(mlp.down_proj.weight.T, width).T, mlp.down_proj.weight)
     if mlp.down_proj.bias is not None:
         w.add(p + "ffn_down.bias", mlp.down_proj.bias)
     w.report.heads.append(nq)
@@ -179,10 +224,16 @@ def write_gguf(model: nn.Module, tokenizer, out: str | Path, *, source_gguf: str
     if outtype not in OUTTYPES:
         raise GgufExportError(f"--outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     cfg = model.config
-    check_exportable(cfg)
+    check_exportable(cfg, context_length)
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     group = cfg.num_attention_heads // cfg.num_key_value_heads
-    vocab_keys = gguf_vocab(source_gguf) if source_gguf else hf_vocab(tokenizer)  # refuse before writing
+    inner = model.model
+    head = model.get_output_embeddings()
+    n_vocab = inner.embed_tokens.weight.shape[0]  # llama.cpp sizes token_embd and output by the token count
+    if head is not None and head.weight.shape[0] != n_vocab:
+        raise GgufExportError(f"the output head has {head.weight.shape[0]} rows but the embedding {n_vocab}; "
+                              f"llama.cpp needs them equal")
+    vocab_keys = gguf_vocab(source_gguf, n_vocab) if source_gguf else hf_vocab(tokenizer, n_vocab)  # refuse first
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -190,15 +241,20 @@ def write_gguf(model: nn.Module, tokenizer, out: str | Path, *, source_gguf: str
                         else "built from the HF tokenizer")
     gw = gguf.GGUFWriter(tmp, ARCH)
     w = _Writer(gw, outtype, report)
-    inner = model.model
     w.add("token_embd.weight", inner.embed_tokens.weight)
     multiple = Q8_BLOCK if outtype == "q8_0" else 1
     for i, layer in enumerate(inner.layers):
         _layer_tensors(layer, i, group, hd, multiple, w)
     w.add("output_norm.weight", inner.norm.weight)
-    head = model.get_output_embeddings()
     if head is not None and head.weight.data_ptr() != inner.embed_tokens.weight.data_ptr():
         w.add("output.weight", head.weight)  # absent: llama.cpp ties the output to token_embd
+    missed = [n for n, prm in model.named_parameters() if id(prm) not in w.covered]
+    if missed:
+        gw.close()
+        tmp.unlink(missing_ok=True)
+        raise GgufExportError(f"{missed[0]} has no place in a deci GGUF (llama.cpp would run the model without it"
+                              f"{f', nor {len(missed) - 1} more' if len(missed) > 1 else ''}); "
+                              f"export --format hf instead")
 
     gw.add_name(name or out.stem)
     gw.add_file_type(_file_type(outtype))
@@ -219,7 +275,7 @@ def write_gguf(model: nn.Module, tokenizer, out: str | Path, *, source_gguf: str
         gw.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         gw.add_rope_scaling_factor(float(scaling["factor"]))
     gw.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    gw.add_vocab_size(cfg.vocab_size)
+    gw.add_vocab_size(n_vocab)
     record = getattr(cfg, "selfpruner", None)
     if record:  # rates, plans, source and session, as an HF export keeps them in config.json; llama.cpp ignores it
         gw.add_string(RECORD_KEY, json.dumps(record))
@@ -235,8 +291,9 @@ def write_gguf(model: nn.Module, tokenizer, out: str | Path, *, source_gguf: str
 
 
 # ---- the vocabulary --------------------------------------------------------------------------------------------
-def gguf_vocab(path: str | Path) -> dict:
-    """Every tokenizer.* key of a GGUF file, with its stored type: {key: (value, type, array element type)}."""
+def gguf_vocab(path: str | Path, n_vocab: int | None = None) -> dict:
+    """Every tokenizer.* key of a GGUF file, with its stored type: {key: (value, type, array element type)};
+    `n_vocab`: the embedding rows its token list must match."""
     import gguf
 
     reader = gguf.GGUFReader(str(path))
@@ -249,6 +306,10 @@ def gguf_vocab(path: str | Path) -> dict:
         keys[key] = (f.contents(), main, sub)
     if "tokenizer.ggml.model" not in keys:
         raise GgufExportError(f"{Path(path).name} holds no tokenizer to copy")
+    tokens = keys.get("tokenizer.ggml.tokens", ([],))[0]
+    if n_vocab is not None and len(tokens) != n_vocab:
+        raise GgufExportError(f"{Path(path).name} holds {len(tokens)} tokens but the model's embedding has "
+                              f"{n_vocab} rows; llama.cpp needs them equal")
     return keys
 
 
@@ -284,10 +345,10 @@ def _pre_tokenizer_shape(pre: dict | None) -> tuple:
     return tuple(shape)
 
 
-def hf_vocab(tokenizer) -> dict:
+def hf_vocab(tokenizer, n_vocab: int | None = None) -> dict:
     """The tokenizer.* keys for an HF fast tokenizer of the byte-level BPE families llama.cpp knows (GPT-2's split,
     SmolLM's, LLaMA-3's, Qwen2's), built with the gguf package's vocabulary support; other tokenizers are refused
-    in one line."""
+    in one line. `n_vocab`: the embedding's rows; the token list is padded with UNUSED `[PAD{i}]` tokens to it."""
     import gguf
 
     with tempfile.TemporaryDirectory() as d:
@@ -318,6 +379,10 @@ def hf_vocab(tokenizer) -> dict:
         added = {a["id"]: a for a in spec.get("added_tokens", [])}
         by_id = {i: t for t, i in model["vocab"].items()} | {i: a["content"] for i, a in added.items()}
         n = max(by_id) + 1
+        if n_vocab is not None and n > n_vocab:
+            raise GgufExportError(f"the tokenizer has ids up to {n - 1} but the model's embedding only {n_vocab} "
+                                  f"rows")
+        n = max(n, n_vocab or 0)
         tokens, types = [], []
         for i in range(n):
             a = added.get(i)

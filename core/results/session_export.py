@@ -32,7 +32,8 @@ def export_session_candidate(session_ref: str, out: str | Path, *, sessions_dir:
     the export in the session and return what was recorded. `fmt`: hf (a transformers directory) or gguf (one
     file for llama.cpp / Ollama, weights in `outtype`, with an Ollama Modelfile beside it); `dtype`: of the hf
     export's weights (None or 'auto': the session's); `device`/`device_map`: where to build it (None: where the
-    session ran)."""
+    session ran). A layer search and a baseline (uniform, OWL, FLAP: one stored candidate) export alike; a
+    session that evaluated on Ray workers is rebuilt in this process."""
     fmt = export_format(out, fmt)
     if fmt == "gguf":
         if outtype not in OUTTYPES:
@@ -48,6 +49,9 @@ def export_session_candidate(session_ref: str, out: str | Path, *, sessions_dir:
         if cid not in rows:
             raise ConfigError(f"session {s['id']} has no candidate {cid}")
         cfg = stored_config(s)
+        # The export needs the model in this process, whatever cluster the session's evaluations ran on: a
+        # Ray session (--workers / --ray-address) rebuilds here, not as a RayWorkbench whose model lives on actors.
+        cfg.workers, cfg.ray_address = 0, None
         if device is not None:
             cfg.device, cfg.device_map = device, device_map
         bench = session_workbench(cfg, s, bus)

@@ -25,7 +25,7 @@ def cmd_metric_search(args) -> int:
     with ProgressRenderer(args.verbose) as renderer:
         bus.subscribe(renderer)
         res = _run_with_signals(lambda: run_metric_session(cfg, run, bus=bus, control=control,
-                                                           resume=args.resume), control)
+                                                           resume=args.resume, typed=args.typed), control)
     out.print(f"[bold]{res['status']}[/]: session {res['session_id']}, {res['evaluated']} metrics evaluated")
     out.print(f"best metric: {res['best']}  (search ppl {_f(res['best_fitness'])})")
     if res.get("raced") and res["raced"] != res["best"]:

@@ -1,10 +1,28 @@
 """CLI options generated from the config's parts (core/config.py): each setting's flags, help, choices and
-default are declared once, beside the field, and read back into SearchConfig fields by the same table."""
+default are declared once, beside the field, and read back into SearchConfig fields by the same table.
+
+What the user typed is known exactly, not guessed by comparing with defaults: a setting's argparse default is
+SUPPRESS, so after parsing only typed options are in the namespace; SettingsParser records their names in
+`args.typed` and then fills in the fields' defaults. So a resume or replay takes `--resume X -N 20` of a session
+stored with -N 10, `--workers 0` or `--device auto` even where the value equals the parser's default."""
 from __future__ import annotations
 
 import argparse
 
 from selfpruner.core.config import part_fields
+
+
+class SettingsParser(argparse.ArgumentParser):
+    """An ArgumentParser (and, through add_subparsers, its sub-parsers) that records which settings were typed."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        settings = [a for a in self._actions if hasattr(a, "setting_default")]
+        ns.typed = frozenset(getattr(ns, "typed", ())) | {a.dest for a in settings if hasattr(ns, a.dest)}
+        for a in settings:
+            if not hasattr(ns, a.dest):
+                setattr(ns, a.dest, a.setting_default)
+        return ns, extras
 
 
 def _batch(text: str) -> int | None:
@@ -39,22 +57,25 @@ def add_settings(p, *parts, skip: tuple = (), only: tuple | None = None, choices
         flags = m["flags"] or ("--" + f.name.replace("_", "-"),)
         kw = {"dest": f.name, "help": m["help"]}
         if _kind(f) is bool and f.default is None:  # --x / --no-x, unset = the config decides
-            kw.update(action=argparse.BooleanOptionalAction, default=None)
+            kw.update(action=argparse.BooleanOptionalAction)
         elif _kind(f) is bool:  # a switch: --x turns it on, --no-x off
-            kw.update(action="store_false" if flags[-1].startswith("--no-") else "store_true", default=f.default)
+            kw.update(action="store_false" if flags[-1].startswith("--no-") else "store_true")
         else:
-            kw.update(type=PARSERS.get(f.name, _kind(f)), default=f.default, metavar=m["metavar"])
+            kw.update(type=PARSERS.get(f.name, _kind(f)), metavar=m["metavar"])
             allowed = (choices or {}).get(f.name) or m["choices"]
             if allowed:
                 kw["choices"] = list(allowed)
-        p.add_argument(*flags, **{k: v for k, v in kw.items() if v is not None or k == "default"})
+        action = p.add_argument(*flags, default=argparse.SUPPRESS, **{k: v for k, v in kw.items() if v is not None})
+        action.setting_default = f.default
 
 
 def settings_from(args, *parts, skip: tuple = (), only: tuple | None = None) -> dict:
     """The values of add_settings' options, as SearchConfig fields."""
-    return {f.name: getattr(args, f.name) for f in cli_fields(*parts, skip=skip, only=only)}
+    return {f.name: getattr(args, f.name, f.default) for f in cli_fields(*parts, skip=skip, only=only)}
 
 
 def typed_settings(args, *parts) -> dict:
-    """The options the user changed from their defaults (what a replay or export may take over a session's)."""
-    return {f.name: getattr(args, f.name) for f in cli_fields(*parts) if getattr(args, f.name) != f.default}
+    """The options the user typed, whatever their value (what a resume, replay or export may take over a
+    session's)."""
+    typed = getattr(args, "typed", frozenset())
+    return {f.name: getattr(args, f.name) for f in cli_fields(*parts) if f.name in typed}

@@ -80,11 +80,13 @@ def cmd_speed(args) -> int:
     from selfpruner.core.model.models import load_model
     from selfpruner.core.results.export import load_any
     from selfpruner.core.results.session_summary import record_for_model_dir
-    from selfpruner.core.results.speed import benchmark_vllm, compare, to_markdown, vllm_status
+    from selfpruner.core.results.speed import compare, to_markdown
 
     engine = args.engine or ("llama-cpp" if str(args.model_dir).endswith(".gguf") else "transformers")
     if engine == "llama-cpp":
         return _speed_gguf(args)
+    if engine == "vllm":
+        return _speed_vllm(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     dense = load_model(args.dense, device=args.device, dtype=args.dtype, device_map=args.device_map).model
@@ -93,12 +95,6 @@ def cmd_speed(args) -> int:
                      clock=args.clock, prefill_len=args.prefill_len, decode_tokens=args.decode_tokens,
                      batch=args.batch_size or 1)
     out.print(to_markdown(report))
-    if args.vllm:
-        ok, why = vllm_status()
-        if not ok:
-            raise UserError(why)
-        report["vllm"] = benchmark_vllm(args.model_dir)
-        out.print_json(json.dumps(report["vllm"], default=str))
     sid = record_for_model_dir(args.model_dir, args.sessions_dir, "speed", str(args.model_dir),
                              json.loads(json.dumps(report, default=str)))
     if sid:
@@ -118,6 +114,24 @@ def _speed_gguf(args) -> int:
     report = compare_gguf({"dense": dense, "pruned": args.model_dir}, baseline="dense", threads=args.threads,
                           repeats=args.repeats, prompt_len=args.prefill_len, decode_tokens=args.decode_tokens)
     out.print(gguf_markdown(report))
+    sid = record_for_model_dir(args.model_dir, args.sessions_dir, "speed", str(args.model_dir), report)
+    if sid:
+        out.print(f"stored in session {sid}")
+    return 0
+
+
+def _speed_vllm(args) -> int:
+    """The export against its dense model on vLLM (the paper's measurement): both engines in this process, taking
+    turns in every round."""
+    from selfpruner.core.results.session_summary import record_for_model_dir
+    from selfpruner.core.results.vllm_speed import compare_vllm, vllm_markdown
+
+    report = compare_vllm(args.model_dir, args.dense, batch=args.batch_size or 16, prompt_len=args.prefill_len,
+                          gen_tokens=args.decode_tokens, rounds=args.repeats, dtype=args.dtype)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        out.print(vllm_markdown(report))
     sid = record_for_model_dir(args.model_dir, args.sessions_dir, "speed", str(args.model_dir), report)
     if sid:
         out.print(f"stored in session {sid}")

@@ -8,7 +8,7 @@ from selfpruner.core.errors import UserError
 from selfpruner.core.plans import split_genes
 
 from .common import ProgressRenderer, _print_shares, _run_with_signals, _typed_placement, out
-from .options import settings_from
+from .options import settings_from, typed_settings
 
 # The parts a search takes from its own options (Placement comes with every command that loads a model).
 SEARCH_PARTS = (Pruning, Data, Fitness, Evolution, Proposing, Cluster)
@@ -25,10 +25,10 @@ def cmd_search(args) -> int:
         raise UserError("--no-mutation and --no-crossover together leave no operator")
     settings = _search_settings(args)
     if args.resume:
-        # only what the user typed counts as a change; every other setting comes from the session
-        from selfpruner.cli import build_parser  # the parser's own defaults, not a copy of them
-        defaults = _search_settings(build_parser().parse_args(["search"]))
-        typed = {k: v for k, v in settings.items() if v != defaults[k]}
+        # only what the user typed counts as a change (whatever its value); the rest comes from the session
+        typed = typed_settings(args, *SEARCH_PARTS, Placement)
+        if args.no_mutation or args.no_crossover:
+            typed["ablation"] = settings["ablation"]
         cfg, resume = resume_config(args.resume, args.sessions_dir, typed)
     else:
         resume = None

@@ -104,6 +104,7 @@ def cmd_report(args) -> int:
 def cmd_control(args) -> int:
     """Ask the process running a session to pause, resume or stop; --wait: until it has obeyed."""
     from selfpruner.core.errors import UserError
+    from selfpruner.core.run_lock import is_live
     from selfpruner.core.steering import request
     from selfpruner.core.store import Store, resolve_session
 
@@ -118,6 +119,10 @@ def cmd_control(args) -> int:
             if row["obeyed"] is not None:
                 out.print(f"obeyed after {row['obeyed'] - row['requested']:.1f} s")
                 break
+            if row["note"] or not is_live(st.path):  # its run ended without obeying it (killed, or done)
+                row = next(r for r in st.controls() if r["id"] == cid)
+                if row["obeyed"] is None:
+                    raise UserError(f"session {sid} did not obey {args.command}: its run ended first")
             if time.time() > deadline:
                 raise UserError(f"session {sid} has not obeyed {args.command} within {args.wait:g} s (still stored: "
                                 f"it will when it reaches an evaluation boundary)")

@@ -37,7 +37,7 @@ class ExportScreen(ModalScreen):
             yield Static(Text("Export the best candidate", style="bold"))
             with Horizontal(classes="form-row"):
                 yield Label("format", classes="form-label")
-                yield Select([("GGUF (llama.cpp, Ollama)", "gguf"), ("HF directory (transformers)", "hf")],
+                yield Select([("GGUF (llama.cpp, Ollama)", "gguf"), ("HF directory (transformers, vllm serve)", "hf")],
                              value="gguf", allow_blank=False, compact=True, id="format")
             with Horizontal(classes="form-row"):
                 yield Label("GGUF type", classes="form-label")

@@ -17,6 +17,7 @@ from ..widgets.scrubber import GenerationScrubber
 from .search import ALL_PARTS, SearchScreen
 
 RESUMABLE = ("running", "stopped", "failed")
+EXPORTABLE = ("layer", "baseline")  # session kinds whose candidates are layer-rate vectors
 FOLLOW_S = 1.0
 
 
@@ -102,7 +103,8 @@ class ReplayScreen(SearchScreen):
         if action == "control":
             return following
         if action in ("export", "measure"):
-            return self.state.kind == "layer" and self.state.best_id is not None and not following
+            # a layer search's best candidate, or a baseline's one rate vector (core/baselines/run.py)
+            return self.state.kind in EXPORTABLE and self.state.best_id is not None and not following
         return True
 
     def action_export(self) -> None:
@@ -116,6 +118,8 @@ class ReplayScreen(SearchScreen):
         size = info.get("file_bytes") or info.get("weight_bytes") or 0
         self.note = (f"exported #{info['candidate']} → {info['out_dir']} ({info['params'] / 1e6:.1f}M of "
                      f"{info['dense_params'] / 1e6:.1f}M parameters, {size / 2**20:.1f} MiB)")
+        if info.get("format", "hf") == "hf":  # the directory vLLM serves through selfpruner's plugin
+            self.note += f"; serve it: vllm serve {info['out_dir']}"
         self.notify(self.note, title="export", timeout=10)
         self.render_view({"status"})
 

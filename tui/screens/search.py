@@ -15,7 +15,7 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from selfpruner.core.results.session_summary import candidate_shares
 
 from ..rates_file import output_dir, save_best_rates
-from ..state import SearchState, View, fmt_fitness, session_options, workers_text
+from ..state import SearchState, View, baseline_options, fmt_fitness, session_options, workers_text
 from ..widgets.calls import CallLog
 from ..widgets.fitness import FitnessPanel
 from ..widgets.population import PopulationTable
@@ -90,13 +90,20 @@ class SearchScreen(Screen):
         st, g = self.state, view.generation
         todo = [c for c in st.cands.values() if c.generation == g]
         done = sum(c.fitness is not None for c in todo)
-        self.query_one(FitnessPanel).show_progress(g, st.config.get("generations"), done, len(todo))
+        of = st.config.get("generations") if st.kind == "layer" else None  # a baseline has no generations to come
+        self.query_one(FitnessPanel).show_progress(g, of, done, len(todo))
 
     def status_text(self) -> Text:
         st, cfg = self.state, self.state.config
         t = Text()
         t.append(st.session_id or "new session", style="bold")
-        t.append(f" · {st.model or cfg.get('model') or 'bundled gemma-3-270m'} · β {st.beta:g} · {st.proposer}")
+        model = st.model or cfg.get("model") or "bundled gemma-3-270m"
+        if st.kind == "baseline":  # one rate vector evaluated once: no population, generations or proposer
+            t.append(f" · {model} · β {st.beta:g}")
+            for part in baseline_options(cfg, st.proposer):
+                t.append(f" · {part}")
+            return self._outcome(t)
+        t.append(f" · {model} · β {st.beta:g} · {st.proposer}")
         if cfg:
             t.append(f" · K={cfg.get('population')} M={cfg.get('mutations')} S={cfg.get('crossovers')} "
                      f"N={cfg.get('generations')} · {cfg.get('budget_tokens')} tok/fitness")
@@ -105,13 +112,19 @@ class SearchScreen(Screen):
         if st.workers:
             t.append("\nworkers: ")
             t.append_text(workers_text(st.workers))
+        return self._outcome(t)
+
+    def _outcome(self, t: Text) -> Text:
+        """The status line's second row: where the run stands and what it found."""
+        st = self.state
         t.append("\n")
         colour = {"running": "green", "paused": "yellow", "stopping": "yellow", "stopped": "yellow",
                   "finished": "bold green", "failed": "bold red", "unreadable": "red"}.get(st.status, "")
         t.append(st.status, style=colour)
         best = st.best()
         if best is not None:
-            t.append(f" · best #{best.id} ppl {fmt_fitness(best.fitness)}")
+            t.append(f" · search ppl {fmt_fitness(best.fitness)}" if st.kind == "baseline" else
+                     f" · best #{best.id} ppl {fmt_fitness(best.fitness)}")
         if st.final_ppl is not None:
             t.append(f" · final ppl {fmt_fitness(st.final_ppl)}", style="bold")
         sh = candidate_shares(st.proposer, [c.origin for c in st.cands.values()])

