@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,23 +354,29 @@ def _place(model: nn.Module, device: torch.device, device_map: str | None) -> nn
     return model if device.type == "cpu" else model.to(device)
 
 
+_GGUF_PATCH = threading.Lock()
+
+
 @contextmanager
 def _gguf_parsed_once():
     """transformers reads a GGUF's header three times (config, weights, tokenizer), and parsing gemma's 262k-token
-    vocabulary takes ~23 s each on this CPU: within the block, each file is parsed once and its reader reused."""
+    vocabulary takes ~23 s each on this CPU: within the block, each file is parsed once and its reader reused. The
+    reader is swapped process-wide, so blocks are serialised: a second thread (the TUI loads models in workers)
+    waits instead of restoring the original under the first one's feet."""
     import gguf
-    original, readers = gguf.GGUFReader, {}
+    with _GGUF_PATCH:
+        original, readers = gguf.GGUFReader, {}
 
-    def reader(path, *args, **kwargs):
-        key = (str(path), args, tuple(sorted(kwargs.items())))
-        if key not in readers:
-            readers[key] = original(path, *args, **kwargs)
-        return readers[key]
-    gguf.GGUFReader = reader
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = original
+        def reader(path, *args, **kwargs):
+            key = (str(path), args, tuple(sorted(kwargs.items())))
+            if key not in readers:
+                readers[key] = original(path, *args, **kwargs)
+            return readers[key]
+        gguf.GGUFReader = reader
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = original
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
