@@ -48,8 +48,13 @@ def llama7b_cut_exports(out: Path, ratios: list[float], layers: int = 4) -> list
     from selfpruner.core.layer_search.workbench import Workbench
     from selfpruner.core.model.models import LoadedModel
     from selfpruner.core.results.export import export_pruned
+    from transformers import AutoTokenizer
+
+    from selfpruner.core.model.models import hf_directory
     model = build_random("llama-2-7b", layers, torch.float32, torch.device("cpu"))
-    lm = LoadedModel.wrap(model, f"random llama-2-7b ({layers} layers)")
+    # vLLM wants a tokenizer beside the weights; the prompts are random ids below both vocabularies
+    tok = AutoTokenizer.from_pretrained(hf_directory("smollm2"))
+    lm = LoadedModel.wrap(model, f"random llama-2-7b ({layers} layers)", tok)
     bench = Workbench.from_parts(lm, random_tokens(32000, 1024, 2048, 2048), seq_len=256, batch_size=1)
     dense = export_pruned(lm, bench.pruner, [0.0] * layers, out / "l7b-dense")
     return [(f"llama-2-7b {layers}-layer cut, uniform β {r}", dense,

@@ -30,7 +30,7 @@ def compare_vllm(model_dir, dense: str | None, *, batch: int = 16, prompt_len: i
     # both engines alive at once (they share vLLM's process-wide parallel state, released with the last of them)
     engines = {name: load(d, dtype=dtype, max_model_len=prompt_len + gen_tokens + 8, seed=seed)
                for name, d in dirs.items()}
-    vocab = engines["dense"].get_tokenizer().vocab_size
+    vocab = min(engines["dense"].get_tokenizer().vocab_size, engines["dense"].llm_engine.model_config.get_vocab_size())
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(10, vocab - 1, (prompt_len,), generator=g).tolist() for _ in range(batch)]
     t0 = time.time()
