@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from selfpruner.core.results.report import build_report
-from selfpruner.core.store import resolve_session
+from selfpruner.core.session_files import resolve_session
 
 from bench_args import add  # bench/ is on sys.path when run as a script
 

@@ -12,9 +12,10 @@ each made lazily inside the function that needs it: `config` parses a `--race` s
   whose one-line message tells the user what to fix), `types` (plain data between searches, proposers and the
   store), `plans` (which pruned model a rate vector stands for: the identity of a layer-rate candidate),
   `events` (what the core reports while it runs; the CLI and TUI only subscribe), `store` (one SQLite file per
-  session), `run_lock` (one process runs a session at a time) and `steering` (pause/resume/stop asked by
-  another process through the session's control table).
-- `model/`: a model as every stage sees it: loading HF dirs, hub ids and GGUFs (`models`), WikiText-2 windows
+  session; `session_files` finds and lists them), `run_lock` (one process runs a session at a time) and
+  `steering` (pause/resume/stop asked by another process through the session's control table).
+- `model/`: a model as every stage sees it: loading HF dirs, hub ids and GGUFs (`models`; a GGUF dequantised
+  once and cached, `gguf_cache`), WikiText-2 windows
   (`data`), calibration statistics (`calibration`), Wanda-sp and FLAP importance (`wanda_sp`, `flap`), structured
   pruning on one resident copy (`structured`), perplexity and KL (`evaluate`, `kl`).
 - `proposers/`: shared by both searches: the registry of names (`registry`), the interface (`base`), the LLM

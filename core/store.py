@@ -396,7 +396,7 @@ class Store:
         if budget_tokens is not None:
             where += " and budget_tokens = ?"
             args.append(budget_tokens)
-        return {r["candidate_id"]: _from_db(r["fitness"])
+        return {r["candidate_id"]: from_db(r["fitness"])
                 for r in self.db["evaluations"].rows_where(where, args, order_by="id")}
 
     def evaluations(self) -> list[dict]:
@@ -407,13 +407,13 @@ class Store:
             "select e.fitness from evaluations e join candidates c on c.id = e.candidate_id "
             "where c.key = ? and e.kind = 'search' and e.budget_tokens = ? and e.seq_len = ? limit 1",
             [key, budget_tokens, seq_len]))
-        return _from_db(rows[0]["fitness"]) if rows else None
+        return from_db(rows[0]["fitness"]) if rows else None
 
     def generations(self) -> list[dict]:
         out = []
         for r in self.db["generations"].rows_where(order_by="generation"):
             r["population"] = json.loads(r["population"])
-            r["best"], r["mean"] = _from_db(r["best"]), _from_db(r["mean"])
+            r["best"], r["mean"] = from_db(r["best"]), from_db(r["mean"])
             out.append(r)
         return out
 
@@ -433,7 +433,7 @@ class Store:
         out = []
         for r in self.db["metric_candidates"].rows_where(order_by="id"):
             r["parents"] = json.loads(r["parents"] or "[]")
-            r["fitness"] = _from_db(r["fitness"])
+            r["fitness"] = from_db(r["fitness"])
             out.append(r)
         return out
 
@@ -449,51 +449,5 @@ def _finite(x: float) -> float:
     return _INF if x != x or x == float("inf") else float(x)
 
 
-def _from_db(x: float | None) -> float | None:
+def from_db(x: float | None) -> float | None:
     return float("inf") if x is not None and x >= _INF else x
-
-
-def session_paths(directory: Path | str = DEFAULT_DIR) -> list[Path]:
-    d = Path(directory)
-    return sorted(d.glob("*.db"), key=lambda p: p.stat().st_mtime, reverse=True) if d.is_dir() else []
-
-
-def resolve_session(ref: str, directory: Path | str = DEFAULT_DIR) -> Path:
-    """A session by path, by id, or by unique id prefix."""
-    p = Path(ref)
-    if p.suffix == ".db" and p.exists():
-        return p
-    matches = [q for q in session_paths(directory) if q.stem == ref] or \
-              [q for q in session_paths(directory) if q.stem.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise StoreError(f"no session {ref!r} in {directory}/")
-    raise StoreError(f"session {ref!r} is ambiguous: {', '.join(q.stem for q in matches[:5])}")
-
-
-def list_sessions(directory: Path | str = DEFAULT_DIR) -> list[dict]:
-    """Summary rows for the CLI and the TUI browser; unreadable files are listed with their error."""
-    from .run_lock import shown_status
-
-    rows = []
-    for path in session_paths(directory):
-        try:
-            with Store(path, readonly=True) as st:
-                s = st.session()
-                s["status"] = shown_status(path, s["status"])
-                runner = None
-                if s["status"] == "running":  # live: who runs it
-                    last = (st.runs() or [None])[-1]
-                    runner = f"pid {last['pid']} on {last['host']}" if last else None
-                n_gen = st.db["generations"].count
-                n_cand = st.db["candidates"].count + st.db["metric_candidates"].count
-            rows.append({"id": s["id"], "path": str(path), "kind": s["kind"], "status": s["status"],
-                         "model": s["model_name"], "beta": s["beta"], "proposer": s["proposer"],
-                         "best_fitness": _from_db(s["best_fitness"]), "final_ppl": s["final_ppl"],
-                         "created": s["created"], "generations": n_gen, "candidates": n_cand, "error": None,
-                         "config": s.get("config") or {}, "runner": runner})
-        except (StoreError, sqlite3.DatabaseError) as e:
-            rows.append({"id": path.stem, "path": str(path), "kind": "?", "status": "unreadable",
-                         "error": str(e).splitlines()[0]})
-    return rows

@@ -145,7 +145,8 @@ class _FakeLLM:
 def fake_llm(monkeypatch):
     def build(cfg):
         from selfpruner.core.proposers.replay import ReplayProposer
-        from selfpruner.core.store import Store, resolve_session
+        from selfpruner.core.session_files import resolve_session
+        from selfpruner.core.store import Store
         if cfg.proposer == "replay":
             return ReplayProposer(Store(resolve_session(cfg.replay_from, cfg.sessions_dir)))
         return LLMProposer(_FakeLLM(), "llama-cpp", max_retries=1, rng_seed=cfg.seed)

@@ -14,8 +14,9 @@ from selfpruner.core.config import ConfigError
 from selfpruner.core.events import Control
 from selfpruner.core.layer_search.self_pruner import compare_trajectories
 from selfpruner.core.run_lock import RunLock
+from selfpruner.core.session_files import list_sessions
 from selfpruner.core.steering import ControlPoller, request
-from selfpruner.core.store import Store, list_sessions
+from selfpruner.core.store import Store
 
 from conftest import cli
 

@@ -189,7 +189,7 @@ def fake_llm(monkeypatch):
 
     def build(cfg):
         from selfpruner.core.proposers.replay import ReplayProposer
-        from selfpruner.core.store import resolve_session
+        from selfpruner.core.session_files import resolve_session
         if cfg.proposer == "replay":
             return ReplayProposer(Store(resolve_session(cfg.replay_from, cfg.sessions_dir)))
         backend = FakeLLM(cfg.beta, fail=cfg.proposer_model == "broken")

@@ -834,7 +834,7 @@ async def test_resume_of_a_session_another_process_runs_is_refused(stopped_real_
             assert f"pid {holder.pid}" in next(m for m in said if "being run by" in m)
     # the holder is gone: the browser calls it died, and Resume takes it over
     assert Store(db, readonly=True).session()["status"] == "running"
-    from selfpruner.core.store import list_sessions
+    from selfpruner.core.session_files import list_sessions
     assert list_sessions(stopped_real_session)[0]["status"] == "died"
 
 

@@ -98,7 +98,8 @@ class SelfPrunerApp(App):
 
     def open_path(self, ref: str) -> None:
         """Open one session (path, id or id prefix) straight into its replay or metric view."""
-        from selfpruner.core.store import Store, resolve_session
+        from selfpruner.core.session_files import resolve_session
+        from selfpruner.core.store import Store
 
         from .errors import USER_ERRORS, one_line
         from .screens.metric import MetricScreen

@@ -8,7 +8,8 @@ from ..config import RESUMABLE, ConfigError, SearchConfig, check_stored_base_url
 from ..events import Control, EventBus, SessionStarted
 from ..proposers.base import Proposer
 from ..run_lock import RunLock, new_locked_session
-from ..store import Store, StoreError, resolve_session
+from ..session_files import resolve_session
+from ..store import Store, StoreError
 from .self_pruner import SelfPrunerSearch
 from .workbench import Workbench
 

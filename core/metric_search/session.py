@@ -14,8 +14,9 @@ from ..model.evaluate import auto_batch_size, perplexity
 from ..model.models import dtype_name, load_model
 from ..proposers.base import ProposerError
 from ..run_lock import RunLock, new_locked_session
+from ..session_files import resolve_session
 from ..steering import ControlPoller
-from ..store import Store, StoreError, resolve_session
+from ..store import Store, StoreError
 from .expr_parse import parse
 from .expr_print import to_text
 from .prompts import metric_grammar

@@ -112,7 +112,7 @@ def cache_key(fingerprint: str, order: str, windows: torch.Tensor) -> str:
 def cached(kind: str, key: str, compute, pack, unpack):
     """(value, from_cache): a result kept under cache_root()/kind/key.pt. A corrupt entry is recomputed and a
     read-only cache only costs time."""
-    from .models import code_version
+    from .gguf_cache import code_version
     path = cache_root() / kind / f"{key}-{code_version()}.pt"  # a new writer never reads an old entry
     if path.exists():
         try:

@@ -52,7 +52,8 @@ def _vllm(cfg) -> Proposer:
 
 
 def _replay(cfg) -> Proposer:
-    from ..store import Store, resolve_session
+    from ..session_files import resolve_session
+    from ..store import Store
     from .replay import ReplayProposer
     if not cfg.replay_from:
         raise ProposerError("the replay proposer needs the session to replay: --replay-from SESSION")

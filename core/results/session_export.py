@@ -9,7 +9,8 @@ import torch
 from ..config import ConfigError
 from ..events import EventBus
 from ..layer_search.session import session_workbench, stored_config
-from ..store import Store, resolve_session
+from ..session_files import resolve_session
+from ..store import Store
 from .export import build_pruned, export_pruned, saved_size
 from .gguf_export import FORMATS, OUTTYPES, check_exportable, write_gguf, write_modelfile
 from .speed import param_count

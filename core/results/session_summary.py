@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from ..plans import split_genes
-from ..store import Store, StoreError, resolve_session
+from ..session_files import resolve_session
+from ..store import Store, StoreError
 
 LLM_PROPOSERS = ("openai", "llama-cpp", "vllm")
 

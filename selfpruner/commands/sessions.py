@@ -10,7 +10,7 @@ from .common import _f, _print_shares, out
 
 
 def cmd_sessions(args) -> int:
-    from selfpruner.core.store import list_sessions
+    from selfpruner.core.session_files import list_sessions
     rows = list_sessions(args.sessions_dir)
     if not rows:
         out.print(f"no sessions in {args.sessions_dir}/")
@@ -39,7 +39,8 @@ def _status_line(st, status: str) -> str:
 
 def cmd_show(args) -> int:
     from selfpruner.core.results.session_summary import candidate_history, history_csv
-    from selfpruner.core.store import Store, resolve_session
+    from selfpruner.core.session_files import resolve_session
+    from selfpruner.core.store import Store
     with Store(resolve_session(args.session, args.sessions_dir), readonly=True) as st:
         if args.csv or args.history_json:  # the whole candidate history, for a spreadsheet or a script
             rows = candidate_history(st)
@@ -94,7 +95,7 @@ def _show(st, args) -> None:
 
 def cmd_report(args) -> int:
     from selfpruner.core.results.report import build_report
-    from selfpruner.core.store import resolve_session
+    from selfpruner.core.session_files import resolve_session
 
     page = build_report([resolve_session(ref, args.sessions_dir) for ref in args.session], args.out)
     out.print(f"report of {len(args.session)} session(s): {page}")
@@ -105,8 +106,9 @@ def cmd_control(args) -> int:
     """Ask the process running a session to pause, resume or stop; --wait: until it has obeyed."""
     from selfpruner.core.errors import UserError
     from selfpruner.core.run_lock import is_live
+    from selfpruner.core.session_files import resolve_session
     from selfpruner.core.steering import request
-    from selfpruner.core.store import Store, resolve_session
+    from selfpruner.core.store import Store
 
     with Store(resolve_session(args.session, args.sessions_dir)) as st:
         cid = request(st, args.command)

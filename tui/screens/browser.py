@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from selfpruner.core.store import list_sessions
+from selfpruner.core.session_files import list_sessions
 
 from ..state import fmt_fitness, session_options
 
