@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .store import DEFAULT_DIR, Store, StoreError, from_db
+from .store import DEFAULT_DIR, Store, StoreError
+from .types import from_db
 
 
 def session_paths(directory: Path | str = DEFAULT_DIR) -> list[Path]:

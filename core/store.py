@@ -22,7 +22,7 @@ import sqlite_utils
 
 from .errors import UserError
 from .plans import candidate_key, candidate_key_text
-from .types import CallRecord, Proposal
+from .types import CallRecord, Proposal, finite, from_db
 
 # 1: the first format; 2: the `runs` table (who ran the session, core/run_lock.py) and PRAGMA user_version;
 # 3: the `controls` table (pause/resume/stop asked from another process, core/steering.py);
@@ -279,13 +279,13 @@ class Store:
     def add_evaluation(self, candidate_id: int, fitness: float, *, kind: str = "search", budget_tokens: int,
                        seq_len: int, eval_s: float, cached: bool = False) -> int:
         return self.db["evaluations"].insert({
-            "candidate_id": candidate_id, "kind": kind, "fitness": _finite(fitness),
+            "candidate_id": candidate_id, "kind": kind, "fitness": finite(fitness),
             "budget_tokens": budget_tokens, "seq_len": seq_len, "eval_s": eval_s, "cached": int(cached),
             "created": time.time()}).last_pk
 
     @_writes
     def add_generation(self, generation: int, best: float, mean: float, population: list[int]) -> None:
-        self.db["generations"].upsert({"generation": generation, "best": _finite(best), "mean": _finite(mean),
+        self.db["generations"].upsert({"generation": generation, "best": finite(best), "mean": finite(mean),
                                        "population": json.dumps(population), "finished": time.time()},
                                       pk="generation")
 
@@ -324,7 +324,7 @@ class Store:
         if isinstance(row.get("parents"), list):
             row["parents"] = json.dumps(row["parents"])
         if "fitness" in row:
-            row["fitness"] = _finite(row["fitness"])
+            row["fitness"] = finite(row["fitness"])
         return self.db["metric_candidates"].insert(row, alter=True).last_pk
 
     # ---- runs (core/run_lock.py) ---------------------------------------------------------------------
@@ -439,15 +439,3 @@ class Store:
 
     def close(self) -> None:
         self.db.conn.close()
-
-
-# SQLite has no inf/nan: store a sentinel so a diverged model is still a number the UIs can sort.
-_INF = 1e300
-
-
-def _finite(x: float) -> float:
-    return _INF if x != x or x == float("inf") else float(x)
-
-
-def from_db(x: float | None) -> float | None:
-    return float("inf") if x is not None and x >= _INF else x

@@ -89,3 +89,14 @@ class EvalJob:
     measure: str = "ppl"
     kl_k: int | None = None
 
+
+# SQLite has no inf/nan: store a sentinel so a diverged model is still a number the UIs can sort.
+INF_SENTINEL = 1e300
+
+
+def finite(x: float) -> float:
+    return INF_SENTINEL if x != x or x == float("inf") else float(x)
+
+
+def from_db(x: float | None) -> float | None:
+    return float("inf") if x is not None and x >= INF_SENTINEL else x
