@@ -23,7 +23,7 @@ from bench_args import add, add_protocol_args, conditions, spread  # bench/ is o
 
 
 def final(bench, rates, tokens, compensate: bool) -> float:
-    bench.pruner.compensate = compensate
+    bench.pruner.reconstruct = compensate
     return bench.fitness(rates, tokens, which="test")[0]
 
 
@@ -31,7 +31,7 @@ def search(bench, args, beta: float, compensate: bool, sessions: str):
     cfg = SearchConfig(model=args.model, beta=beta, proposer="numeric", population=args.K, mutations=args.M,
                        crossovers=args.S, generations=args.N, budget_tokens=args.budget_tokens, seq_len=args.seq_len,
                        calib_tokens=args.calib_tokens, final_eval=False, data="local", seed=args.seed,
-                       sessions_dir=sessions, compensate=compensate)
+                       sessions_dir=sessions, reconstruct="bias" if compensate else "none")
     return start_search(cfg, bus=EventBus(), control=Control(), bench=bench).run().best_rates
 
 
@@ -71,7 +71,7 @@ def main(argv=None):
     times = {False: [], True: []}
     for _ in range(args.repeats):
         for comp in (False, True):
-            bench.pruner.compensate = comp
+            bench.pruner.reconstruct = comp
             times[comp].append(bench.fitness(rates, args.budget_tokens)[1])
     ratio = statistics.median(times[True]) / statistics.median(times[False])
     print(f"fitness time with / without compensation ({args.budget_tokens} tokens, median of {args.repeats} "

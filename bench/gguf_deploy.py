@@ -31,7 +31,7 @@ def search(bench, args, beta: float, multiple: int, sessions: str):
     cfg = SearchConfig(model=args.model, beta=beta, proposer="numeric", population=args.K, mutations=args.M,
                        crossovers=args.S, generations=args.N, budget_tokens=args.budget_tokens, seq_len=args.seq_len,
                        calib_tokens=args.calib_tokens, final_eval=False, data="local", seed=args.seed,
-                       sessions_dir=sessions, compensate=True, channel_multiple=multiple)
+                       sessions_dir=sessions, reconstruct="bias", channel_multiple=multiple)
     return start_search(cfg, bus=EventBus(), control=Control(), bench=bench).run().best_rates
 
 

@@ -1,7 +1,8 @@
 """The searched model against its one-shot peers on SmolLM2, side by side: uniform, OWL and FLAP (each with and
 without bias compensation) and the numeric GA with and without the quality pieces of this round, at β 0.3 and 0.5.
 
-Every search prunes as FLAP does (FLAP's importance orders the units, compensation on), so a search differs from
+Every search prunes as FLAP does (FLAP's importance orders the units, compensation on unless the variant rebuilds the
+kept weights by least squares, `+ ls`; the one-shot rows take --reconstruct none,bias,ls), so a search differs from
 the FLAP baseline only in the layer allocation; it spends --evaluations fitness calls of --budget-tokens
 (K + N·(M+S)). Final ppl on --final-tokens held-out tokens, mean ± sd over --seeds; the ratio is against FLAP with
 compensation. `--llm` adds the paper's protocol (the default llama.cpp proposer, the bundled gemma-3-270m; one
@@ -39,20 +40,23 @@ VARIANTS = {  # name: SearchConfig overrides
     "GA + split searched": dict(seed_references=False, numeric_mutation="gauss", split="search"),
     "GA + references + level-switch + split searched": dict(seed_references=True, numeric_mutation="mixed",
                                                            split="search"),
+    # the kept columns of o_proj / down_proj rebuilt by least squares (issue 39) instead of the bias compensation
+    "GA + references + level-switch + ls": dict(seed_references=True, numeric_mutation="mixed", reconstruct="ls"),
 }
+SUFFIX = {"none": "", "bias": " + comp", "ls": " + ls"}
 
 
-def final(bench, rates, tokens: int, compensate: bool, split: str) -> float:
-    bench.set_pruning(compensate, 1, split)
+def final(bench, rates, tokens: int, how: str, split: str) -> float:
+    bench.set_pruning(how, 1, split)
     return bench.fitness(rates, tokens, which="test")[0]
 
 
-def piqa(bench, rates, compensate: bool, split: str, data_dir, limit) -> str:
+def piqa(bench, rates, how: str, split: str, data_dir, limit) -> str:
     """'acc / acc_norm' of the pruned model in memory ('' without --piqa)."""
     if not data_dir:
         return ""
     from selfpruner.core.results.lm_eval_bridge import evaluate_tasks, resolve_tasks
-    bench.set_pruning(compensate, 1, split)
+    bench.set_pruning(how, 1, split)
     with bench.pruner.applied(rates):
         m = evaluate_tasks(bench.lm.model, bench.lm.tokenizer, resolve_tasks(["piqa"], data_dir), limit=limit,
                            batch_size=32)["piqa"]
@@ -84,6 +88,9 @@ def main(argv=None):
     ap.add_argument("--split", default="rule", choices=("rule", "flap"), help="the one-shot rows' and searches' split")
     ap.add_argument("--piqa", default=None, help="PIQA's local files (e.g. ../shared/data/piqa): adds acc / acc_norm")
     ap.add_argument("--piqa-limit", type=int, default=None, help="PIQA items (default: all 1,838)")
+    ap.add_argument("--reconstruct", default="none,bias",
+                    help="the one-shot rows' reconstructions (none,bias,ls); PIQA for FLAP's last, and with ls for the ls "
+                         "searches only")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     bench = Workbench.build(args.model, seq_len=args.seq_len, calib_tokens=args.calib_tokens, data="local",
@@ -98,21 +105,24 @@ def main(argv=None):
     print(f"dense ppl {bench.dense_ppl(args.final_tokens, which='test'):.2f}\n")
     print(f"{'β':>4}  {'method':<52} {'final ppl':>18} {'× FLAP+comp':>11} {'evals':>6} {'wall s':>7} "
           f"{'PIQA acc/norm':>13}  notes")
+    recons = args.reconstruct.split(",")
     for beta in [float(x) for x in args.ratios.split(",")]:
-        rows = []
+        rows, flap_comp = [], None
         for name, wb, method in (("uniform Wanda-sp", wanda, "uniform"), ("OWL (Wanda-sp)", wanda, "owl"),
                                  ("FLAP", bench, "flap")):
             rates = baseline_rates(wb, method, beta)
-            for comp in (False, True):
-                rows.append((f"{name}{' + comp' if comp else ''}",
-                             [final(wb, rates, args.final_tokens, comp, args.split)], 0, 0.0, "",
-                             piqa(wb, rates, comp, args.split, args.piqa, args.piqa_limit) if comp and method == "flap"
-                             else ""))
-        flap_comp = rows[-1][1][0]
+            for how in recons:
+                rows.append((f"{name}{SUFFIX[how]}", [final(wb, rates, args.final_tokens, how, args.split)], 0, 0.0,
+                             "", piqa(wb, rates, how, args.split, args.piqa, args.piqa_limit)
+                             if how == recons[-1] and method == "flap" else ""))
+                if (method, how) == ("flap", "bias"):
+                    flap_comp = rows[-1][1][0]
         if args.split == "rule":  # FLAP's own within-layer structure beside it
             rates = baseline_rates(bench, "flap", beta)
             rows.append(("FLAP + comp, flap split", [final(bench, rates, args.final_tokens, True, "flap")], 0, 0.0,
-                         "FLAP's own structure", piqa(bench, rates, True, "flap", args.piqa, args.piqa_limit)))
+                         "FLAP's own structure", "" if "ls" in recons else
+                         piqa(bench, rates, True, "flap", args.piqa, args.piqa_limit)))
+        flap_comp = flap_comp or final(bench, baseline_rates(bench, "flap", beta), args.final_tokens, "bias", args.split)
         for row in rows:
             show(beta, row, flap_comp)
         chosen = [v for v in args.variants.split(",") if v]
@@ -122,14 +132,13 @@ def main(argv=None):
                          "llama-cpp"))
         for name, over, proposer in runs:
             ppls, walls, best_refs, n_evals, acc = [], [], 0, 0, ""
-            over = {"split": args.split} | over
+            over = {"split": args.split, "reconstruct": "bias"} | over
             for seed in (seeds if proposer == "numeric" else seeds[:1]):
                 cfg = SearchConfig(model=args.model, beta=beta, proposer=proposer, population=args.K,
                                    mutations=args.M, crossovers=args.S, generations=args.N,
                                    budget_tokens=None if over.get("race") else args.budget_tokens,
                                    seq_len=args.seq_len, calib_tokens=args.calib_tokens, final_eval=False,
-                                   data="local", seed=seed, sessions_dir=sessions, compensate=True,
-                                   importance="flap", **over)
+                                   data="local", seed=seed, sessions_dir=sessions, importance="flap", **over)
                 t = time.perf_counter()
                 search = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
                 res = search.run()
@@ -137,9 +146,9 @@ def main(argv=None):
                 n_evals = len([e for e in search.store.evaluations() if e["kind"] == "search"])
                 best = next(c for c in search.store.candidates() if c["id"] == res.best_id)
                 best_refs += best["origin"].startswith("reference:")
-                ppls.append(final(bench, res.best_rates, args.final_tokens, True, over["split"]))
-                if not acc:
-                    acc = piqa(bench, res.best_rates, True, over["split"], args.piqa, args.piqa_limit)
+                ppls.append(final(bench, res.best_rates, args.final_tokens, over["reconstruct"], over["split"]))
+                if not acc and (over["reconstruct"] == "ls" or "ls" not in recons):
+                    acc = piqa(bench, res.best_rates, over["reconstruct"], over["split"], args.piqa, args.piqa_limit)
             note = f"best is a reference in {best_refs}/{len(ppls)}" if over.get("seed_references") else ""
             show(beta, (name, ppls, n_evals, statistics.mean(walls), note, acc), flap_comp)
         print()

@@ -40,7 +40,7 @@ SEARCHES = {
     "ablation: random init": dict(init="random"),
     "ablation: no mutation": dict(ablation="no-mutation"),
     "ablation: no crossover": dict(ablation="no-crossover"),
-    "search +compensation": dict(compensate=True),
+    "search +compensation": dict(reconstruct="bias"),
     "search KL fitness": dict(fitness="kl"),
     "search race": dict(race=None),  # --race, generations to match the others' tokens (main)
 }
@@ -102,7 +102,7 @@ def main(argv=None):
                 rates, search_ppl, n, path, share = run_search(bench, sessions, base, variant, llm_session)
                 if name == "Self-Pruner (LLM)":
                     llm_session = path
-            comp = bool(variant.get("compensate"))
+            comp = variant.get("reconstruct", "none") == "bias"
             bench.set_pruning(comp)
             # searches that end on the same best share its final evaluation
             key = (candidate_key_text(candidate_key(rates)), comp)

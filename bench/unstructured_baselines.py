@@ -35,9 +35,11 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--metric", action="append", default=[], metavar="NAME=TREE",
                     help="one more metric row, e.g. a searched one (repeatable)")
+    ap.add_argument("--update", default="", metavar="NAME,...",
+                    help="metrics also run with SparseGPT's update of the weights they keep (rows NAME+update)")
     args = ap.parse_args(argv)
     extra = dict(m.split("=", 1) for m in args.metric)
-    methods = args.methods.split(",") + list(extra)
+    methods = args.methods.split(",") + list(extra) + [f"{m}+update" for m in args.update.split(",") if m]
     torch.manual_seed(0)
     cfg = MetricSearchConfig(model=args.model, seq_len=args.seq_len, grad_tokens=args.grad_tokens,
                              operands=("W", "G", "X"))
@@ -55,8 +57,11 @@ def main(argv=None):
             pattern = parse_pattern(regime) if ":" in regime else None
             sparsity = 1 - pattern[0] / pattern[1] if pattern else float(regime)
             t0 = time.perf_counter()
-            if method == "sparsegpt":
-                achieved = ws.pruner.apply_sparsegpt(ws.lm.model, calib, sparsity, pattern, batch_size=ws.batch_size)
+            base = method.removesuffix("+update")
+            if method == "sparsegpt" or method.endswith("+update"):  # SparseGPT's update of its own or a metric's mask
+                metric = None if method == "sparsegpt" else (extra.get(base) or KNOWN_METRICS[base])
+                achieved = ws.pruner.apply_sparsegpt(ws.lm.model, calib, sparsity, pattern, batch_size=ws.batch_size,
+                                                     metric=metric)
             else:
                 achieved = ws.pruner.apply(parse(extra.get(method) or KNOWN_METRICS[method]), sparsity, pattern)
             secs = time.perf_counter() - t0
@@ -70,7 +75,8 @@ def main(argv=None):
     print(f"| dense | {dense:.2f} |" + " |" * len(regimes))
     for method in methods:
         cells = " | ".join(f"{rows[(method, r)][0]:.2f}" for r in regimes)
-        name = f"{method} `{extra[method]}`" if method in extra else method
+        base = method.removesuffix("+update")
+        name = f"{method} `{extra[base]}`" if base in extra else method
         print(f"| {name} | {cells} | {rows[(method, regimes[0])][1]:.1f} |")
 
 

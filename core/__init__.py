@@ -3,7 +3,7 @@
 The map, one package per concern; each imports only the ones listed before it. Four imports go the other way,
 each made lazily inside the function that needs it: `config` parses a `--race` spec with
 `layer_search.racing`, `model.models` loads an exported checkpoint with `results.pruned_modeling`,
-`proposers.registry` builds the metric search's LLM proposer from `metric_search.session`, and
+`proposers.registry` builds the metric search's LLM proposer from `metric_search.metric_writers`, and
 `layer_search.workbench` asks `baselines.rates` for the uniform/OWL rates a report draws against.
 
 - top level: `config` (SearchConfig as the union of small frozen parts: what is pruned, placement, data, fitness,

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 
-from .errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """Bad user input; the message is one line."""
+from .errors import ConfigError  # noqa: F401 - imported from here by most callers
 
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -22,13 +18,13 @@ DATA_SOURCES = ("auto", "hub", "local")
 
 
 def setting(default, *, help: str | None = None, flags: tuple | None = (), choices: tuple | None = None,
-            metavar: str | None = None, label: str | None = None, resume: bool = False):
+            metavar: str | None = None, label: str | None = None, resume: bool = False, aliases: dict | None = None):
     """A config field with what the front ends need to offer it: `flags` (CLI option strings, default
     --field-name; None = not a CLI option of its own; a bool is a switch, --no-x meaning False), `help`,
-    `choices`, `metavar`, the TUI form's `label`,
+    `choices`, `metavar`, the TUI form's `label`, `aliases` (switches that set one value, {"--flag": value})
     and `resume` (a resumed search may change it)."""
     meta = {"help": help, "flags": None if flags is None else tuple(flags), "choices": choices, "metavar": metavar,
-            "label": label,
+            "label": label, "aliases": aliases or {},
             "resume": resume}
     return field(default=default, metadata=meta)
 
@@ -59,11 +55,17 @@ class Pruning:
     lo: float = setting(0.0, help="lowest per-layer rate")
     hi: float = setting(1.0, help="highest per-layer rate")
     # wanda-sp (|W|·||X||) or flap (Var(X)·||W||²)
-    importance: str = setting("wanda-sp", choices=("wanda-sp", "flap"),
+    # flap by default: with least squares it ends closer to dense than wanda-sp (bench/RESULTS.md, issue 39)
+    importance: str = setting("flap", choices=("wanda-sp", "flap"),
                               help="what orders a layer's heads and channels for removal (flap: Var(X)·||W||²)")
-    # FLAP's bias compensation: removed heads/channels leave their mean output as a bias of o_proj/down_proj
-    compensate: bool = setting(False, label="bias compensation (FLAP: removed units leave their mean output)",
-                               help="FLAP bias compensation: removed heads/channels leave their mean output as a bias")
+    # what stands in for the removed heads' and channels' output (core/model/structured.py, reconstruct.py):
+    # none; bias = FLAP's compensation (their mean output as a bias of o_proj/down_proj); ls = the kept columns of
+    # o_proj/down_proj rebuilt by least squares against the dense output on the calibration tokens
+    reconstruct: str = setting("ls", choices=("none", "bias", "ls"), label="reconstruction",
+                               aliases={"--compensate": "bias"},
+                               help="after removing heads/channels: none, bias (FLAP's bias compensation; "
+                                    "--compensate is the same) or ls (least-squares rebuild of the kept o_proj/"
+                                    "down_proj columns and bias against the dense output)")
     # MLP channels kept in multiples of N, so an exported model quantizes (Q8_0: 32) and suits aligned kernels
     channel_multiple: int = setting(1, metavar="N",
                                     help="keep each layer's MLP channels in multiples of N (32 for Q8_0 GGUF; 64 or "
@@ -103,7 +105,12 @@ class Data:
     """The WikiText-2 text and how it is cut into windows (the calibration depends on all of it)."""
     data: str = setting("auto", choices=DATA_SOURCES, label="WikiText-2")
     seq_len: int = setting(512, label="context (seq len)")
-    calib_tokens: int = setting(16384, label="calibration tokens")
+    # 64k: least squares keeps gaining up to there (FLAP at β 0.3 on SmolLM2: 98.9 at 8k, 85.6 at 16k, 72.0 at 64k)
+    calib_tokens: int = setting(65536, label="calibration tokens")
+    # calibration from other text than WikiText-2 (all of which is then search and final text)
+    calib_data: str | None = setting(None, metavar="FILE|HUB-ID", label="calibration text",
+                                     help="calibrate on a text or jsonl file (its \"text\" fields) or a hub dataset's "
+                                          "train split instead of WikiText-2; the session stores its hash")
     # BOS at the start of every window: auto (the tokenizer's habit) | on | off
     bos: str = setting("auto", choices=("auto", "on", "off"),
                        help="BOS token at the start of every window (auto: as the model's tokenizer does)")
@@ -150,9 +157,11 @@ class Evolution:
                                   "writes")
     seed: int = setting(0, label="seed")
     # the uniform, OWL and FLAP allocations join the initial population (origin reference:NAME), so a search never
-    # ends behind them on search fitness; None = on for the numeric GA, off for LLM proposers (the paper's protocol)
+    # ends behind them on search fitness; on for every proposer (--no-seed-references: the paper's protocol, where
+    # the LLM writes the whole initial population)
     seed_references: bool | None = setting(None, help="put the uniform, OWL and FLAP allocations into the initial "
-                                                      "population (default: on for --proposer numeric)")
+                                                      "population (default: on; --no-seed-references is the "
+                                                      "paper's protocol)")
 
 
 @dataclass(frozen=True)
@@ -223,6 +232,27 @@ def check_stored_base_url(stored: str | None, given: str | None, session_id: str
                           f"resume it; an API key is only sent to a server named in this run")
 
 
+def calib_file(spec: str):
+    """The file --calib-data names (a Path), or None for a hub dataset id; a path-like name that is no file is
+    refused here, before any model loads."""
+    from pathlib import Path
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix in (".txt", ".jsonl", ".json", ".raw") or spec.startswith((".", "/", "~")):
+        raise ConfigError(f"--calib-data {spec}: no such file")
+    return None
+
+
+def reconstruction_of(stored: dict) -> str:
+    """The reconstruction a stored config ran with (sessions before schema 5 stored the `compensate` switch)."""
+    return stored.get("reconstruct") or ("bias" if stored.get("compensate") else "none")
+
+
+RECONSTRUCTION_NAMES = {"none": "no reconstruction", "bias": "bias compensation",
+                        "ls": "least-squares reconstruction"}
+
+
 def part_fields(*parts) -> list:
     return [f for part in parts for f in fields(part)]
 
@@ -232,7 +262,7 @@ class _SearchConfigBase:
 
     def __post_init__(self):
         if self.seed_references is None:
-            self.seed_references = self.proposer == "numeric"
+            self.seed_references = True
         if self.budget_tokens is None:
             self.budget_tokens = self.race_budget()
         # An ablation removes an operator but keeps the offspring count: its share goes to the other one.
@@ -299,6 +329,8 @@ class _SearchConfigBase:
         if not 0.0 < self.vllm_gpu_share < 1.0:
             raise ConfigError(f"--vllm-gpu-share must be in (0, 1), got {self.vllm_gpu_share}")
         check_placement(self.device, self.dtype, self.device_map, self.batch_size)
+        if self.calib_data:
+            calib_file(self.calib_data)
         from .layer_search.racing import search_budget
         search_budget(self.race, self.seq_len, self.budget_tokens)
         if self.workers < 0:
@@ -321,7 +353,13 @@ class _SearchConfigBase:
     @classmethod
     def from_dict(cls, d: dict):
         known = {f.name for f in fields(cls)}
+        d = {**d, "reconstruct": reconstruction_of(d)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def compensate(self) -> bool:
+        """Whether pruned layers carry an output bias (any reconstruction but none)."""
+        return self.reconstruct != "none"
 
 
 def _fresh(f):

@@ -5,3 +5,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     pass
+
+
+class ConfigError(UserError, ValueError):
+    """Bad user input; the message is one line."""
+
+
+class TaskUnavailable(UserError, RuntimeError):
+    """A zero-shot task whose definition or data cannot be loaded; the message is one line for the user."""

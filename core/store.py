@@ -27,8 +27,9 @@ from .types import CallRecord, Proposal, finite, from_db
 # 1: the first format; 2: the `runs` table (who ran the session, core/run_lock.py) and PRAGMA user_version;
 # 3: the `controls` table (pause/resume/stop asked from another process, core/steering.py);
 # 4: settings an older reader would drop on resume (split, channel_multiple, seed_references), and controls asked
-#    of an earlier run marked expired (note) instead of being remembered by each runner.
-SCHEMA_VERSION = 4
+#    of an earlier run marked expired (note) instead of being remembered by each runner;
+# 5: `reconstruct` (none | bias | ls) in place of the `compensate` switch, and the calibration text's source.
+SCHEMA_VERSION = 5
 EXPIRED = "expired: asked of an earlier run"
 DEFAULT_DIR = Path("sessions")
 

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-tokens", type=int, default=4096)
     p.add_argument("--no-gradients", action="store_true", help="search over W and X only")
     p.add_argument("--final-tokens", type=int, default=4096)
+    p.add_argument("--update", choices=["none", "sparsegpt"], default="none",
+                   help="sparsegpt: the final model keeps the best metric's mask with SparseGPT's update of the kept "
+                        "weights, scored beside SparseGPT alone")
     p.add_argument("--race-top", type=int, default=5,
                    help="score the best N again on --race-tokens before the final evaluation (0/1: no race)")
     p.add_argument("--race-tokens", type=int, default=0, help="search tokens of that race (0: 4 x --budget-tokens)")
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["metric", "sparsegpt"], default="metric",
                    help="metric: mask the lowest scores of --metric; sparsegpt: OBS mask and weight update")
     p.add_argument("--metric", default=None, help='e.g. "mul(abs(W), X)" or "|W| * X" (--method metric)')
+    p.add_argument("--update", choices=["none", "sparsegpt"], default="none",
+                   help="sparsegpt: the metric chooses the mask, SparseGPT's OBS update rebuilds the kept weights")
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--pattern", default=None, metavar="N:M",
                    help="semi-structured: N kept of every M inputs (2:4 is what GPUs accelerate); sets the sparsity")
@@ -163,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", default=None)
     p.add_argument("--data-dir", default=None, metavar="PATH",
                    help="read piqa from local files here (PIQA's valid.jsonl + valid-labels.lst) instead of the hub")
+    p.add_argument("--engine", choices=("transformers", "llama-cpp", "vllm"), default=None,
+                   help="what runs the model (default: llama-cpp for a .gguf, else transformers); vllm: lm-eval's vLLM "
+                        "model, an export loading through selfpruner's plugin")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("speed", parents=[sessions, device],

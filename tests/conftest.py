@@ -113,8 +113,8 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def smol_bench(smollm2):
-    """SmolLM2's one workbench (256-token windows, 4,096 calibration tokens, Wanda-sp order). Only one: a second
-    workbench on the same model would re-order its heads and channels under this one."""
+    """SmolLM2's one workbench (256-token windows, 4,096 calibration tokens, the default importance's order).
+    Only one: a second workbench on the same model would re-order its heads and channels under this one."""
     from selfpruner.core.layer_search.workbench import Workbench
     return Workbench.build(None, lm=smollm2, seq_len=256, calib_tokens=4096, data="local")
 

@@ -7,7 +7,7 @@ CORE = Path(__file__).resolve().parents[1] / "core"
 ORDER = ["top", "model", "proposers", "layer_search", "metric_search", "baselines", "results"]
 TOP = {"config", "errors", "types", "plans", "events", "store", "session_files", "run_lock", "steering"}
 LAZY_BACKWARDS = {("config.py", "layer_search.racing"), ("model/models.py", "results"),
-                  ("proposers/registry.py", "metric_search.session"), ("layer_search/workbench.py", "baselines.rates")}
+                  ("proposers/registry.py", "metric_search.metric_writers"), ("layer_search/workbench.py", "baselines.rates")}
 
 
 def imports(path: Path):

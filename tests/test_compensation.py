@@ -13,7 +13,7 @@ RATES = [0.25, 0.5, 1.0, 0.4]  # layer 2 loses every head and channel: only the 
 @pytest.fixture(scope="module")
 def bench(tiny_llama_dir):
     return Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local", device="cpu",
-                           compensate=True)
+                           reconstruct="bias")
 
 
 def _logits(model, ids):
@@ -45,12 +45,12 @@ def test_compensated_prefix_equals_mean_substitution_on_the_dense_model(bench):
     with pruner.applied(RATES):
         got = _logits(lm.model, ids)
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
-    pruner.compensate = False
+    pruner.reconstruct = False
     try:
         with pruner.applied(RATES):
             plain = _logits(lm.model, ids)
     finally:
-        pruner.compensate = True
+        pruner.reconstruct = True
     assert (plain - want).abs().max() > 1e-2  # the bias is not a no-op
 
 
@@ -87,12 +87,12 @@ def test_search_stores_and_uses_compensation(bench, tmp_path, tiny_llama_dir):
               sessions_dir=str(tmp_path))
     fits = {}
     for comp in (False, True):
-        s = start_search(SearchConfig(**kw, compensate=comp), bus=EventBus(), control=Control(), bench=bench)
+        s = start_search(SearchConfig(**kw, reconstruct="bias" if comp else "none"), bus=EventBus(), control=Control(), bench=bench)
         s.run()
-        assert s.store.session()["config"]["compensate"] is comp
+        assert s.store.session()["config"]["reconstruct"] == ("bias" if comp else "none")
         fits[comp] = sorted(s.store.fitness_by_candidate().values())
     assert fits[True] != fits[False]  # same candidates (same seed), other fitness
-    bench.pruner.compensate = True
+    bench.pruner.reconstruct = True
 
 
 @pytest.mark.slow

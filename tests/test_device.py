@@ -153,9 +153,9 @@ def test_search_makes_no_tensor_without_an_explicit_device(tmp_path, tiny_llama_
         assert abs(sum(rates) / len(rates) - 0.4) < 1e-9
         search, res = _search(tmp_path, bench, tiny_llama_dir, batch_size=2)
         assert res.status == "finished" and res.final_ppl > 1
-        bench.pruner.compensate = True  # FLAP bias and KL fitness make their tensors where the layer lives too
+        bench.pruner.reconstruct = True  # FLAP bias and KL fitness make their tensors where the layer lives too
         assert bench.fitness(rates, 64, measure="kl", kl_k=8)[0] > 0
-        bench.pruner.compensate = False
+        bench.pruner.reconstruct = False
         grads = collect_gradients(lm.model, lm.arch, bench.windows("calib", 64))
         unstructured = UnstructuredPruner(lm.arch, bench.stats, grads)
         with unstructured.pruned_with("mul(abs(W), mul(G, X))", 0.5) as achieved:

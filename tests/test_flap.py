@@ -33,7 +33,7 @@ def test_flap_scores_are_input_variance_times_squared_column_norm(tiny_llama_dir
 
 
 def test_pruner_orders_by_flap(flap_bench, tiny_llama_dir):
-    plain = Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local")
+    plain = Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=256, data="local", importance="wanda-sp")
     assert flap_bench.pruner.importance == "flap" and plain.pruner.importance == "wanda-sp"
     for scores in flap_bench.pruner.chan_scores:  # kept in descending order: prefixes keep the best
         assert torch.all(scores[:-1] >= scores[1:])
@@ -57,7 +57,7 @@ def test_search_refuses_another_importance_than_its_workbench(flap_bench, tmp_pa
     from selfpruner.core.layer_search.session import start_search
 
     cfg = SearchConfig(model=str(tiny_llama_dir), proposer="numeric", seq_len=32, budget_tokens=32,
-                       calib_tokens=256, data="local", sessions_dir=str(tmp_path))
+                       calib_tokens=256, data="local", sessions_dir=str(tmp_path), importance="wanda-sp")
     with pytest.raises(ConfigError, match="orders heads and channels by flap"):
         start_search(cfg, bus=EventBus(), control=Control(), bench=flap_bench)
 
@@ -71,5 +71,5 @@ def test_flap_baseline_cli(tmp_path, tiny_llama_dir):
                  "--final-tokens", "64", "--data", "local", "--sessions-dir", str(tmp_path)]) == 0
     (db,) = tmp_path.glob("*.db")
     s = Store(db).session()
-    assert s["proposer"] == "flap" and s["config"]["importance"] == "flap" and s["config"]["compensate"]
+    assert s["proposer"] == "flap" and s["config"]["importance"] == "flap" and s["config"]["reconstruct"] == "bias"
     assert s["final_ppl"] > 1

@@ -144,9 +144,9 @@ def _zero_mlp(model, layer: int):
     return model
 
 
-CASES = {  # name: (rates, compensation, outtype, channel multiple, edit)
+CASES = {  # name: (rates, reconstruction, outtype, channel multiple, edit)
     "dense": ([0.0] * 30, False, "f32", 1, None),
-    "searched": (SEARCHED, False, "f16", 1, None),
+    "searched+ls": (SEARCHED, "ls", "f16", 1, None),  # the default reconstruction
     "searched+comp": (SEARCHED, True, "f16", 1, None),
     "attention-free+comp": (ATTENTION_FREE, True, "f32", 1, None),
     "mlp-free layer": (SEARCHED, False, "f32", 1, lambda m: _zero_mlp(m, 2)),
@@ -265,7 +265,7 @@ def test_zero_shot_on_a_gguf_export_scores_as_transformers_does(smol, tmp_path):
     from selfpruner.core.results.export import build_pruned
     from selfpruner.core.results.llama_cpp_lm import is_pruned_gguf, llama_cpp_lm
 
-    smol.set_pruning(True)
+    smol.set_pruning("ls")
     try:
         model = build_pruned(smol.lm, smol.pruner, SEARCHED, dtype=torch.float32, device="cpu")
     finally:

@@ -68,3 +68,19 @@ def test_prune_with_any_metric_and_reject_bad_ones(tmp_path, tiny_llama_dir):
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: bad metric")
     bad = cli("prune", "--model", tiny_llama_dir, "--method", "sparsegpt", "--pattern", "4:2", ok=False)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --pattern: a pattern N:M needs 0 < N < M")
+
+
+def test_metric_search_with_the_sparsegpt_update_scores_it_beside_sparsegpt(tmp_path, tiny_llama_dir):
+    """--update sparsegpt: the final evaluation adds the best metric's mask with SparseGPT's update (closer to
+    dense than the mask alone) and SparseGPT itself; the session stores the setting and both scores."""
+    sd = tmp_path / "s"
+    r = cli("metric-search", "--model", tiny_llama_dir, "--population", "3", "--iterations", "1", "--top-k", "2",
+            "--no-gradients", "--race-top", "1", "--final-tokens", "256", "--update", "sparsegpt",
+            "--sessions-dir", sd, *TINY)
+    assert "final best+update" in r.stdout and "final sparsegpt" in r.stdout
+    (db,) = sd.glob("*.db")
+    st = Store(db)
+    final = st.results("final")[0]["payload"]
+    assert st.session()["config"]["run"]["update"] == "sparsegpt"
+    assert final["best+update"]["metric"] == final["best"]["metric"] + " + sparsegpt update"
+    assert final["best+update"]["ppl"] < final["best"]["ppl"] and final["sparsegpt"]["ppl"] > 1

@@ -244,9 +244,9 @@ def test_search_with_base_url_runs_and_replays(llama_server, no_key, tmp_path, t
     _, url, _ = llama_server
     common = ["--sessions-dir", str(tmp_path), "--data", "local"]
     rc = main(["search", "--model", str(tiny_llama_dir), "--ratio", "0.3", "--proposer", "openai",
-               "--proposer-model", "smollm2", "--base-url", url, "-K", "3", "-M", "1", "-S", "1", "-N", "2",
+               "--proposer-model", "smollm2", "--base-url", url, "-K", "4", "-M", "1", "-S", "1", "-N", "2",
                "--budget-tokens", "64", "--seq-len", "32", "--calib-tokens", "256", "--final-tokens", "64",
-               "--max-retries", "1", *common])
+               "--max-retries", "1", *common])  # K=4: three references and one the LLM writes
     assert rc == 0
     from selfpruner.core.store import Store
     (db,) = tmp_path.glob("*.db")

@@ -18,11 +18,11 @@ TINY = dict(beta=0.4, proposer="numeric", population=5, mutations=2, crossovers=
             budget_tokens=128, seq_len=32, calib_tokens=256, final_eval=False, data="local")
 
 
-def test_references_are_on_for_the_numeric_ga_and_an_option_for_llm_proposers():
+def test_references_are_on_for_every_proposer_and_off_for_the_papers_protocol():
     assert SearchConfig(proposer="numeric").seed_references is True
-    assert SearchConfig(proposer="llama-cpp").seed_references is False  # the paper's protocol by default
-    settings = _search_settings(build_parser().parse_args(["search", "--proposer", "openai", "--seed-references"]))
-    assert SearchConfig(**settings).seed_references is True
+    assert SearchConfig(proposer="llama-cpp").seed_references is True  # defaults that win (issue 39)
+    settings = _search_settings(build_parser().parse_args(["search", "--proposer", "openai", "--no-seed-references"]))
+    assert SearchConfig(**settings).seed_references is False  # the paper's protocol: the LLM writes every one
     settings = _search_settings(build_parser().parse_args(["search", "--no-seed-references"]))
     assert SearchConfig(**{**settings, "proposer": "numeric"}).seed_references is False
     # a session stored before references existed had none: it resumes and replays as it ran

@@ -201,7 +201,7 @@ def fake_llm(monkeypatch):
 
 def _search(tmp_path, bench, tiny_llama_dir, **kw):
     cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(tmp_path), proposer="llama-cpp",
-                       **{**TINY, "population": 6, **kw})
+                       **{**TINY, "population": 6, "seed_references": False, **kw})
     s = start_search(cfg, bus=EventBus(), control=Control(), bench=bench)
     return s, s.run()
 

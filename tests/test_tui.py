@@ -473,7 +473,8 @@ async def test_start_form_estimates_the_final_evaluation(tmp_path):
         minutes = DEFAULT_FINAL_TOKENS / BUNDLED_TOKENS_PER_S / 60
         assert f"final evaluation: {DEFAULT_FINAL_TOKENS:,} tokens ≈ " in text and 1 <= minutes <= 5
         assert f"~{BUNDLED_TOKENS_PER_S:.0f} tok/s" in text and "gemma-3-270m" in text
-        whole = window_tokens((BUNDLED_TEST_TOKENS - 16384) // 2, 512, True, None)  # the offline copy's half
+        whole = window_tokens((BUNDLED_TEST_TOKENS - SearchConfig().calib_tokens) // 2, 512, True,
+                              None)  # the offline copy's half
         whole_time = duration(whole / BUNDLED_TOKENS_PER_S)
         assert f"empty = all ~{round(whole, -3):,} test tokens ≈ {whole_time} (hub: ~" in text
         field.value = ""  # empty: the whole stream

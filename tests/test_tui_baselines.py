@@ -17,7 +17,7 @@ from selfpruner.tui.screens.replay import ReplayScreen
 
 
 def _baseline_session(sessions: Path, model_dir: Path, bench, method: str = "flap") -> Path:
-    cfg = SearchConfig(model=str(model_dir), sessions_dir=str(sessions), compensate=True, **TINY)
+    cfg = SearchConfig(model=str(model_dir), sessions_dir=str(sessions), reconstruct="bias", **TINY)
     run_baseline(cfg, method, bench=bench)
     (db,) = sessions.glob("*.db")
     return db
@@ -48,7 +48,7 @@ async def test_a_baseline_session_shows_what_it_ran_and_exports(tmp_path, tiny_l
         header = str(screen.query_one("#status", Static).content)
         assert "K=" not in header and "N=" not in header  # the evolution sizes it never ran
         assert "FLAP baseline" in header and "β 0.4" in header
-        assert "wanda-sp importance" in header and "bias compensation" in header
+        assert "flap importance" in header and "bias compensation" in header
         assert f"search ppl {s['best_fitness']:.3f}" in header and f"final ppl {s['final_ppl']:.3f}" in header
         assert "gen 0/" not in str(screen.query_one("#gen-label").content)  # no generations to come
 
@@ -92,6 +92,6 @@ def test_baseline_header_parts_name_the_method_and_its_settings():
     from selfpruner.tui.state import baseline_options
     owl = {"method": "owl", "owl_lambda": 0.1, "owl_m": 7.0, "importance": "flap", "compensate": False,
            "budget_tokens": 512, "population": 30}
-    assert baseline_options(owl) == ["OWL baseline (λ 0.1, M 7)", "flap importance", "no compensation",
+    assert baseline_options(owl) == ["OWL baseline (λ 0.1, M 7)", "flap importance", "no reconstruction",
                                      "search ppl on 512 tok"]
     assert baseline_options({"split": "flap"}, "uniform")[::3] == ["uniform baseline", "flap split"]

@@ -81,7 +81,7 @@ def qwen2_export(tmp_path: Path, tokenizer) -> tuple[Path, list[list[int]]]:
     from selfpruner.core.layer_search.workbench import Workbench
     # head_dim 64: vLLM's CPU attention kernels take 32, 64, 80, 96, 112, 128 or 256
     src = _tiny_dir(tmp_path, "qwen2", tokenizer, biases=True, hidden_size=256, intermediate_size=384)
-    bench = Workbench.build(str(src), seq_len=32, calib_tokens=256, data="local", device="cpu", compensate=True)
+    bench = Workbench.build(str(src), seq_len=32, calib_tokens=256, data="local", device="cpu", reconstruct="bias")
     return export_pruned(bench.lm, bench.pruner, [0.5, 0.25], tmp_path / "qwen2-pruned"), \
         bench.windows("test", 32)[:2].tolist()
 
@@ -161,6 +161,29 @@ def test_speed_on_vllm_interleaves_dense_and_pruned(smol, tmp_path, vllm_python)
     assert "| pruned / dense |" in r.stdout and "interleaved rounds" in r.stdout, r.stdout
     ceiling = float(r.stdout.split("allow at most ")[1].split("x")[0])
     assert 1.3 < ceiling < 2.5  # half of every layer's weights, the embedding kept
+
+
+PIQA = ROOT.parent / "shared" / "data" / "piqa"
+CHOICES = ("import json, sys; from selfpruner.core.results.lm_eval_bridge import evaluate_dir, resolve_tasks; c = {}; "
+           "r = evaluate_dir(sys.argv[1], resolve_tasks(['piqa'], sys.argv[2]), engine='vllm', limit=40, choices=c); "
+           "print(json.dumps({'choices': c, 'metrics': r}))")
+
+
+def test_eval_on_vllm_chooses_what_transformers_chooses_on_piqa(smol, tmp_path, vllm_python):
+    """`eval DIR --engine vllm` (lm-eval's vLLM model, the export loaded through the plugin) picks the same answer
+    as lm-eval's HF model on each of PIQA's first 40 items, for a least-squares-rebuilt pruned SmolLM2."""
+    from selfpruner.core.results.lm_eval_bridge import evaluate_tasks, resolve_tasks
+    smol.set_pruning("ls")
+    out = export_pruned(smol.lm, smol.pruner, [0.3] * 30, tmp_path / "ls")
+    model, tok = load_pruned(out, dtype=torch.float32, device="cpu")
+    hf = {}
+    want = evaluate_tasks(model, tok, resolve_tasks(["piqa"], PIQA), limit=40, batch_size=16, choices=hf)
+    r = subprocess.run([vllm_python, "-c", CHOICES, str(out), str(PIQA)], capture_output=True, text=True, timeout=900,
+                       env=vllm_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(hf["piqa"]) == 40 and got["choices"]["piqa"] == hf["piqa"]
+    assert got["metrics"]["piqa"]["acc"] == pytest.approx(want["piqa"]["acc"])
 
 
 def vllm_env() -> dict:

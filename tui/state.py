@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from selfpruner.core import events as E
+from selfpruner.core.config import RECONSTRUCTION_NAMES, reconstruction_of
 from selfpruner.core.plans import split_genes
 
 
@@ -246,8 +247,8 @@ def session_options(cfg: dict) -> list[str]:
         out.append("FLAP importance")
     if cfg.get("split", "rule") != "rule":
         out.append(f"{cfg['split']} split")
-    if cfg.get("compensate"):
-        out.append("bias compensation")
+    if reconstruction_of(cfg) != "none":
+        out.append(RECONSTRUCTION_NAMES[reconstruction_of(cfg)])
     if cfg.get("race"):
         out.append(f"race {cfg['race']}")
     return out
@@ -264,7 +265,7 @@ def baseline_options(cfg: dict, method: str = "") -> list[str]:
     if method == "owl":
         name += f" (λ {cfg.get('owl_lambda', 0.08):g}, M {cfg.get('owl_m', 5.0):g})"
     out = [name, f"{cfg.get('importance') or 'wanda-sp'} importance",
-           "bias compensation" if cfg.get("compensate") else "no compensation"]
+           RECONSTRUCTION_NAMES[reconstruction_of(cfg)]]
     if cfg.get("split", "rule") != "rule":
         out.append(f"{cfg['split']} split")
     if cfg.get("budget_tokens"):

@@ -170,10 +170,10 @@ class RayWorkbench(Evaluator):
     def layer_grain(self):
         return self._call("layer_grain")
 
-    def set_pruning(self, compensate: bool, channel_multiple: int = 1, split: str = "rule") -> None:
+    def set_pruning(self, reconstruct="none", channel_multiple: int = 1, split: str = "rule") -> None:
         for w in list(self.alive):
             try:
-                self.ray.get(self.actors[w].call.remote("set_pruning", compensate, channel_multiple, split))
+                self.ray.get(self.actors[w].call.remote("set_pruning", reconstruct, channel_multiple, split))
             except self.ray.exceptions.RayActorError as e:
                 self._dead(w, e)
 

@@ -32,6 +32,9 @@ def stored_config(s: dict) -> SearchConfig:
     d = dict(s["config"])
     d.setdefault("dtype", "float32")
     d.setdefault("seed_references", False)  # sessions from before references existed had none
+    # settings whose default changed, at what sessions stored before them ran with (reconstruct: config.from_dict)
+    d.setdefault("importance", "wanda-sp")
+    d.setdefault("calib_tokens", 16384)
     return SearchConfig.from_dict(d)
 
 
@@ -156,7 +159,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
         if bench.pruner.importance != cfg.importance:  # the importance fixed the model's head/channel order
             raise ConfigError(f"the workbench orders heads and channels by {bench.pruner.importance}, the search "
                               f"asks for --importance {cfg.importance}")
-        bench.set_pruning(cfg.compensate, cfg.channel_multiple, cfg.split)
+        bench.set_pruning(cfg.reconstruct, cfg.channel_multiple, cfg.split)
         bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
         return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench,
                                 lock=lock)

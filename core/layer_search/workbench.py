@@ -6,14 +6,15 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..config import ConfigError, Data, Placement
+from ..config import ConfigError, Data, Placement, Pruning
 from ..events import EventBus, Stage
 from ..model.calibration import CalibrationStats, load_or_collect
 from ..model.data import TokenData, load_token_data
 from ..model.evaluate import auto_batch_size, perplexity
 from ..model.kl import DEFAULT_K, KLReference, dense_reference, mean_kl
 from ..model.models import LoadedModel, dtype_name, load_model
-from ..model.structured import StructuredPruner, reset_order
+from ..model.reconstruct import check_tokens, load_or_collect_grams
+from ..model.structured import StructuredPruner, reconstruction, reset_order
 from .evaluator import Evaluator
 
 
@@ -27,13 +28,14 @@ class Workbench(Evaluator):
     calib_key: str  # identifies checkpoint, order and calibration windows; stored with every session
     batch_size: int = 1  # windows per forward in every perplexity (resolved from 'auto' at build)
     _kl_refs: dict = field(default_factory=dict, repr=False)  # (which, tokens, k) -> dense KLReference
+    bus: EventBus | None = field(default=None, repr=False)  # where later calibration passes report progress
 
     @classmethod
     def build(cls, model: str | None, *, seq_len: int = 512, calib_tokens: int = 16384, data: str = "auto",
-              bos: str = "auto", bus: EventBus | None = None, lm: LoadedModel | None = None,
+              bos: str = "auto", calib_data: str | None = None, bus: EventBus | None = None, lm: LoadedModel | None = None,
               device: str = "auto", dtype: str = "auto", device_map: str | None = None,
-              batch_size: int | None = None, compensate: bool = False,
-              importance: str = "wanda-sp") -> "Workbench":
+              batch_size: int | None = None, reconstruct: str | bool = "none",
+              importance: str = Pruning.importance) -> "Workbench":
         """Load `model` onto `device` in `dtype` (or spread it with `device_map`; see models.load_model),
         tokenise WikiText-2 and calibrate. A given `lm` is used as it is, wherever it sits."""
         emit = bus.emit if bus else (lambda e: None)
@@ -42,14 +44,14 @@ class Workbench(Evaluator):
             emit(Stage("load", f"loading {model or 'bundled gemma-3-270m'}"))
             lm = load_model(model, device=device, dtype=dtype, device_map=device_map)
         emit(Stage("data", "tokenising WikiText-2"))
-        td = load_token_data(lm.tokenizer, calib_tokens=calib_tokens, source=data, bos=bos)
-        return cls.from_parts(lm, td, seq_len=seq_len, bus=bus, batch_size=batch_size, compensate=compensate,
+        td = load_token_data(lm.tokenizer, calib_tokens=calib_tokens, source=data, bos=bos, calib_data=calib_data)
+        return cls.from_parts(lm, td, seq_len=seq_len, bus=bus, batch_size=batch_size, reconstruct=reconstruct,
                               importance=importance)
 
     @classmethod
     def from_parts(cls, lm: LoadedModel, td: TokenData, *, seq_len: int = 512, bus: EventBus | None = None,
-                   batch_size: int | None = None, compensate: bool = False,
-                   importance: str = "wanda-sp") -> "Workbench":
+                   batch_size: int | None = None, reconstruct: str | bool = "none",
+                   importance: str = Pruning.importance) -> "Workbench":
         """Calibrate an in-memory model on token data it was given (e.g. random ids, bench/scale.py). Every
         tensor made from here on is made on the device of the layer it belongs to."""
         emit = bus.emit if bus else (lambda e: None)
@@ -64,15 +66,17 @@ class Workbench(Evaluator):
                                              batch_size=batch)
         emit(Stage("calibrate", "calibration statistics " + ("read from cache" if cached else "collected"),
                    windows.shape[0], windows.shape[0]))
-        pruner = StructuredPruner(lm.model, lm.arch, stats, compensate=compensate, importance=importance)
-        return cls(lm, td, pruner.stats, pruner, seq_len, key, batch)
+        pruner = StructuredPruner(lm.model, lm.arch, stats, importance=importance)
+        bench = cls(lm, td, pruner.stats, pruner, seq_len, key, batch, bus=bus)
+        bench.set_pruning(reconstruct)
+        return bench
 
     @classmethod
     def from_config(cls, cfg, bus: EventBus | None = None, data: str | None = None) -> "Workbench":
         """The model, data and calibration of a SearchConfig, on its device, in its dtype."""
         parts = asdict(cfg.part(Placement)) | asdict(cfg.part(Data)) | {"data": data or cfg.data}
         bench = cls.build(cfg.model, **parts, bus=bus, importance=cfg.importance)
-        bench.set_pruning(cfg.compensate, cfg.channel_multiple, cfg.split)  # set once, as a search would
+        bench.set_pruning(cfg.reconstruct, cfg.channel_multiple, cfg.split)  # set once, as a search would
         return bench
 
     @property
@@ -134,12 +138,29 @@ class Workbench(Evaluator):
                 refs[name] = None
         return refs
 
-    def set_pruning(self, compensate: bool, channel_multiple: int = 1, split: str = "rule") -> None:
-        """A shared workbench serves searches with and without bias compensation, at any channel multiple and
-        either split of a layer's rate."""
-        self.pruner.compensate = compensate
+    def set_pruning(self, reconstruct="none", channel_multiple: int = 1, split: str = "rule") -> None:
+        """A shared workbench serves searches with any reconstruction (none | bias | ls; True / False: bias
+        compensation on / off), at any channel multiple and either split of a layer's rate. Least squares
+        gathers its Gram matrices on first use (one more pass over the calibration windows, cached on disk)."""
+        if reconstruction(reconstruct) == "ls" and self.pruner.grams is None:
+            self.pruner.grams = self._grams()
+        self.pruner.reconstruct = reconstruct
         self.pruner.channel_multiple = channel_multiple
         self.pruner.split = split
+
+    def _grams(self) -> list[dict]:
+        if self.pruner.current is not None:
+            raise RuntimeError("the Gram matrices are gathered on the dense model (restore it first)")
+        windows = self.windows("calib", None)
+        check_tokens(windows.numel(), {"down_proj": self.lm.arch.intermediate})
+        emit = self.bus.emit if self.bus else (lambda e: None)
+        emit(Stage("calibrate", f"Gram matrices for least squares over {windows.numel()} tokens", 0, windows.shape[0]))
+        grams, hit = load_or_collect_grams(self.lm.model, self.lm.arch, self.lm.fingerprint, windows,
+                                           progress=lambda d, t: emit(Stage("calibrate", "", d, t)),
+                                           batch_size=self.batch_size)
+        emit(Stage("calibrate", "Gram matrices " + ("read from cache" if hit else "collected"),
+                   windows.shape[0], windows.shape[0]))
+        return grams
 
     def layer_grain(self):
         """How coarse the layers are under the current pruning settings: what deduplication compares."""

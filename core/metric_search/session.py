@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 from ..config import ConfigError, Placement, check_placement, check_stored_base_url
 from ..events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
@@ -19,7 +18,6 @@ from ..steering import ControlPoller
 from ..store import Store, StoreError
 from .expr_parse import parse
 from .expr_print import to_text
-from .prompts import metric_grammar
 from .pruner_zero import MetricSearchConfig, run_metric_search
 from .unstructured import UnstructuredPruner, parse_pattern
 
@@ -38,6 +36,9 @@ class MetricRun:
     dtype: str = "auto"
     device_map: str | None = None
     batch_size: int | None = None  # windows per forward; None = auto (evaluate.auto_batch_size)
+    # sparsegpt: the final model is the best metric's mask with SparseGPT's update of the kept weights, scored beside
+    # SparseGPT alone (the search's fitness stays mask-only: an update per candidate costs a layer-by-layer pass)
+    update: str = "none"
 
     def __post_init__(self):
         check_placement(self.device, self.dtype, self.device_map, self.batch_size)
@@ -72,45 +73,6 @@ def metric_proposer(run: MetricRun, cfg: MetricSearchConfig):
     if run.proposer not in METRIC_PROPOSERS:
         raise ProposerError(f"unknown metric proposer {run.proposer!r}; choose one of {', '.join(METRIC_PROPOSERS)}")
     return METRIC_PROPOSERS[run.proposer].build(cfg, run)
-
-
-def llama_cpp_metric_proposer(cfg: MetricSearchConfig, model_path: str | None = None, temperature: float = 0.8):
-    """prompt -> text with llama.cpp, constrained by a grammar that admits only parseable metrics."""
-    from llama_cpp import Llama, LlamaGrammar
-
-    from ..model.models import BUNDLED_NAMES, bundled_gguf_path
-    from ..proposers.llama_cpp_backend import default_threads
-    path = bundled_gguf_path(model_path or "bundled") if model_path in (None, *BUNDLED_NAMES) else Path(model_path)
-    if not path.is_file():
-        raise ProposerError(f"GGUF model not found: {path}")
-    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=default_threads(), seed=cfg.seed, verbose=False)
-    grammar = LlamaGrammar.from_string(metric_grammar(cfg, cfg.llm_count), verbose=False)
-
-    def propose(prompt: str, seed: int | None = None) -> str:
-        # `seed` comes from the iteration (see pruner_zero.ask_llm) and the prompt cache starts empty, so a
-        # resumed search asks exactly what the uninterrupted one asked
-        llm.reset()
-        return llm(prompt, max_tokens=60 * cfg.llm_count, temperature=temperature, grammar=grammar,
-                   seed=cfg.seed if seed is None else seed)["choices"][0]["text"]
-    propose.name = "llama-cpp"
-    propose.seeded = True
-    return propose
-
-
-def openai_metric_proposer(cfg: MetricSearchConfig, model: str | None = None, base_url: str | None = None,
-                           temperature: float = 0.8):
-    """prompt -> text through the OpenAI API or any OpenAI-compatible server (--base-url). No grammar there: the
-    reply is free text, and the search's reader keeps the lines that parse as metrics and stores the others as
-    rejections."""
-    from ..proposers.openai_backend import OpenAIBackend
-    backend = OpenAIBackend(model or "gpt-4o", temperature=temperature, base_url=base_url, seed=cfg.seed)
-    backend.format = "text"  # one metric per line, as the prompt asks; the JSON schemas are the layer search's
-
-    def propose(prompt: str, seed: int | None = None) -> str:
-        return backend.complete(prompt, n_numbers=0, n_lists=1, max_tokens=60 * cfg.llm_count, seed=seed)[0]
-    propose.name = "openai"
-    propose.seeded = True  # best effort on the server's side: the seed is sent, as the layer search does
-    return propose
 
 
 class Workspace(Evaluator):
@@ -155,6 +117,15 @@ class Workspace(Evaluator):
         with self.pruner.pruned_with(tree, sparsity):
             value = self.ppl(windows, should_stop=should_stop, progress=progress)
         return value, time.perf_counter() - t0
+
+    def updated_ppl(self, metric: str | None, sparsity: float, tokens: int | None) -> float:
+        """Held-out ppl after SparseGPT's update of the weights `metric` keeps (None: SparseGPT's own mask)."""
+        self.pruner.apply_sparsegpt(self.lm.model, self.data.windows("calib", self.seq_len), sparsity,
+                                    batch_size=self.batch_size, metric=metric)
+        try:
+            return self.ppl(self.test_windows(tokens))
+        finally:
+            self.pruner.restore()
 
     def fitness_fn(self, budget_tokens: int, sparsity: float, should_stop=None):
         """evaluate_fn for run_metric_search: a tree's search ppl at `sparsity`."""
@@ -259,6 +230,11 @@ def _run_metric(cfg: MetricSearchConfig, run: MetricRun, ws: Workspace, store: S
         for name, text in (("best", best), ("wanda", "mul(abs(W), X)"), ("magnitude", "abs(W)")):
             ppl, _, tokens = ws.final_ppl((parse(text), cfg.sparsity), run.final_tokens)
             finals[name] = {"metric": text, "ppl": ppl}
+        if run.update == "sparsegpt":
+            for name, metric in (("best+update", best), ("sparsegpt", None)):
+                bus.emit(Stage("final", f"{name}: SparseGPT's layer-by-layer update"))
+                finals[name] = {"metric": f"{metric} + sparsegpt update" if metric else "sparsegpt",
+                                "ppl": ws.updated_ppl(metric, cfg.sparsity, run.final_tokens)}
         out["final"] = finals
         store.add_result("final", "metric", {**finals, "tokens": tokens})
     store.update_session(status=res.status, best_fitness=out["best_fitness"],
@@ -288,15 +264,16 @@ def prune_with_metric(model_spec: str | None, metric: str | None, sparsity: floa
                       calib_tokens: int = 16384, seq_len: int = 512, data: str = "auto",
                       out_dir: str | None = None, device: str = "auto", dtype: str = "auto",
                       device_map: str | None = None, batch_size: int | None = None, method: str = "metric",
-                      pattern: str | None = None) -> dict:
-    """Prune with a metric (mask only) or SparseGPT (`method="sparsegpt"`: mask and weight update), per row
-    at `sparsity` or N:M with `pattern` ("2:4"); ppl before and after, optionally save the pruned model."""
+                      pattern: str | None = None, update: str = "none") -> dict:
+    """Prune with a metric (mask only; with `update="sparsegpt"` SparseGPT's update rebuilds the kept weights) or
+    SparseGPT (`method="sparsegpt"`: its mask and update), per row at `sparsity` or N:M with `pattern` ("2:4");
+    ppl before and after, optionally save the pruned model."""
     nm = parse_pattern(pattern)
     if method == "sparsegpt":
         tree, label = None, "sparsegpt"
     else:
         tree = parse(metric)  # our own parser: rejects anything that is not a metric, with a reason
-        label = metric
+        label = metric + (" + sparsegpt update" if update == "sparsegpt" else "")
     uses_g = tree is not None and "G" in to_text(tree)  # operands are the only upper-case tokens of a tree
     cfg = MetricSearchConfig(model=model_spec, seq_len=seq_len, operands=("W", "G", "X") if uses_g else ("W", "X"))
     run = MetricRun(calib_tokens=calib_tokens, data=data, device=device, dtype=dtype, device_map=device_map,
@@ -304,9 +281,9 @@ def prune_with_metric(model_spec: str | None, metric: str | None, sparsity: floa
     ws = Workspace(cfg, run, EventBus())
     test = ws.test_windows(tokens)
     dense = ws.ppl(test)
-    if tree is None:
+    if tree is None or update == "sparsegpt":
         achieved = ws.pruner.apply_sparsegpt(ws.lm.model, ws.data.windows("calib", seq_len), sparsity, nm,
-                                             batch_size=ws.batch_size)
+                                             batch_size=ws.batch_size, metric=tree)
     else:
         achieved = ws.pruner.apply(tree, sparsity, nm)
     pruned = ws.ppl(test)

@@ -17,7 +17,7 @@ import torch
 
 from ..model.calibration import POINTS, point_module
 from ..model.models import ModelArch, decoder_layers, input_device
-from .unstructured import INPUT_POINT, PROJECTIONS, pattern_mask
+from .masks import INPUT_POINT, PROJECTIONS, pattern_mask
 
 
 def _block_mask(W1: torch.Tensor, d2: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -33,8 +33,10 @@ def _block_mask(W1: torch.Tensor, d2: torch.Tensor, sparsity: float) -> torch.Te
 
 
 def obs_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, *, pattern: tuple[int, int] | None = None,
-              blocksize: int = 128, percdamp: float = 0.01) -> torch.Tensor:
+              blocksize: int = 128, percdamp: float = 0.01, mask: torch.Tensor | None = None) -> torch.Tensor:
     """W pruned to `sparsity` (or to N kept of every M with `pattern=(N, M)`) with the OBS update, float32.
+    A given `mask` (True = pruned, chosen beforehand, e.g. by a searched metric) replaces SparseGPT's own choice;
+    the update still rebuilds the kept weights.
 
     H is Σ x xᵀ over the calibration inputs ([cols, cols]); its scale does not matter. Columns that never
     saw a nonzero input are zeroed (nothing downstream depends on them). Under N:M the groups are
@@ -48,6 +50,9 @@ def obs_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, *, pattern: tup
     H += torch.eye(cols, dtype=H.dtype, device=H.device) * (percdamp * torch.diag(H).mean())
     # upper Cholesky factor of H^-1: row j holds (H_F^-1)[j, j:] / sqrt((H_F^-1)[j, j]) for F = {j, ..., cols-1}
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    fixed = mask
+    if fixed is not None:
+        pattern = None
     m = pattern[1] if pattern else 0
     if pattern:  # whole groups per block: a group's mask needs weights the lazy update has already reached
         blocksize = -(-blocksize // m) * m
@@ -57,7 +62,10 @@ def obs_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, *, pattern: tup
         d = torch.diag(U1)
         err = torch.zeros_like(W1)
         # N:M fills its mask group by group below; unstructured chooses the whole block now
-        mask = torch.zeros_like(W1, dtype=torch.bool) if pattern else _block_mask(W1, d * d, sparsity)
+        if fixed is not None:
+            mask = fixed[:, b0:b1].to(W1.device)
+        else:
+            mask = torch.zeros_like(W1, dtype=torch.bool) if pattern else _block_mask(W1, d * d, sparsity)
         for j in range(b1 - b0):
             if pattern and (b0 + j) % m == 0:  # pattern_mask's groups, tie rule and kept ragged tail
                 sal = W1[:, j:j + m] ** 2 / (d[j:j + m] ** 2).unsqueeze(0)
@@ -120,9 +128,10 @@ def _hidden(out):
 @torch.no_grad()
 def sparsegpt_prune(model, arch: ModelArch, windows: torch.Tensor, sparsity: float, *,
                     pattern: tuple[int, int] | None = None, batch_size: int = 1, blocksize: int = 128,
-                    percdamp: float = 0.01, projections=PROJECTIONS, progress=None) -> float:
+                    percdamp: float = 0.01, projections=PROJECTIONS, progress=None, masks=None) -> float:
     """Prune every decoder projection of `model` in place with SparseGPT on the calibration `windows`;
-    returns the fraction of projection weights now zero."""
+    returns the fraction of projection weights now zero. `masks(layer, name)` (True = pruned) chooses the mask
+    instead of SparseGPT (Pruner-Zero's metric with SparseGPT's update)."""
     layers = decoder_layers(model)
     hidden, calls = _capture_layer_calls(model, layers, windows, batch_size)
     zeros = total = 0
@@ -146,7 +155,7 @@ def sparsegpt_prune(model, arch: ModelArch, windows: torch.Tensor, sparsity: flo
         for name in projections:
             lin = getattr(parts, name)
             new = obs_prune(lin.weight, H[INPUT_POINT[name]], sparsity, pattern=pattern, blocksize=blocksize,
-                            percdamp=percdamp)
+                            percdamp=percdamp, mask=masks(i, name) if masks else None)
             lin.weight.copy_(new.to(lin.weight.dtype))
             zeros += int((lin.weight == 0).sum())
             total += lin.weight.numel()

@@ -17,10 +17,7 @@ from ..model.models import ModelArch
 from .expr import Node
 from .expr_eval import evaluate
 from .expr_parse import parse
-
-PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
-INPUT_POINT = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "o": "o_in",
-               "gate": "mlp_in", "up": "mlp_in", "down": "down_in"}
+from .masks import INPUT_POINT, PROJECTIONS, parse_pattern, pattern_mask, prune_mask  # noqa: F401 - re-exported
 
 # A metric is a tree, its text, or any function (W, G, X) -> scores shaped like W.
 ScoreFn = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
@@ -33,53 +30,6 @@ def metric_scores(metric: Metric, W: torch.Tensor, G: torch.Tensor | None, X: to
     if isinstance(metric, Node):
         return evaluate(metric, W, G, X)
     return metric(W.float(), G, X.float().reshape(1, -1)).expand_as(W)
-
-
-def parse_pattern(text: str | None) -> tuple[int, int] | None:
-    """'2:4' -> (2, 4): N weights kept of every M consecutive inputs of a row (the semi-structured
-    sparsity GPUs accelerate); None or '' -> None."""
-    if not text:
-        return None
-    try:
-        n, m = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise ValueError(f"a pattern is N:M (N kept of every M), e.g. 2:4; got {text!r}") from None
-    if not 0 < n < m:
-        raise ValueError(f"a pattern N:M needs 0 < N < M, got {text!r}")
-    return n, m
-
-
-def pattern_mask(scores: torch.Tensor, pattern: tuple[int, int]) -> torch.Tensor:
-    """True where a weight is pruned under N:M: the M-N lowest scores of each group of M consecutive columns
-    (ties: lower column first). Columns past the last whole group are kept."""
-    n, m = pattern
-    rows, cols = scores.shape
-    whole = cols - cols % m
-    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    s = torch.nan_to_num(scores[:, :whole].float(), nan=float("-inf")).reshape(rows, whole // m, m)
-    drop = torch.argsort(s, dim=2, stable=True)[..., : m - n]
-    mask[:, :whole] = torch.zeros_like(s, dtype=torch.bool).scatter_(2, drop, True).reshape(rows, whole)
-    return mask
-
-
-def prune_mask(scores: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None = None) -> torch.Tensor:
-    """True where a weight is pruned: the int(in·sparsity) lowest scores of every row (ties: lower column
-    index first, as Wanda's stable sort), or the N:M `pattern`'s choice (which sets the sparsity)."""
-    if pattern:
-        return pattern_mask(scores, pattern)
-    k = int(scores.shape[1] * sparsity)
-    if k <= 0:
-        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    s = torch.nan_to_num(scores.float(), nan=float("-inf"))  # a NaN score never protects a weight
-    # Same set as the first k of a stable sort, ~4x cheaper: everything below the k-th value, then the
-    # lowest-index ties at it until each row has k.
-    kth = torch.kthvalue(s, k, dim=1, keepdim=True).values
-    mask = s <= kth
-    if bool((mask.sum(1) == k).all()):  # no ties at the k-th value (the usual case)
-        return mask
-    below = s < kth
-    tie = s == kth
-    return below | (tie & (tie.cumsum(1) <= k - below.sum(1, keepdim=True)))
 
 
 def _grad(grads, layer: int, name: str):
@@ -126,15 +76,19 @@ class UnstructuredPruner:
         return zeros / max(total, 1)
 
     def apply_sparsegpt(self, model, windows: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None = None,
-                        *, batch_size: int = 1, progress=None) -> float:
+                        *, batch_size: int = 1, progress=None, metric: Metric | None = None) -> float:
         """SparseGPT instead of a metric (weights are updated, not only masked), from the original weights;
-        `restore()` undoes it like any metric."""
+        with a `metric`, the metric chooses each mask (from the dense weights and statistics) and SparseGPT's
+        update rebuilds the kept weights. `restore()` undoes it like any metric."""
         from .sparsegpt import sparsegpt_prune
 
+        if isinstance(metric, str):
+            metric = parse(metric)
+        masks = None if metric is None else (lambda i, n: prune_mask(self.scores(metric, i, n), sparsity, pattern))
         self.restore()
         self.pruned = True
         return sparsegpt_prune(model, self.arch, windows, sparsity, pattern=pattern, batch_size=batch_size,
-                               projections=self.projections, progress=progress)
+                               projections=self.projections, progress=progress, masks=masks)
 
     @torch.no_grad()
     def restore(self) -> None:

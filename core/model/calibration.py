@@ -69,25 +69,17 @@ def _decoder_only(model):
 
 
 @torch.no_grad()
-def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None,
-                  batch_size: int = 1) -> CalibrationStats:
-    """Forward `windows` ([n, seq]) once through the model with input hooks on the projections,
-    `batch_size` windows at a time."""
-    from .models import input_device, order_digest
+def forward_with_inputs(model, arch: ModelArch, windows: torch.Tensor, points, on_input, progress=None,
+                        batch_size: int = 1) -> None:
+    """Forward `windows` ([n, seq]) through the decoder `batch_size` windows at a time, calling
+    on_input(layer, point, x) with every calibration point's input as a [tokens, features] tensor."""
+    from .models import input_device
 
-    sqsum = [dict() for _ in range(arch.n_layers)]
-    xsum = [dict() for _ in range(arch.n_layers)]
     hooks = []
     for i, parts in enumerate(arch.layers):
-        for point in POINTS:
+        for point in points:
             def hook(mod, args, i=i, point=point):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                acc = sqsum[i].get(point)
-                sq = (x * x).sum(0)
-                sqsum[i][point] = sq if acc is None else acc + sq
-                if point in SUM_POINTS:
-                    xs = x.sum(0)
-                    xsum[i][point] = xs if point not in xsum[i] else xsum[i][point] + xs
+                on_input(i, point, args[0].detach().reshape(-1, args[0].shape[-1]))
             hooks.append(point_module(parts, point).register_forward_pre_hook(hook))
     forward, device, n = _decoder_only(model), input_device(model), windows.shape[0]
     try:
@@ -98,6 +90,27 @@ def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None,
     finally:
         for h in hooks:
             h.remove()
+
+
+def _add(acc: dict, key, value: torch.Tensor) -> None:
+    acc[key] = value if key not in acc else acc[key] + value
+
+
+def collect_stats(model, arch: ModelArch, windows: torch.Tensor, progress=None,
+                  batch_size: int = 1) -> CalibrationStats:
+    """Forward `windows` once with input hooks on the projections: per-feature sums of squares and (o_in,
+    down_in) sums, in float64."""
+    from .models import order_digest
+
+    sqsum = [dict() for _ in range(arch.n_layers)]
+    xsum = [dict() for _ in range(arch.n_layers)]
+
+    def on_input(i, point, x):
+        x = x.double()
+        _add(sqsum[i], point, (x * x).sum(0))
+        if point in SUM_POINTS:
+            _add(xsum[i], point, x.sum(0))
+    forward_with_inputs(model, arch, windows, POINTS, on_input, progress, batch_size)
     return CalibrationStats(sqsum, int(windows.numel()), order_digest(model), xsum)
 
 

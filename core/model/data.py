@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import torch
 
+from ..config import calib_file
+
 WIKITEXT_ENV = "SELFPRUNER_WIKITEXT"
 
 
@@ -149,15 +151,19 @@ def _encode(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto", bos: str = "auto") -> TokenData:
-    """`source`: 'auto' (hub, else local), 'hub', or 'local'; `bos`: see resolve_bos."""
+def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto", bos: str = "auto",
+                    calib_data: str | None = None) -> TokenData:
+    """`source`: 'auto' (hub, else local), 'hub', or 'local'; `bos`: see resolve_bos. `calib_data` (a text or
+    jsonl file, or a hub dataset id) gives the calibration tokens instead of WikiText-2, which then keeps all
+    its text for search fitness and the final evaluation; the source records it with its hash."""
     bos_id = resolve_bos(tokenizer, bos)
+    calib = read_calibration(tokenizer, calib_data, calib_tokens) if calib_data else None
     if source in ("auto", "hub"):
         splits, why = _hub_splits()
         if splits is not None:
-            return TokenData(_encode(tokenizer, splits["train"])[:calib_tokens],
-                             _encode(tokenizer, splits["validation"]),
-                             _encode(tokenizer, splits["test"]), "hub:wikitext-2-raw-v1", bos_id)
+            return TokenData(calib[0] if calib else _encode(tokenizer, splits["train"])[:calib_tokens],
+                             _encode(tokenizer, splits["validation"]), _encode(tokenizer, splits["test"]),
+                             "hub:wikitext-2-raw-v1" + (f" calib={calib[1]}" if calib else ""), bos_id)
         if source == "hub":
             raise RuntimeError(f"the WikiText-2 hub dataset cannot be reached ({why}); use --data local")
     path = local_wikitext_path()
@@ -168,9 +174,70 @@ def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto
     raw = path.read_bytes()
     text = raw.decode("utf-8").replace("\r\n", "\n")
     ids = _encode(tokenizer, text)
+    sha = hashlib.sha256(raw).hexdigest()[:12]
+    if calib:  # nothing of the test file is calibrated on: its halves are the final and the search text
+        half = len(ids) // 2
+        return TokenData(calib[0], ids[half:], ids[:half], f"local:{path} sha256={sha} calib={calib[1]}", bos_id)
     if calib_tokens >= len(ids) // 2:
-        raise ValueError(f"calibration budget {calib_tokens} leaves too little of the {len(ids)}-token test text")
+        raise ValueError(f"calibration budget {calib_tokens} leaves too little of the {len(ids)}-token test text "
+                         f"(--calib-data FILE calibrates on other text)")
     head, tail = ids[:-calib_tokens], ids[-calib_tokens:]
     half = len(head) // 2
-    sha = hashlib.sha256(raw).hexdigest()[:12]
     return TokenData(tail, head[half:], head[:half], f"local:{path} sha256={sha}", bos_id)
+
+
+CHUNK_CHARS = 1 << 20  # text tokenised at a time: memory stays flat however long the file
+
+
+def _file_texts(path: Path):
+    """A text file in ~1 MiB pieces cut at line ends, or a jsonl file's "text" fields."""
+    import json
+    with open(path, encoding="utf-8") as f:
+        if path.suffix == ".jsonl":
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)["text"]
+                    except (ValueError, KeyError, TypeError):
+                        raise ValueError(f"{path}:{n}: each jsonl line needs a \"text\" field") from None
+            return
+        rest = ""
+        while piece := f.read(CHUNK_CHARS):
+            piece = rest + piece
+            cut = piece.rfind("\n") + 1 or len(piece)
+            rest = piece[cut:]
+            yield piece[:cut]
+        if rest:
+            yield rest
+
+
+def _hub_texts(dataset_id: str):
+    why = _env_offline() or (None if _hub_reachable() else "hub unreachable (offline?)")
+    if why:
+        raise RuntimeError(f"--calib-data {dataset_id}: {why}; pass a local text or jsonl file")
+    from datasets import load_dataset
+    for row in load_dataset(dataset_id, split="train", streaming=True):
+        yield row["text"]
+
+
+def read_calibration(tokenizer, spec: str, n_tokens: int) -> tuple[torch.Tensor, str]:
+    """(the first `n_tokens` tokens, 'file:PATH sha256=X' or 'hub:ID') of a text / jsonl file or a hub dataset's
+    train split, tokenised piece by piece until enough are read."""
+    path = calib_file(spec)
+    if path is not None:
+        texts = _file_texts(path)
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK_CHARS):
+                h.update(block)
+        described = f"file:{path.resolve()} sha256={h.hexdigest()[:12]}"
+    else:
+        texts, described = _hub_texts(spec), f"hub:{spec}"
+    pieces, have = [], 0
+    for text in texts:
+        ids = _encode(tokenizer, text)
+        pieces.append(ids[: n_tokens - have])
+        have += len(pieces[-1])
+        if have >= n_tokens:
+            return torch.cat(pieces), described
+    raise ValueError(f"--calib-data {spec} holds {have} tokens, fewer than --calib-tokens {n_tokens}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import cache_root, dtype_name, placement
+from .placement import cache_root, dtype_name, placement
 
 # What the cached files were written by: bump when this code changes what it writes (the dequantised checkpoint,
 # the calibration statistics); transformers' version is part of the key too, as it does the dequantising.

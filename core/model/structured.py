@@ -25,10 +25,20 @@ from ..plans import LayerGrain, LayerPlan, plans, scored_unit_order
 from .calibration import CalibrationStats
 from .flap import flap_scores, standardised
 from .models import ORDER_ATTR, ModelArch, decoder_layers, order_digest
+from .reconstruct import LeastSquares, check_tokens
 from .wanda_sp import wanda_sp_scores
 
 IMPORTANCE = {"wanda-sp": wanda_sp_scores, "flap": flap_scores}
 SPLITS = ("rule", "flap", "search")  # how a layer's rate is split between heads and channels (core/plans.py)
+RECONSTRUCTIONS = ("none", "bias", "ls")  # what stands in for removed units' output (see StructuredPruner)
+
+
+def reconstruction(how) -> str:
+    """A reconstruction by name; True / False are the older switch (bias compensation on / off)."""
+    how = {True: "bias", False: "none"}.get(how, how) if isinstance(how, bool) else how
+    if how not in RECONSTRUCTIONS:
+        raise ValueError(f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}, got {how!r}")
+    return how
 
 
 class ZeroAttention(nn.Module):
@@ -102,7 +112,7 @@ class StructuredPruner:
     and the composed permutation is recorded). `self.stats` holds them in the new model order.
     """
 
-    def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, compensate: bool = False,
+    def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, compensate: bool | str = False,
                  importance: str = "wanda-sp", channel_multiple: int = 1, split: str = "rule"):
         if stats.order != order_digest(model):
             raise ValueError(f"calibration statistics are in head/channel order {stats.order}, the model is in "
@@ -131,11 +141,14 @@ class StructuredPruner:
                         for p in arch.layers]
         self._layers = list(decoder_layers(model))
         self.current: list[LayerPlan] | None = None
-        # FLAP's bias compensation: a removed head's or channel's output is replaced by its mean over the
-        # calibration tokens, W[:, removed] @ E[x_removed], added as a bias of o_proj / down_proj.
+        # What replaces a removed head's or channel's output (RECONSTRUCTIONS): nothing; FLAP's bias
+        # compensation, its mean over the calibration tokens, W[:, removed] @ E[x_removed], as a bias of o_proj /
+        # down_proj; or least squares, the kept columns rebuilt against the dense output (reconstruct.py).
         self._orig_bias = [(p.o.bias, p.down.bias) for p in arch.layers]
         self._means = None
-        self.compensate = compensate
+        self.grams: list[dict] | None = None  # o_in / down_in Gram sums in the model's order, for "ls"
+        self._ls: LeastSquares | None = None
+        self.reconstruct = reconstruction(compensate)
         self._unit_order = None
         self._attention_genes = False
         self.split = split
@@ -160,16 +173,31 @@ class StructuredPruner:
             self._unit_order = tuple(scored_unit_order(standardised(u), standardised(c)) for u, c in zip(units, chans))
 
     @property
-    def compensate(self) -> bool:
-        return self._means is not None
+    def reconstruct(self) -> str:
+        return "ls" if self._ls is not None else "bias" if self._means is not None else "none"
 
-    @compensate.setter
-    def compensate(self, on: bool) -> None:
-        """Switch bias compensation (takes effect at the next apply)."""
-        if on and self.stats.xsum is None:
-            raise ValueError("bias compensation needs the calibration's input means (collect them again)")
+    @reconstruct.setter
+    def reconstruct(self, how) -> None:
+        """Switch the reconstruction (takes effect at the next apply); "ls" needs `grams` set first."""
+        how = reconstruction(how)
+        if how != "none" and self.stats.xsum is None:
+            raise ValueError("reconstruction needs the calibration's input means (collect them again)")
+        if how == "ls" and self.grams is None:
+            raise ValueError("least-squares reconstruction needs the Gram matrices (Workbench.set_pruning gathers them)")
+        if how == "ls":
+            a = self.arch
+            check_tokens(self.stats.n_tokens, {"o_proj": a.n_heads * a.head_dim, "down_proj": a.intermediate})
         self._means = [(self.stats.mean(i, "o_in"), self.stats.mean(i, "down_in"))
-                       for i in range(self.arch.n_layers)] if on else None
+                       for i in range(self.arch.n_layers)] if how != "none" else None
+        if how != "ls":
+            self._ls = None
+        elif self._ls is None:
+            self._ls = LeastSquares(self.stats, self.grams)
+
+    @property
+    def compensate(self) -> bool:
+        """Whether pruned layers carry an output bias (any reconstruction but none)."""
+        return self._means is not None
 
     # ---- rates -> counts -------------------------------------------------------------------
     def plan(self, rates) -> list[LayerPlan]:
@@ -222,7 +250,8 @@ class StructuredPruner:
         hd = a.head_dim
         nq = pl.attn_units * a.q_heads_per_unit
         nkv = pl.attn_units if a.attn_unit_is_group else (a.n_kv_heads if nq else 0)
-        o_bias, down_bias = self._out_bias(i, full["o"], nq * hd, 0), self._out_bias(i, full["down"], pl.channels, 1)
+        o_w, o_bias = self._output(i, full["o"], nq * hd, 0)
+        down_w, down_bias = self._output(i, full["down"], pl.channels, 1)
         if nq == 0:
             if not isinstance(layer.self_attn, ZeroAttention) or self.compensate:
                 layer.self_attn = ZeroAttention(o_bias)
@@ -231,25 +260,31 @@ class StructuredPruner:
             _set(parts.q, full["q"][: nq * hd], full["_bias"]["q"], nq * hd)
             _set(parts.k, full["k"][: nkv * hd], full["_bias"]["k"], nkv * hd)
             _set(parts.v, full["v"][: nkv * hd], full["_bias"]["v"], nkv * hd)
-            _set(parts.o, full["o"][:, : nq * hd], None, None)
+            _set(parts.o, o_w, None, None)
             _set_bias(parts.o, o_bias)
             if self._groups[i] is not None:
                 parts.attn.num_key_value_groups = nq // nkv
         c = pl.channels
         _set(parts.gate, full["gate"][:c], full["_bias"]["gate"], c)
         _set(parts.up, full["up"][:c], full["_bias"]["up"], c)
-        _set(parts.down, full["down"][:, :c], None, None)
+        _set(parts.down, down_w, None, None)
         _set_bias(parts.down, down_bias)
 
-    def _out_bias(self, i: int, w: torch.Tensor, kept: int, which: int) -> torch.Tensor | None:
-        """o_proj's (which 0) or down_proj's (1) bias with `kept` input columns: the checkpoint's own, plus
-        with compensation W[:, kept:] @ E[x[kept:]] (a matrix-vector product: nothing next to a forward)."""
+    def _output(self, i: int, w: torch.Tensor, kept: int, which: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """o_proj's (which 0) or down_proj's (1) weight and bias with `kept` input columns: the prefix view and
+        the checkpoint's bias; with bias compensation plus W[:, kept:] @ E[x[kept:]] (a matrix-vector product:
+        nothing next to a forward); with least squares the rebuilt columns and the bias that keeps the mean."""
         orig = self._orig_bias[i][which]
-        if not self.compensate:
-            return orig  # (with it, a layer that keeps everything gets zeros: every layer has the bias)
-        mu = self._means[i][which]
-        comp = (w[:, kept:].float() @ mu[kept:].to(w.device, torch.float32)).to(w.dtype)
-        return comp if orig is None else orig + comp
+        if self._ls is not None:
+            weight, comp = self._ls.solve(i, which, w, kept)
+        else:
+            weight = w[:, :kept]
+            if not self.compensate:
+                return weight, orig  # (compensated, a layer that keeps everything gets zeros: every layer has one)
+            mu = self._means[i][which]
+            comp = w[:, kept:].float() @ mu[kept:].to(w.device, torch.float32)
+        comp = comp.to(w.dtype)
+        return weight, comp if orig is None else orig + comp
 
 
 def _set_bias(lin: nn.Linear, bias: torch.Tensor | None) -> None:

@@ -61,12 +61,12 @@ def _replay(cfg) -> Proposer:
 
 
 def _llama_cpp_metric(cfg, run) -> Callable[[str], str]:
-    from ..metric_search.session import llama_cpp_metric_proposer
+    from ..metric_search.metric_writers import llama_cpp_metric_proposer
     return llama_cpp_metric_proposer(cfg, run.proposer_model)
 
 
 def _openai_metric(cfg, run) -> Callable[[str], str]:
-    from ..metric_search.session import openai_metric_proposer
+    from ..metric_search.metric_writers import openai_metric_proposer
     return openai_metric_proposer(cfg, run.proposer_model, run.base_url)
 
 

@@ -120,6 +120,7 @@ def _record(lm, pruner: StructuredPruner, rates, plans: list[LayerPlan], meta: d
         "split": pruner.split,
         "plans": [[p.attn_units, p.channels] for p in plans],
         "compensation": pruner.compensate,
+        "reconstruct": pruner.reconstruct,
         "achieved_sparsity": round(pruner.achieved_sparsity(plans), 6),
         "kept_prunable_params": kept,
         "meta": json.loads(json.dumps(meta, default=str)),  # must be JSON: it lives in config.json

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .lm_eval_bridge import TaskUnavailable
+from ..errors import TaskUnavailable
 
 
 def is_pruned_gguf(path) -> bool:

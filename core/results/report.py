@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import reconstruction_of
 from ..plans import split_genes
 from ..store import Store
 from .session_summary import proposal_shares
@@ -43,7 +44,8 @@ class SessionView:
 
     @property
     def label(self) -> str:
-        comp = " +comp" if self.config.get("compensate") else ""
+        how = reconstruction_of(self.config)
+        comp = {"none": "", "bias": " +comp"}.get(how, f" +{how}")
         return f"{self.id[-4:]} {self.proposer}{comp} β={self.beta:g}" if self.beta is not None else self.id
 
 
@@ -235,9 +237,9 @@ def build_report(paths: list, out_dir) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     views = [read_session(p) for p in paths]
-    summary = _table(["session", "kind", "model", "β", "proposer", "compensation", "evaluations", "best search ppl",
+    summary = _table(["session", "kind", "model", "β", "proposer", "reconstruction", "evaluations", "best search ppl",
                       "final ppl", "status"],
-                     [[v.id, v.kind, v.model, v.beta, v.proposer, "on" if v.config.get("compensate") else "off",
+                     [[v.id, v.kind, v.model, v.beta, v.proposer, reconstruction_of(v.config),
                        len(v.evaluations), v.best_fitness, v.final_ppl, v.status] for v in views])
     body = ["<h1>selfpruner report</h1>", summary]
     if len(views) > 1:

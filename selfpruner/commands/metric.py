@@ -20,7 +20,7 @@ def cmd_metric_search(args) -> int:
                              seed=args.seed)
     run = MetricRun(calib_tokens=args.calib_tokens, final_tokens=args.final_tokens, data=args.data,
                     sessions_dir=args.sessions_dir, proposer=args.proposer, proposer_model=args.proposer_model,
-                    base_url=args.base_url, **_placement(args))
+                    base_url=args.base_url, update=args.update, **_placement(args))
     bus, control = EventBus(), Control()
     with ProgressRenderer(args.verbose) as renderer:
         bus.subscribe(renderer)
@@ -31,7 +31,7 @@ def cmd_metric_search(args) -> int:
     if res.get("raced") and res["raced"] != res["best"]:
         out.print(f"best after the race on more tokens: {res['raced']}")
     for name, r in res.get("final", {}).items():
-        out.print(f"  final {name:<9} ppl {r['ppl']:10.3f}  {r['metric']}")
+        out.print(f"  final {name:<11} ppl {r['ppl']:10.3f}  {r['metric']}")
     return 0 if res["status"] == "finished" else 3
 
 
@@ -52,7 +52,8 @@ def cmd_prune(args) -> int:
     try:
         r = prune_with_metric(args.model, args.metric, args.sparsity, tokens=args.tokens,
                               calib_tokens=args.calib_tokens, seq_len=args.seq_len, data=args.data,
-                              out_dir=args.out, method=args.method, pattern=args.pattern, **_placement(args))
+                              out_dir=args.out, method=args.method, pattern=args.pattern, update=args.update,
+                              **_placement(args))
     except ParseError as e:
         raise UserError(f"bad metric {args.metric!r}: {e}") from None
     how = f"pattern {r['pattern']}" if r["pattern"] else "sparsity"

@@ -67,6 +67,9 @@ def add_settings(p, *parts, skip: tuple = (), only: tuple | None = None, choices
                 kw["choices"] = list(allowed)
         action = p.add_argument(*flags, default=argparse.SUPPRESS, **{k: v for k, v in kw.items() if v is not None})
         action.setting_default = f.default
+        for alias, value in m.get("aliases", {}).items():  # e.g. --compensate = --reconstruct bias
+            p.add_argument(alias, dest=f.name, action="store_const", const=value, default=argparse.SUPPRESS,
+                           help=f"the same as {flags[0]} {value}")
 
 
 def settings_from(args, *parts, skip: tuple = (), only: tuple | None = None) -> dict:

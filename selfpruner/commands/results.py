@@ -58,7 +58,7 @@ def cmd_eval(args) -> int:
         res = evaluate_dir(args.model_dir, resolve_tasks(tasks, args.data_dir), limit=args.limit,
                            batch_size=args.batch_size or _auto_batch(args),
                            num_fewshot=args.num_fewshot, include_path=args.include_path, device=args.device,
-                           dtype=args.dtype, device_map=args.device_map)
+                           dtype=args.dtype, device_map=args.device_map, engine=args.engine)
     except TaskUnavailable as e:
         raise UserError(str(e)) from None
     t = Table("task", "metric", "value")

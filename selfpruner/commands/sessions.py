@@ -6,6 +6,8 @@ import time
 
 from rich.table import Table
 
+from selfpruner.core.config import reconstruction_of
+
 from .common import _f, _print_shares, out
 
 
@@ -62,7 +64,7 @@ def _show(st, args) -> None:
     cfg = s["config"]
     if s["kind"] in ("layer", "baseline"):
         out.print(f"fitness {cfg.get('fitness', 'ppl')}, importance {cfg.get('importance', 'wanda-sp')}, "
-                  f"{cfg.get('split', 'rule')} split, bias compensation {'on' if cfg.get('compensate') else 'off'}"
+                  f"{cfg.get('split', 'rule')} split, reconstruction {reconstruction_of(cfg)}"
                   + (f", race {cfg['race']}" if cfg.get("race") else ""))
     out.print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     gens = st.generations()

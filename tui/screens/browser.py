@@ -15,7 +15,8 @@ from selfpruner.core.session_files import list_sessions
 from ..state import fmt_fitness, session_options
 
 # short tags for the proposer column (the run screen spells them out)
-OPTION_TAGS = {"KL fitness": "KL", "FLAP importance": "flap", "flap split": "split", "bias compensation": "+comp"}
+OPTION_TAGS = {"KL fitness": "KL", "FLAP importance": "flap", "flap split": "split", "bias compensation": "+comp",
+               "least-squares reconstruction": "+ls"}
 
 COLUMNS = [("id", "session"), ("status", "status"), ("created", "created"), ("kind", "kind"), ("model", "model"),
            ("beta", "β"), ("proposer", "proposer"), ("best", "best ppl"), ("final", "final ppl"), ("gens", "gens")]

@@ -25,6 +25,8 @@ DATA = [("auto (hub, else the local copy)", "auto"), ("local copy (offline)", "l
 DTYPE_CHOICES = [("auto (bfloat16 on a GPU, float32 on the CPU)", "auto"), ("bfloat16", "bfloat16"),
                  ("float16", "float16"), ("float32", "float32")]
 IMPORTANCE_CHOICES = [("Wanda-sp (|W|·||X||)", "wanda-sp"), ("FLAP (Var(X)·||W||²)", "flap")]
+RECONSTRUCT_CHOICES = [("none", "none"), ("bias (FLAP: removed units leave their mean output)", "bias"),
+                       ("least squares (kept o/down columns rebuilt)", "ls")]
 SPLIT_CHOICES = [("rule (round(p·units) heads, the rest channels)", "rule"),
                  ("flap (heads against channels by FLAP's scores)", "flap"),
                  ("search (each layer's attention rate is searched too)", "search")]
@@ -127,6 +129,8 @@ class StartScreen(Screen):
                 yield from _row("WikiText-2", Select(DATA, value=d.data, allow_blank=False, compact=True, id="data"))
                 yield from _row("importance", Select(IMPORTANCE_CHOICES, value=d.importance, allow_blank=False,
                                                      compact=True, id="importance"))
+                yield from _row(LABELS["reconstruct"], Select(RECONSTRUCT_CHOICES, value=d.reconstruct,
+                                                              allow_blank=False, compact=True, id="reconstruct"))
                 yield from _row(LABELS["split"], Select(SPLIT_CHOICES, value=d.split, allow_blank=False, compact=True,
                                                         id="split"))
                 yield from _row("device", _input("device", d.device, placeholder="auto | cpu | cuda | cuda:N"))
@@ -142,8 +146,6 @@ class StartScreen(Screen):
                 yield Checkbox("random initial population (paper ablation)", d.init == "random", compact=True,
                                id="init_random")
                 yield Checkbox("final evaluation on the test stream", d.final_eval, compact=True, id="final_eval")
-                yield Checkbox("bias compensation (FLAP: removed units leave their mean output)", d.compensate,
-                               compact=True, id="compensate")
             yield Static("", id="error")
             with Horizontal(id="buttons"):
                 yield Button("Start search", id="start", variant="primary")
@@ -263,7 +265,7 @@ class StartScreen(Screen):
             setattr(cfg, key, self._number(key, label, typ, optional=key == "final_tokens"))
         cfg.init = "random" if self.query_one("#init_random", Checkbox).value else "llm"
         cfg.final_eval = self.query_one("#final_eval", Checkbox).value
-        cfg.compensate = self.query_one("#compensate", Checkbox).value
+        cfg.reconstruct = str(self.query_one("#reconstruct", Select).value)
         cfg.data = str(self.query_one("#data", Select).value)
         cfg.importance = str(self.query_one("#importance", Select).value)
         cfg.split = str(self.query_one("#split", Select).value)
