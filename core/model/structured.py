@@ -112,7 +112,7 @@ class StructuredPruner:
     and the composed permutation is recorded). `self.stats` holds them in the new model order.
     """
 
-    def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, compensate: bool | str = False,
+    def __init__(self, model: nn.Module, arch: ModelArch, stats: CalibrationStats, *, reconstruct: str | bool = "none",
                  importance: str = "wanda-sp", channel_multiple: int = 1, split: str = "rule"):
         if stats.order != order_digest(model):
             raise ValueError(f"calibration statistics are in head/channel order {stats.order}, the model is in "
@@ -148,7 +148,7 @@ class StructuredPruner:
         self._means = None
         self.grams: list[dict] | None = None  # o_in / down_in Gram sums in the model's order, for "ls"
         self._ls: LeastSquares | None = None
-        self.reconstruct = reconstruction(compensate)
+        self.reconstruct = reconstruction(reconstruct)
         self._unit_order = None
         self._attention_genes = False
         self.split = split
@@ -183,7 +183,8 @@ class StructuredPruner:
         if how != "none" and self.stats.xsum is None:
             raise ValueError("reconstruction needs the calibration's input means (collect them again)")
         if how == "ls" and self.grams is None:
-            raise ValueError("least-squares reconstruction needs the Gram matrices (Workbench.set_pruning gathers them)")
+            raise ValueError("least-squares reconstruction needs the Gram matrices "
+                             "(Workbench.set_pruning gathers them)")
         if how == "ls":
             a = self.arch
             check_tokens(self.stats.n_tokens, {"o_proj": a.n_heads * a.head_dim, "down_proj": a.intermediate})
