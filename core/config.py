@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 
+from .cost_table import ENGINES, OBJECTIVES
 from .errors import ConfigError  # noqa: F401 - imported from here by most callers
 
 
@@ -66,10 +67,10 @@ class Pruning:
                                help="after removing heads/channels: none, bias (FLAP's bias compensation; "
                                     "--compensate is the same) or ls (least-squares rebuild of the kept o_proj/"
                                     "down_proj columns and bias against the dense output)")
-    # MLP channels kept in multiples of N, so an exported model quantizes (Q8_0: 32) and suits aligned kernels
+    # MLP channels kept in multiples of N, so an exported model runs aligned kernels (llama.cpp: 64) with no padding
     channel_multiple: int = setting(1, metavar="N",
-                                    help="keep each layer's MLP channels in multiples of N (32 for Q8_0 GGUF; 64 or "
-                                         "128 for aligned GPU kernels)")
+                                    help="keep each layer's MLP channels in multiples of N (64: llama.cpp's fast "
+                                         "widths, which a GGUF export otherwise pads to; 128 for aligned GPU kernels)")
     # rule: round(p·units) heads, the rest channels; flap: heads and channels by FLAP's standardised scores;
     # search: each layer's attention-unit rate is a second gene of the candidate (core/plans.py)
     split: str = setting("rule", choices=("rule", "flap", "search"), label="split of a layer's rate",
@@ -215,7 +216,25 @@ class Cluster:
                                                  "above 1 it spreads the model over them with a device map")
 
 
-PARTS = (Pruning, Placement, Data, Fitness, Evolution, Proposing, Cluster)
+@dataclass(frozen=True)
+class SpeedTarget:
+    """--target-speedup: the budget is a speedup predicted on a serving engine from its measured cost table
+    (core/cost_table.py, measured once per shape, engine and workload and cached), not the mean rate β."""
+    target_speedup: float | None = setting(None, metavar="S", label="target speedup",
+                                           help="search for S x the dense model's speed on --engine (predicted by its "
+                                                "measured cost table) instead of a mean rate β")
+    engine: str = setting("llama-cpp", choices=ENGINES, label="engine",
+                          help="--target-speedup's engine (llama-cpp: the GGUF export, f16; transformers: the HF "
+                               "export in the session's dtype)")
+    engine_threads: int | None = setting(None, metavar="N", label="engine threads",
+                                         help="CPU threads the engine runs with in the cost table's timings (default: "
+                                              "every core; the table is measured per thread count)")
+    objective: str = setting("mix", choices=OBJECTIVES, label="speed objective",
+                             help="--target-speedup times a 128-token prompt, one generated token, or (mix) a request "
+                                  "of both (128 + 32 generated)")
+
+
+PARTS = (Pruning, Placement, Data, Fitness, Evolution, Proposing, Cluster, SpeedTarget)
 
 # What a resumed search may change: how long it runs, how it ends, how the proposer's process runs, where the
 # model runs (device, device map, windows per forward: the same numbers within floating-point tolerance) and the
@@ -331,6 +350,12 @@ class _SearchConfigBase:
         check_placement(self.device, self.dtype, self.device_map, self.batch_size)
         if self.calib_data:
             calib_file(self.calib_data)
+        if self.target_speedup is not None and not self.target_speedup > 1.0:
+            raise ConfigError(f"--target-speedup must be above 1, got {self.target_speedup}")
+        if self.target_speedup is not None and self.engine == "vllm":
+            raise ConfigError("--target-speedup has no vLLM cost table yet: use --engine llama-cpp or transformers")
+        if self.engine_threads is not None and self.engine_threads < 1:
+            raise ConfigError(f"--engine-threads must be at least 1, got {self.engine_threads}")
         from .layer_search.racing import search_budget
         search_budget(self.race, self.seq_len, self.budget_tokens)
         if self.workers < 0:
@@ -362,15 +387,15 @@ class _SearchConfigBase:
         return self.reconstruct != "none"
 
 
-def _fresh(f):
-    """A copy of a part's field for SearchConfig (dataclass() takes ownership of the Field it is given)."""
+def fresh_field(f):
+    """A copy of a part's field for a flat config (dataclass() takes ownership of the Field it is given)."""
     kw = {"default": f.default} if f.default is not MISSING else {"default_factory": f.default_factory}
     return field(**kw, metadata=f.metadata)
 
 
 SearchConfig = make_dataclass(
     "SearchConfig",
-    [(f.name, f.type, _fresh(f)) for f in part_fields(*PARTS)]
+    [(f.name, f.type, fresh_field(f)) for f in part_fields(*PARTS)]
     + [("sessions_dir", "str", field(default="sessions", metadata={"flags": None, "resume": False}))],
     bases=(_SearchConfigBase,))
 SearchConfig.__module__ = __name__  # so pickle (Ray) finds it here

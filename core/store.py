@@ -28,8 +28,9 @@ from .types import CallRecord, Proposal, finite, from_db
 # 3: the `controls` table (pause/resume/stop asked from another process, core/steering.py);
 # 4: settings an older reader would drop on resume (split, channel_multiple, seed_references), and controls asked
 #    of an earlier run marked expired (note) instead of being remembered by each runner;
-# 5: `reconstruct` (none | bias | ls) in place of the `compensate` switch, and the calibration text's source.
-SCHEMA_VERSION = 5
+# 5: `reconstruct` (none | bias | ls) in place of the `compensate` switch, and the calibration text's source;
+# 6: --target-speedup, --engine and --objective (a speed budget in place of β), and the measured cost table.
+SCHEMA_VERSION = 6
 EXPIRED = "expired: asked of an earlier run"
 DEFAULT_DIR = Path("sessions")
 

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from .plans import LayerGrain
+
+if TYPE_CHECKING:
+    from .cost_table import SpeedBudget
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,9 @@ class Problem:
     sensitivity: tuple[float, ...] | None = None
     sensitivity_rate: float | None = None
     dense_ppl: float | None = None
+    # --target-speedup: the budget is the predicted time on an engine (needs grain), not the mean rate; beta is then
+    # the uniform rate that meets it, where prompts and random vectors centre
+    speed: SpeedBudget | None = None
 
     @property
     def attention_genes(self) -> bool:

@@ -1,5 +1,5 @@
 """`selfpruner` command line: the parser and the entry point. Each command group lives in selfpruner/commands/
-(search, sessions, results, metric), rendering the core's events with rich (commands/common.py)."""
+(search, sessions, results, metric, cost), rendering the core's events with rich (commands/common.py)."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +9,12 @@ import sys
 from rich.markup import escape
 
 from selfpruner.core.config import DATA_SOURCES, Data, Fitness, Placement, Pruning
+from selfpruner.core.cost_table import ENGINES
 from selfpruner.core.proposers.registry import LAYER_PROPOSERS, METRIC_PROPOSERS
-from selfpruner.core.results.gguf_export import FORMATS, OUTTYPES
+from selfpruner.core.results.gguf_export import ALIGN, FORMATS, OUTTYPES
 
 from .commands.common import USER_ERRORS, console
+from .commands.cost import cmd_cost_table
 from .commands.metric import cmd_metric_search, cmd_prune
 from .commands.options import SettingsParser, add_settings
 from .commands.results import cmd_eval, cmd_export, cmd_lora, cmd_speed
@@ -154,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hf: a transformers directory; gguf: one file for llama.cpp, llama-server and Ollama "
                         "(default: gguf when --out ends in .gguf)")
     p.add_argument("--outtype", choices=OUTTYPES, default="f16", help="GGUF weight type (default f16)")
+    p.add_argument("--align", type=int, default=ALIGN, metavar="N",
+                   help=f"GGUF: pad MLP widths with zero channels (exact) to multiples of N (default {ALIGN}: "
+                        f"llama.cpp runs unaligned widths' prompts far slower; 1 = as searched)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_export)
 
@@ -191,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--json", action="store_true", help="--engine vllm: the report as JSON (for scripts)")
     p.set_defaults(fn=cmd_speed)
+
+    p = sub.add_parser("cost-table", parents=[device],
+                       help="a model's per-layer costs on a serving engine (what --target-speedup predicts with)",
+                       description="Measured with probe models of the model's shape (random weights) against its "
+                                   "dense shape, once per engine and workload; cached, and printed.")
+    p.add_argument("model", nargs="?", default=None, help="a model as search takes it (default: bundled)")
+    p.add_argument("--engine", choices=ENGINES, default="llama-cpp")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per probe pair after a warm-up")
+    p.add_argument("--refresh", action="store_true", help="measure again even where a cached table exists")
+    p.add_argument("--check", type=int, default=0, metavar="N",
+                   help="also measure N random allocations and print the prediction error")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_cost_table)
 
     p = sub.add_parser("lora", parents=[sessions, device],
                        help="optional LoRA (r=8) recovery of a saved model on local text")

@@ -13,7 +13,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 from selfpruner.core.model.models import bundled_gguf_path, load_model
 from selfpruner.core.plans import candidate_key, layer_plan
-from selfpruner.core.results.gguf_export import GgufExportError, check_exportable, write_gguf
+from selfpruner.core.results.gguf_export import ALIGN, GgufExportError, check_exportable, write_gguf
 
 PIQA = Path(__file__).resolve().parents[2] / "shared" / "data" / "piqa"
 
@@ -150,7 +150,7 @@ CASES = {  # name: (rates, reconstruction, outtype, channel multiple, edit)
     "searched+comp": (SEARCHED, True, "f16", 1, None),
     "attention-free+comp": (ATTENTION_FREE, True, "f32", 1, None),
     "mlp-free layer": (SEARCHED, False, "f32", 1, lambda m: _zero_mlp(m, 2)),
-    "q8_0": ([0.2] * 30, True, "q8_0", 32, None),  # a usable model: SEARCHED's ppl is ~1,000, where noise grows
+    "q8_0": ([0.2] * 30, True, "q8_0", 64, None),  # a usable model: SEARCHED's ppl is ~1,000, where noise grows
 }
 
 
@@ -175,13 +175,13 @@ def test_llama_cpp_runs_the_export_as_torch_does(smol, tmp_path, case):
     a = agreement(llama_cpp_logits(rep.path, ids, kv_f32=outtype == "f32"), ref, ids)
     if outtype == "q8_0":  # quantization noise on top: the logits move a little, the ppl hardly
         assert a["top1"] >= 0.9 and a["corr"] >= 0.998 and abs(a["ppl_ratio"] - 1) < 0.03, a
-        assert rep.unquantized == [] and rep.padded_channels == 0  # the search kept multiples of 32
+        assert rep.unquantized == [] and rep.padded_channels == 0  # the search kept multiples of 64
     else:
         assert a["top1"] >= 0.99 and a["corr"] >= 0.9999 and abs(a["ppl_ratio"] - 1) < 0.005, a
     if case == "attention-free+comp":
         assert 0 < rep.kept_bias_groups and rep.heads[0] == 3 and rep.kv_heads[0] == 1
-    if case == "mlp-free layer":
-        assert rep.channels[2] == 1 and rep.padded_channels == 1
+    if case == "mlp-free layer":  # one block of zero channels keeps the layer; every width padded to the export's 64
+        assert rep.channels[2] == ALIGN and all(c % ALIGN == 0 for c in rep.channels)
     if case == "dense":
         assert rep.heads == [9] * 30 and rep.channels == [1536] * 30
 
@@ -191,7 +191,7 @@ def test_cli_exports_a_session_to_gguf_with_a_modelfile(tmp_path):
     from conftest import cli
     sessions = tmp_path / "s"
     code, stdout, stderr = cli("baseline", "--model", "smollm2", "--method", "flap", "--ratio", "0.3",
-                               "--channel-multiple", "32",
+                               "--channel-multiple", "64",
             "--seq-len", "256", "--calib-tokens", "4096", "--final-tokens", "512", "--data", "local",
             "--sessions-dir", str(sessions))
     assert code == 0, stderr
@@ -199,7 +199,7 @@ def test_cli_exports_a_session_to_gguf_with_a_modelfile(tmp_path):
     out = tmp_path / "smol-flap.gguf"
     code, stdout, stderr = cli("export", sid, "--out", str(out), "--outtype", "q8_0", "--sessions-dir", str(sessions))
     assert code == 0, stderr
-    assert "ollama create NAME -f" in stdout and "note:" not in stdout  # nothing padded: multiples of 32
+    assert "ollama create NAME -f" in stdout and "note:" not in stdout  # nothing padded: multiples of 64
     assert (tmp_path / "Modelfile").read_text() == "FROM ./smol-flap.gguf\n"
     llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)
     assert llm.n_vocab() == 49152

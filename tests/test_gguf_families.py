@@ -60,7 +60,8 @@ def tiny(kind: str, vocab: int, pruned: bool = False, **extra):
         import transformers
         model_cls = getattr(transformers, model_cls)
     torch.manual_seed(0)
-    model = model_cls(cfg_cls(**kw, **(PRUNED | {"head_dim": 16} if pruned else {})))  # as export writes it
+    shape = PRUNED | {"head_dim": 16} if pruned else {}
+    model = model_cls(cfg_cls(**(shape | kw)))  # as export writes it
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
@@ -68,8 +69,9 @@ def tiny(kind: str, vocab: int, pruned: bool = False, **extra):
     return model.eval().requires_grad_(False)
 
 
-def round_trip(model, tokenizer, path, outtype="f32"):
-    rep = write_gguf(model, tokenizer, path, outtype=outtype)
+def round_trip(model, tokenizer, path, outtype="f32", align=1):
+    """Written as the model's widths are (align=1) unless a test asks for padding."""
+    rep = write_gguf(model, tokenizer, path, outtype=outtype, align=align)
     ids = tokenizer(TEXT).input_ids
     llm = llama_cpp.Llama(model_path=rep.path, n_ctx=64, vocab_only=True, verbose=False)
     try:
@@ -94,6 +96,26 @@ def test_mlp_bias_gate_and_up_biases_are_written_and_applied(tmp_path, bpe_token
     assert {"blk.0.ffn_gate.bias", "blk.0.ffn_up.bias", "blk.1.ffn_gate.bias", "blk.1.ffn_up.bias"} <= names
     if pruned:
         assert rep.heads == [2, 0] and rep.channels == [37, 50]
+
+
+def test_default_alignment_pads_mlp_widths_to_64_and_changes_no_logit(tmp_path, bpe_tokenizer):
+    """write_gguf's default align (64, what llama.cpp's kernels run fast) pads 37 and 50 channels to 64 with zero
+    channels, mlp biases included; f32 logits stay those of the unpadded model."""
+    from selfpruner.core.results.gguf_export import ALIGN
+    model = tiny("llama", TOKENIZER_IDS, True, mlp_bias=True)
+    rep, got, ref, _ = round_trip(model, bpe_tokenizer, tmp_path / "a.gguf", align=ALIGN)
+    assert ALIGN == 64 and rep.channels == [64, 64] and rep.padded_channels == 27 + 14
+    assert np.abs(got - ref).max() < 1e-3, np.abs(got - ref).max()
+
+
+def test_an_attention_free_first_layer_loads_and_computes_alike(tmp_path, bpe_tokenizer):
+    """llama.cpp takes the head size from layer 0 and refused a file whose first layer had no heads: that layer
+    keeps one zero KV group (exact: zero queries, keys, values and output add nothing)."""
+    from selfpruner.core.results.pruned_modeling import PER_LAYER_KEYS
+    model = tiny("llama", TOKENIZER_IDS, True, **dict(zip(PER_LAYER_KEYS, ([0, 4], [0, 2], [37, 50]))))
+    rep, got, ref, _ = round_trip(model, bpe_tokenizer, tmp_path / "f.gguf")
+    assert rep.heads == [2, 4] and rep.kv_heads == [1, 2] and rep.kept_bias_groups == 1
+    assert np.abs(got - ref).max() < 1e-3, np.abs(got - ref).max()
 
 
 def test_mlp_bias_with_padded_channels_under_q8_0(tmp_path, bpe_tokenizer):
@@ -161,3 +183,19 @@ def test_one_family_table_and_what_it_refuses(tmp_path, bpe_tokenizer):
         check_exportable(LlamaConfig(hidden_act="gelu"))
     with pytest.raises(GgufExportError, match="ids up to 299 but the model's embedding only 280 rows"):
         write_gguf(tiny("llama", 280), bpe_tokenizer, tmp_path / "s.gguf")
+
+
+def test_a_llama_cpp_cost_table_is_measured_with_probe_ggufs(tmp_path, bpe_tokenizer):
+    """The llama.cpp engine of `cost-table`: probe models of the tiny LLaMA's shape written as GGUFs (widths padded
+    as the export pads them) and timed against the dense shape; the table covers every unit count and probed width,
+    and a random allocation's prediction stands beside its measurement."""
+    from selfpruner.core.cost_table import Workload
+    from selfpruner.core.model.models import LoadedModel
+    from selfpruner.core.results.cost_probes import check_table, measure_table
+    lm = LoadedModel.wrap(tiny("llama", TOKENIZER_IDS), "tiny", tokenizer=bpe_tokenizer)
+    t = measure_table(lm, "llama-cpp", Workload(prompt_len=16, decode_tokens=2, threads=1), rounds=1, points=2)
+    assert t.units == [0, 1, 2] and t.widths == [0, 64, 96] and t.pad_to == 64 and t.env["probes"] == 2 + 2
+    assert t.dense["prompt"] > 0 and t.dense["token"] > 0 and "llama.cpp" in t.env["engine"]
+    assert t.run_width(37) == 64 and t.run_width(90) == 96  # padded as the export pads, never past the dense width
+    (c,) = check_table(lm, t, 1, rounds=1)
+    assert c["measured"]["mix"] > 0 and c["predicted"]["mix"] > 0 and len(c["plans"]) == 2

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..config import SearchConfig
+from ..cost_table import SpeedBudget
 from ..events import (
     CandidateEvaluated,
     CandidateProposed,
@@ -39,6 +40,7 @@ from ..steering import ControlPoller
 from ..store import Store, StoreError
 from ..types import CallRecord, EvalJob, Problem, Proposal, Scored
 from .racing import stage_counts, survivors
+from .speed_budget import nominal_beta
 from .workbench import Workbench
 
 
@@ -57,12 +59,14 @@ class SelfPrunerSearch:
     init_proposer: Proposer | None = None  # the paper's random-init ablation swaps this in
     owns_bench: bool = False  # release the workbench (stop Ray's workers) when the run ends
     lock: RunLock | None = None  # this process's hold on the session, released with the outcome when run() ends
+    speed: SpeedBudget | None = None  # --target-speedup: the budget repair puts every candidate on
 
     def __post_init__(self):
-        a = self.bench.lm.arch
-        self.problem = Problem(self.bench.lm.name, a.n_layers, self.cfg.beta, self.cfg.lo, self.cfg.hi,
-                               decimals=self.cfg.decimals, fitness_name=self.cfg.fitness,
-                               grain=self.bench.layer_grain())
+        a, grain, cfg = self.bench.lm.arch, self.bench.layer_grain(), self.cfg
+        beta = cfg.beta if self.speed is None else nominal_beta(self.speed, grain, a.n_layers, cfg.lo, cfg.hi,
+                                                               cfg.decimals)
+        self.problem = Problem(self.bench.lm.name, a.n_layers, beta, cfg.lo, cfg.hi, decimals=cfg.decimals,
+                               fitness_name=cfg.fitness, grain=grain, speed=self.speed)
         self._generation = 0
         for p in {id(x): x for x in (self.proposer, self.init_proposer) if x is not None}.values():
             p.on_call = self._record_call
@@ -118,7 +122,7 @@ class SelfPrunerSearch:
         """The one-shot peers' allocations (uniform, OWL, FLAP), repaired to this problem, distinct, at most
         `count`; their identities join `seen`."""
         out = []
-        for name, rates in self.bench.reference_rates(self.cfg.beta, self.cfg.lo, self.cfg.hi).items():
+        for name, rates in self.bench.reference_rates(self.problem.beta, self.cfg.lo, self.cfg.hi).items():
             if rates is None or len(out) == count:
                 continue
             rates = repair(rates, self.problem)[0]
@@ -135,7 +139,7 @@ class SelfPrunerSearch:
         if stored:
             d = stored[0]["payload"]
         else:
-            n, rate = self.problem.n_layers, min(self.cfg.hi, 2 * self.cfg.beta)
+            n, rate = self.problem.n_layers, min(self.cfg.hi, 2 * self.problem.beta)
             ppl = [0.0] * n
 
             def done(job: EvalJob, fit: float, secs: float) -> None:

@@ -11,6 +11,7 @@ from ..run_lock import RunLock, new_locked_session
 from ..session_files import resolve_session
 from ..store import Store, StoreError
 from .self_pruner import SelfPrunerSearch
+from .speed_budget import session_speed
 from .workbench import Workbench
 
 
@@ -119,9 +120,10 @@ def session_workbench(cfg: SearchConfig, s: dict, bus: EventBus | None = None) -
     return bench
 
 
-def store_references(store: Store, bench: Workbench, cfg: SearchConfig) -> None:
-    """Uniform and OWL rates at the session's β, for reports to draw the searched profile against."""
-    store.add_result("reference", "rates", bench.reference_rates(cfg.beta, cfg.lo, cfg.hi))
+def store_references(store: Store, bench: Workbench, cfg: SearchConfig, beta: float | None = None) -> None:
+    """Uniform and OWL rates at the session's β (under --target-speedup the uniform rate that meets it), for
+    reports to draw the searched profile against."""
+    store.add_result("reference", "rates", bench.reference_rates(beta or cfg.beta, cfg.lo, cfg.hi))
 
 
 def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: Path | None = None,
@@ -155,14 +157,21 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
                 data_source=bench.data.source, beta=cfg.beta, proposer=proposer.name, calib_key=bench.calib_key,
                 bos_token=bench.data.bos)
             sid = store.session_id
-            store_references(store, bench, cfg)
         if bench.pruner.importance != cfg.importance:  # the importance fixed the model's head/channel order
             raise ConfigError(f"the workbench orders heads and channels by {bench.pruner.importance}, the search "
                               f"asks for --importance {cfg.importance}")
         bench.set_pruning(cfg.reconstruct, cfg.channel_multiple, cfg.split)
-        bus.emit(SessionStarted(sid, str(store.path), cfg.to_dict(), bench.lm.arch.n_layers, resume is not None))
-        return SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench,
-                                lock=lock)
+        speed = session_speed(cfg, store, bench, bus)
+        search = SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench,
+                                  lock=lock, speed=speed)
+        shown = cfg.to_dict()
+        if speed is not None:  # the session's β is the uniform rate that meets the speed: what its rates centre on
+            shown["beta"] = search.problem.beta
+            store.update_session(beta=search.problem.beta)
+        if resume is None:
+            store_references(store, bench, cfg, search.problem.beta)
+        bus.emit(SessionStarted(sid, str(store.path), shown, bench.lm.arch.n_layers, resume is not None))
+        return search
     except BaseException as e:
         if lock is not None:
             if resume is None:  # a new session that never ran: not resumable, say why

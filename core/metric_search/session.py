@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import field, fields, make_dataclass
 
-from ..config import ConfigError, Placement, check_placement, check_stored_base_url
+from ..config import ConfigError, Placement, check_placement, check_stored_base_url, fresh_field
 from ..events import Control, EventBus, MetricEvaluated, SearchFinished, SessionStarted, Stage
 from ..layer_search.evaluator import Evaluator
 from ..model.calibration import load_or_collect
@@ -22,26 +22,29 @@ from .pruner_zero import MetricSearchConfig, run_metric_search
 from .unstructured import UnstructuredPruner, parse_pattern
 
 
-@dataclass
-class MetricRun:
-    calib_tokens: int = 16384
-    final_tokens: int | None = 4096  # None = the whole test stream
-    data: str = "auto"
-    sessions_dir: str = "sessions"
-    proposer: str | None = None  # an LLM that writes metrics too (proposers.registry.METRIC_PROPOSERS); None = GP
-    proposer_model: str | None = None  # its GGUF (llama-cpp: a path or a bundled name) or model name (openai)
-    base_url: str | None = None  # openai: any OpenAI-compatible server; no API key needed
-    # Where the model runs, as in SearchConfig; a new session stores the dtype it actually ran in.
-    device: str = "auto"
-    dtype: str = "auto"
-    device_map: str | None = None
-    batch_size: int | None = None  # windows per forward; None = auto (evaluate.auto_batch_size)
-    # sparsegpt: the final model is the best metric's mask with SparseGPT's update of the kept weights, scored beside
-    # SparseGPT alone (the search's fitness stays mask-only: an update per candidate costs a layer-by-layer pass)
-    update: str = "none"
-
+class _MetricRunBase:
     def __post_init__(self):
         check_placement(self.device, self.dtype, self.device_map, self.batch_size)
+
+
+# A metric search's own settings, then where the model runs: Placement's fields, declared once in config.py (a new
+# session stores the dtype it actually ran in).
+MetricRun = make_dataclass("MetricRun", [
+    ("calib_tokens", "int", field(default=16384)),
+    ("final_tokens", "int | None", field(default=4096)),  # None = the whole test stream
+    ("data", "str", field(default="auto")),
+    ("sessions_dir", "str", field(default="sessions")),
+    # an LLM that writes metrics too (proposers.registry.METRIC_PROPOSERS); None = GP
+    ("proposer", "str | None", field(default=None)),
+    # its GGUF (llama-cpp: a path or a bundled name) or model name (openai)
+    ("proposer_model", "str | None", field(default=None)),
+    ("base_url", "str | None", field(default=None)),  # openai: any OpenAI-compatible server; no API key needed
+    # sparsegpt: the final model is the best metric's mask with SparseGPT's update of the kept weights, scored beside
+    # SparseGPT alone (the search's fitness stays mask-only: an update per candidate costs a layer-by-layer pass)
+    ("update", "str", field(default="none")),
+    *[(f.name, f.type, fresh_field(f)) for f in fields(Placement)],
+], bases=(_MetricRunBase,))
+MetricRun.__module__ = __name__
 
 
 # What a resumed metric search may take from the command line rather than from its session.

@@ -99,8 +99,27 @@ def grain_text(problem: Problem) -> str:
 
 
 def layer_facts(problem: Problem) -> str:
-    """What the prompts say about the layers: their grain and, where measured, their sensitivity."""
-    return "\n".join(t for t in (grain_text(problem), sensitivity_text(problem)) if t)
+    """What the prompts say about the layers: their grain, the speed budget and, where measured, their
+    sensitivity."""
+    return "\n".join(t for t in (grain_text(problem), speed_text(problem), sensitivity_text(problem)) if t)
+
+
+def speed_text(problem: Problem) -> str:
+    """--target-speedup: the budget in the cost table's terms (empty without one)."""
+    sb = problem.speed
+    if sb is None:
+        return ""
+    attn, step, mlp = sb.table.step_savings(sb.objective)
+    g = problem.grain
+    unit = "KV groups" if g.q_heads_per_unit > 1 else "attention heads"
+    objective = {"prompt": "prompt processing", "generation": "time per generated token",
+                 "mix": f"a {sb.table.workload.prompt_len}-token prompt and {sb.table.workload.decode_tokens} "
+                        f"generated tokens"}[sb.objective]
+    return template("speed.txt").substitute(target=f"{sb.target:g}", engine=sb.table.engine, objective=objective,
+                                            unit=unit, attn_ms=f"{1e3 * attn:.3g}", step=step,
+                                            mlp_ms=f"{1e3 * mlp:.3g}",
+                                            dense_ms=f"{1e3 * sb.table.dense_seconds(sb.objective):.4g}",
+                                            beta=f"{problem.beta:g}").strip()
 
 
 def sensitivity_text(problem: Problem) -> str:
@@ -196,13 +215,16 @@ class LLMProposer:
     # ---- prompts --------------------------------------------------------------------------------------
     def _fields(self, problem: Problem, count: int) -> dict:
         d, n = problem.decimals, problem.n_layers
-        listed = f"{n} rates in [{problem.lo:g}, {problem.hi:g}] with {d} decimals, mean {problem.beta:g}"
+        listed = f"{n} rates in [{problem.lo:g}, {problem.hi:g}] with {d} decimals, mean " + \
+            (f"about {problem.beta:g}" if problem.speed else f"{problem.beta:g}")
         if problem.attention_genes:
             listed += f", then {n} attention rates"
-        return dict(model=problem.model_name, n_layers=n, beta=f"{problem.beta:g}", n_numbers=problem.n_genes,
-                    listed=listed, lo=f"{problem.lo:g}", hi=f"{problem.hi:g}", decimals=d, count=count,
-                    example=f"{problem.beta:.{d}f}", total=f"{problem.beta * problem.n_layers:.{d}f}".rstrip("0")
-                    .rstrip("."), grain=layer_facts(problem))
+        f = dict(model=problem.model_name, n_layers=n, beta=f"{problem.beta:g}", n_numbers=problem.n_genes,
+                 listed=listed, lo=f"{problem.lo:g}", hi=f"{problem.hi:g}", decimals=d, count=count,
+                 example=f"{problem.beta:.{d}f}", total=f"{problem.beta * problem.n_layers:.{d}f}".rstrip("0")
+                 .rstrip("."), grain=layer_facts(problem))
+        f["mean_rule"] = template("mean_speed.txt" if problem.speed else "mean_exact.txt").substitute(f).strip()
+        return f
 
     def build_prompt(self, phase: str, problem: Problem, population: list[Scored], count: int) -> str:
         pop = ranked(population)

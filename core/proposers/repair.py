@@ -7,6 +7,10 @@ each layer's unit grid inside what its rate allows (plans.fit_attention), and mi
 
 Work is done in integer units of 10**-decimals after a continuous projection, so the stored 5-decimal text
 of a repaired vector sums to n*beta exactly (whenever n*beta is itself a multiple of 10**-decimals).
+
+Under --target-speedup (problem.speed) the mean is free and the budget is time: every rate is shifted by one common
+amount, the least that brings the plans' predicted time on the engine within the budget (core/cost_table.py), so a
+vector keeps its shape as the mean projection keeps it.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import math
 import random
 from itertools import combinations
 
-from ..plans import candidate_key, fit_attention
+from ..plans import candidate_key, fit_attention, plans
 from ..types import Problem
 
 
@@ -62,7 +66,7 @@ def project(values: list[float], beta: float, lo: float, hi: float) -> list[floa
 def _to_units(x: list[float], problem: Problem) -> list[int]:
     """Round to integer units and fix the rounding residual so that sum(units) == n*beta in units."""
     scale = 10 ** problem.decimals
-    lo_u, hi_u = math.ceil(problem.lo * scale - 1e-9), math.floor(problem.hi * scale + 1e-9)
+    lo_u, hi_u = _unit_bounds(problem)
     exact = problem.n_layers * problem.beta * scale
     target = round(exact)  # not a whole number of units when beta has more decimals: closest reachable
     target = min(max(target, lo_u * len(x)), hi_u * len(x))
@@ -94,12 +98,54 @@ def _with_attention(layer: list[float], attention: list[float | None] | None, pr
                     for p, a in zip(layer, attention)]
 
 
+def _unit_bounds(problem: Problem) -> tuple[int, int]:
+    scale = 10 ** problem.decimals
+    return math.ceil(problem.lo * scale - 1e-9), math.floor(problem.hi * scale + 1e-9)
+
+
+def _fit_budget(units: list[int], problem: Problem, attention=None) -> list[int]:
+    """--target-speedup: the units shifted by the least common amount whose plans fit the time budget (bisection:
+    more pruning never costs more time in a cost table whose savings grow with what is removed)."""
+    scale, (lo_u, hi_u) = 10 ** problem.decimals, _unit_bounds(problem)
+
+    def shifted(t: int) -> list[int]:
+        return [min(max(u + t, lo_u), hi_u) for u in units]
+
+    def fits_units(u: list[int]) -> bool:
+        return problem.speed.fits(plans(problem.grain, _with_attention([v / scale for v in u], attention, problem)))
+
+    def fits(t: int) -> bool:
+        return fits_units(shifted(t))
+
+    a, b = lo_u - max(units), hi_u - min(units)  # every layer at lo, every layer at hi
+    if fits(a):
+        return shifted(a)
+    if not fits(b):
+        raise RepairError(f"no rates within [{problem.lo}, {problem.hi}] reach a predicted "
+                          f"{problem.speed.target:g}x speedup")
+    while b - a > 1:
+        m = (a + b) // 2
+        a, b = (a, m) if fits(m) else (m, b)
+    # one unit of shift can move many layers' attention at once (the rule split's steps): give back, layer by layer,
+    # the unit that still fits, so the candidate spends its budget rather than overshooting it
+    best, before = shifted(b), shifted(b - 1)
+    for i in range(len(best)):
+        if before[i] != best[i]:
+            trial = best[:i] + [before[i]] + best[i + 1:]
+            if fits_units(trial):
+                best = trial
+    return best
+
+
 def _distinct(units: list[int], problem: Problem, taken, attention=None) -> list[int]:
     """Smallest deterministic mean-preserving change (move d units from layer i to layer j) whose identity
     is not in `taken`; d grows in steps of one MLP channel's rate. There are at most len(taken) collisions,
-    so the search ends quickly."""
+    so the search ends quickly. Under a speed budget each moved vector is put back on the budget."""
     scale = 10 ** problem.decimals
-    lo_u, hi_u = math.ceil(problem.lo * scale - 1e-9), math.floor(problem.hi * scale + 1e-9)
+    lo_u, hi_u = _unit_bounds(problem)
+
+    def settle(u):
+        return _fit_budget(u, problem, attention) if problem.speed is not None else u
 
     def k(u):
         return identity(_with_attention([v / scale for v in u], attention, problem), problem)
@@ -117,6 +163,7 @@ def _distinct(units: list[int], problem: Problem, taken, attention=None) -> list
                     cand = list(units)
                     cand[a] += d
                     cand[b] -= d
+                    cand = settle(cand)
                     if k(cand) not in taken:
                         return cand
         if not feasible:  # a larger move will not fit either
@@ -142,13 +189,21 @@ def repair(values, problem: Problem, taken=frozenset(), notes: list[str] | None 
         vals = (vals + [problem.beta] * n)[:n]
     if any(v < problem.lo or v > problem.hi for v in vals):
         notes.append(f"values outside [{problem.lo}, {problem.hi}] clamped")
-    mean = sum(vals) / n
-    if abs(mean - problem.beta) > 1e-9:
-        notes.append(f"mean {mean:.6f} moved to {problem.beta}")
     scale = 10 ** problem.decimals
-    units = _to_units(project(vals, problem.beta, problem.lo, problem.hi), problem)
-    if abs(sum(units) - n * problem.beta * scale) > 1e-6:
-        notes.append(f"mean cannot be exactly {problem.beta} at {problem.decimals} decimals")
+    if problem.speed is not None:
+        lo_u, hi_u = _unit_bounds(problem)
+        start = [min(max(round(v * scale), lo_u), hi_u) for v in vals]
+        units = _fit_budget(start, problem, attention)
+        if units != start:
+            notes.append(f"rates shifted by {(units[0] - start[0]) / scale:+g} onto the {problem.speed.target:g}x "
+                         f"speed budget")
+    else:
+        mean = sum(vals) / n
+        if abs(mean - problem.beta) > 1e-9:
+            notes.append(f"mean {mean:.6f} moved to {problem.beta}")
+        units = _to_units(project(vals, problem.beta, problem.lo, problem.hi), problem)
+        if abs(sum(units) - n * problem.beta * scale) > 1e-6:
+            notes.append(f"mean cannot be exactly {problem.beta} at {problem.decimals} decimals")
     before = list(units)
     units = _distinct(units, problem, taken, attention)
     if units != before:
@@ -183,9 +238,11 @@ def is_valid(values, problem: Problem, tol: float = 1e-9) -> bool:
     if len(vals) != problem.n_genes or not all(math.isfinite(v) for v in vals):
         return False
     layer, attention = vals[:problem.n_layers], vals[problem.n_layers:]
+    on_budget = (problem.speed.fits(plans(problem.grain, vals)) if problem.speed is not None
+                 else abs(sum(layer) / len(layer) - problem.beta) <= tol)
     return (all(problem.lo - tol <= v <= problem.hi + tol for v in layer)
             and all(-tol <= v <= 1 + tol for v in attention)
-            and abs(sum(layer) / len(layer) - problem.beta) <= tol
+            and on_budget
             and all(abs(v * scale - round(v * scale)) < 1e-6 for v in vals))
 
 

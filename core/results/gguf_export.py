@@ -13,9 +13,11 @@ exactly (zero weights add nothing):
   * a layer with 0 MLP channels: llama.cpp skips the whole layer (attention included), so a few zero channels
     are kept (gate/up rows and down columns of zeros);
   * a removed attention block that carries a compensation bias: llama.cpp's attention-free layer adds nothing,
-    so one KV group with zero weights is kept and its output projection carries the bias;
-  * widths a quantized type cannot hold (Q8_0 blocks of 32 along a row): MLP channels are padded with zero
-    channels to the block size; any other tensor whose rows do not fit stays F16, and the report says so;
+    so one KV group with zero weights is kept and its output projection carries the bias; layer 0 keeps one such
+    group always (llama.cpp refuses a file whose first layer has no heads);
+  * MLP widths are padded with zero channels to a multiple of 64 (`align`; 1 writes them as they are): llama.cpp
+    runs other widths far slower (prompts below multiples of 32, generation below multiples of 64), and Q8_0 needs
+    its blocks of 32 along a row; any other tensor whose rows do not fit stays F16, and the report says so;
   * padded embeddings (Qwen2's vocab_size exceeds its tokenizer's ids): the token list is padded with UNUSED
     `[PAD{i}]` tokens to the embedding's rows, as llama.cpp's converter does (llama.cpp requires they agree).
 Sliding-window attention (Mistral v0.1) is refused: deci attends to the whole context.
@@ -23,6 +25,7 @@ Sliding-window attention (Mistral v0.1) is refused: deci attends to the whole co
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,11 @@ ARCH = "deci"
 NOT_DECI = {"qwen3": "per-head q/k norms", "gemma3_text": "Gemma's norms, scaled embeddings and GELU"}
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 Q8_BLOCK = 32
+# MLP widths are padded (zero channels, exact) to a multiple of this by default: llama.cpp runs other widths far
+# slower, prompts below multiples of 32 (SmolLM2's FLAP widths at β 0.3 on 2 threads: 0.89x dense unpadded, 1.28x
+# padded to 32) and generation below multiples of 64 (every layer at 1,056 or 1,120 channels generated at 1.00-1.02x
+# dense where 1,024 and 1,088 gave 1.18-1.19x; bench/RESULTS.md, issue 40)
+ALIGN = 64
 
 
 class GgufExportError(UserError):
@@ -57,7 +65,7 @@ class GgufReport:
     kv_heads: list = field(default_factory=list)
     channels: list = field(default_factory=list)
     padded_channels: int = 0  # zero channels added (empty MLPs, quantization blocks)
-    kept_bias_groups: int = 0  # zero KV groups kept to carry an empty attention's compensation bias
+    kept_bias_groups: int = 0  # zero KV groups kept to carry an empty attention's bias (and in an empty layer 0)
     unquantized: list = field(default_factory=list)  # tensors left in F16 under q8_0
     tokenizer: str = ""  # where the vocabulary came from
     bytes: int = 0
@@ -176,14 +184,18 @@ def _layer_tensors(layer: nn.Module, i: int, group: int, hd: int, multiple: int,
         nq, nkv = attn.q_proj.out_features // hd, attn.k_proj.out_features // hd
         q, k, v, o = (m.weight for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
         biases = {n: getattr(attn, f"{n}_proj").bias for n in "qkvo"}
-    elif bias_only is not None and bool(bias_only.detach().abs().max() > 0):
-        nq, nkv = group, 1  # one zero KV group whose output projection carries the bias
-        hidden = bias_only.shape[0]
+    elif (bias_only is not None and bool(bias_only.detach().abs().max() > 0)) or i == 0:
+        # one zero KV group whose output projection carries the bias; in layer 0 also without one, since llama.cpp
+        # derives the head size from layer 0's head count and refuses the file when it is 0
+        nq, nkv = group, 1
+        hidden = layer.post_attention_layernorm.weight.shape[0]
         q = torch.zeros(nq * hd, hidden)
         k = v = torch.zeros(hd, hidden)
         o = torch.zeros(hidden, nq * hd)
         biases = {"q": None, "k": None, "v": None, "o": bias_only}
         w.report.kept_bias_groups += 1
+        if bias_only is not None:
+            w.covered.add(id(bias_only))
     else:
         nq = nkv = 0
         if bias_only is not None:
@@ -216,13 +228,17 @@ def _layer_tensors(layer: nn.Module, i: int, group: int, hd: int, multiple: int,
 
 
 def write_gguf(model: nn.Module, tokenizer, out: str | Path, *, source_gguf: str | Path | None = None,
-               outtype: str = "f16", name: str | None = None, context_length: int | None = None) -> GgufReport:
+               outtype: str = "f16", name: str | None = None, context_length: int | None = None,
+               align: int = ALIGN) -> GgufReport:
     """Write `model` (a physically pruned selfpruner_* model, or a dense stock one) to `out` as a deci GGUF.
-    The vocabulary is copied from `source_gguf` when the model came from one, else built from `tokenizer`."""
+    The vocabulary is copied from `source_gguf` when the model came from one, else built from `tokenizer`. MLP
+    widths are padded with zero channels to a multiple of `align` (and of Q8_0's block)."""
     import gguf
 
     if outtype not in OUTTYPES:
         raise GgufExportError(f"--outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    if align < 1:
+        raise GgufExportError(f"--align must be at least 1, got {align}")
     cfg = model.config
     check_exportable(cfg, context_length)
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -242,7 +258,7 @@ def write_gguf(model: nn.Module, tokenizer, out: str | Path, *, source_gguf: str
     gw = gguf.GGUFWriter(tmp, ARCH)
     w = _Writer(gw, outtype, report)
     w.add("token_embd.weight", inner.embed_tokens.weight)
-    multiple = Q8_BLOCK if outtype == "q8_0" else 1
+    multiple = math.lcm(align, Q8_BLOCK if outtype == "q8_0" else 1)
     for i, layer in enumerate(inner.layers):
         _layer_tensors(layer, i, group, hd, multiple, w)
     w.add("output_norm.weight", inner.norm.weight)

@@ -12,7 +12,7 @@ from ..layer_search.session import session_workbench, stored_config
 from ..session_files import resolve_session
 from ..store import Store
 from .export import build_pruned, export_pruned, saved_size
-from .gguf_export import FORMATS, OUTTYPES, check_exportable, write_gguf, write_modelfile
+from .gguf_export import ALIGN, FORMATS, OUTTYPES, check_exportable, write_gguf, write_modelfile
 from .speed import param_count
 
 
@@ -27,7 +27,8 @@ def export_format(out: str | Path, fmt: str | None) -> str:
 def export_session_candidate(session_ref: str, out: str | Path, *, sessions_dir: str = "sessions",
                              candidate: int | None = None, dtype: str | None = None, overwrite: bool = False,
                              bus: EventBus | None = None, device: str | None = None,
-                             device_map: str | None = None, fmt: str | None = None, outtype: str = "f16") -> dict:
+                             device_map: str | None = None, fmt: str | None = None, outtype: str = "f16",
+                             align: int = ALIGN) -> dict:
     """Rebuild the session's workbench (its model in its dtype, data source and calibration, checked against
     what it stored: the head/channel order depends on them), export `candidate` (default the best), record
     the export in the session and return what was recorded. `fmt`: hf (a transformers directory) or gguf (one
@@ -65,7 +66,7 @@ def export_session_candidate(session_ref: str, out: str | Path, *, sessions_dir:
                 "calib_tokens": cfg.calib_tokens, "data": bench.data.source, "calib_key": bench.calib_key,
                 "bos_token": bench.data.bos}
         if fmt == "gguf":
-            info = _export_gguf(bench, rates, out, meta, outtype) | {"candidate": cid, "rates": rates,
+            info = _export_gguf(bench, rates, out, meta, outtype, align) | {"candidate": cid, "rates": rates,
                                                                        "session": s["id"]}
             st.add_result("export", info["path"], info)
             return info
@@ -83,15 +84,16 @@ def export_session_candidate(session_ref: str, out: str | Path, *, sessions_dir:
         return info
 
 
-def _export_gguf(bench, rates, out, meta: dict, outtype: str) -> dict:
+def _export_gguf(bench, rates, out, meta: dict, outtype: str, align: int = ALIGN) -> dict:
     """The pruned model as one GGUF (deci architecture) with an Ollama Modelfile beside it."""
     model = build_pruned(bench.lm, bench.pruner, rates, meta=meta, dtype=torch.float32, device="cpu")
     report = write_gguf(model, bench.lm.tokenizer, out, source_gguf=bench.lm.gguf_path, outtype=outtype,
-                        name=f"{Path(out).stem}")
+                        name=f"{Path(out).stem}", align=align)
     modelfile = write_modelfile(report.path)
     record = model.config.selfpruner
     return {"format": "gguf", "path": report.path, "out_dir": report.path, "outtype": outtype,
             "params": param_count(model), "dense_params": param_count(bench.lm.model), "file_bytes": report.bytes,
             "achieved_sparsity": record["achieved_sparsity"], "modelfile": str(modelfile),
-            "padded_channels": report.padded_channels, "kept_bias_groups": report.kept_bias_groups,
+            "padded_channels": report.padded_channels, "align": align,
+            "unaligned_layers": sum(c % ALIGN != 0 for c in report.channels), "kept_bias_groups": report.kept_bias_groups,
             "unquantized": report.unquantized, "tokenizer": report.tokenizer}

@@ -43,15 +43,38 @@ def shares_line(sh: dict) -> str:
     return line
 
 
+def _export_record(model_dir: str | Path) -> dict:
+    if str(model_dir).endswith(".gguf"):
+        from .gguf_export import gguf_record
+        return gguf_record(model_dir)
+    return json.loads((Path(model_dir) / "config.json").read_text()).get("selfpruner", {})
+
+
+def predicted_speedups(model_dir: str | Path, sessions_dir: str, engine: str) -> dict | None:
+    """{objective: speedup} the session's cost table predicts for an export of a --target-speedup session on
+    `engine`, or None (no session at hand, no table, another engine)."""
+    from ..cost_table import OBJECTIVES, CostTable
+    from ..plans import LayerPlan
+    try:
+        record = _export_record(model_dir)
+        sid = record.get("meta", {}).get("session")
+        if not sid or not record.get("plans"):
+            return None
+        with Store(resolve_session(sid, sessions_dir), readonly=True) as st:
+            tables = st.results("cost-table")
+    except (OSError, ValueError, StoreError):
+        return None
+    if not tables or tables[0]["name"] != engine:
+        return None
+    table = CostTable.from_dict(tables[0]["payload"])
+    plans = [LayerPlan(u, c) for u, c in record["plans"]]
+    return {o: table.speedup(plans, o) for o in OBJECTIVES}
+
+
 def record_for_model_dir(model_dir: str | Path, sessions_dir: str, kind: str, name: str, payload: dict) -> str | None:
     """Store a result in the session an exported model came from, when that session is at hand; its id."""
     try:
-        if str(model_dir).endswith(".gguf"):
-            from .gguf_export import gguf_record
-            record = gguf_record(model_dir)
-        else:
-            record = json.loads((Path(model_dir) / "config.json").read_text()).get("selfpruner", {})
-        sid = record.get("meta", {}).get("session")
+        sid = _export_record(model_dir).get("meta", {}).get("session")
         if not sid:
             return None
         with Store(resolve_session(sid, sessions_dir)) as st:
@@ -75,6 +98,9 @@ def results_line(store: Store) -> str:
         pre, dec = q.get("prefill_speedup", q.get("prompt")), q.get("decode_speedup", q.get("gen"))
         if pre and dec:
             parts.append(f"speed prefill {pre:.2f}× decode {dec:.2f}×")
+        predicted = latest["speed"].get("predicted")
+        if predicted:  # a --target-speedup session: its cost table's prediction beside the measurement
+            parts.append(f"predicted {predicted['prompt']:.2f}× / {predicted['generation']:.2f}×")
     if "lm_eval" in latest:
         for task, m in latest["lm_eval"].get("results", {}).items():
             acc = m.get("acc,none", m.get("acc"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from selfpruner.core.config import Cluster, Data, Evolution, Fitness, Placement, Proposing, Pruning
+from selfpruner.core.config import Cluster, Data, Evolution, Fitness, Placement, Proposing, Pruning, SpeedTarget
 from selfpruner.core.errors import UserError
 from selfpruner.core.plans import split_genes
 
@@ -11,7 +11,7 @@ from .common import ProgressRenderer, _print_shares, _run_with_signals, _typed_p
 from .options import settings_from, typed_settings
 
 # The parts a search takes from its own options (Placement comes with every command that loads a model).
-SEARCH_PARTS = (Pruning, Data, Fitness, Evolution, Proposing, Cluster)
+SEARCH_PARTS = (Pruning, Data, Fitness, Evolution, Proposing, Cluster, SpeedTarget)
 # A baseline takes what is pruned (but the decimals of an LLM's answers), the text and these two budgets.
 BASELINE_FITNESS = ("budget_tokens", "final_tokens")
 

@@ -28,6 +28,7 @@ class ReplayScreen(SearchScreen):
         Binding("r", "resume", "Resume"),
         Binding("x", "export", "Export"),
         Binding("m", "measure", "Measure"),
+        Binding("c", "cost_table", "Cost table"),
         Binding("p", "control('pause')", "Pause"),
         Binding("u", "control('resume')", "Unpause"),
         Binding("g", "control('stop-after-generation')", "Stop after gen"),
@@ -122,6 +123,18 @@ class ReplayScreen(SearchScreen):
             self.note += f"; serve it: vllm serve {info['out_dir']}"
         self.notify(self.note, title="export", timeout=10)
         self.render_view({"status"})
+
+    def action_cost_table(self) -> None:
+        """A --target-speedup session's cost table as plots (screens/cost.py)."""
+        from selfpruner.core.cost_table import CostTable
+
+        from .cost import CostTableScreen
+        with Store(self.db_path, readonly=True) as st:
+            stored = st.results("cost-table")
+        if not stored:
+            self.notify("this session searched for a ratio β: it has no cost table (--target-speedup measures one)")
+            return
+        self.app.push_screen(CostTableScreen(CostTable.from_dict(stored[0]["payload"])))
 
     def action_measure(self) -> None:
         """Speed, zero-shot, LoRA or the report of the export, as a background job (screens/jobs.py)."""

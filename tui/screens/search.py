@@ -103,7 +103,9 @@ class SearchScreen(Screen):
             for part in baseline_options(cfg, st.proposer):
                 t.append(f" · {part}")
             return self._outcome(t)
-        t.append(f" · {model} · β {st.beta:g} · {st.proposer}")
+        speed = (f" · {cfg['target_speedup']:g}x on {cfg.get('engine')} ({cfg.get('objective')}), uniform β "
+                 f"{st.beta:g}" if cfg.get("target_speedup") else f" · β {st.beta:g}")
+        t.append(f" · {model}{speed} · {st.proposer}")
         if cfg:
             t.append(f" · K={cfg.get('population')} M={cfg.get('mutations')} S={cfg.get('crossovers')} "
                      f"N={cfg.get('generations')} · {cfg.get('budget_tokens')} tok/fitness")

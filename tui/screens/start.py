@@ -27,6 +27,9 @@ DTYPE_CHOICES = [("auto (bfloat16 on a GPU, float32 on the CPU)", "auto"), ("bfl
 IMPORTANCE_CHOICES = [("Wanda-sp (|W|·||X||)", "wanda-sp"), ("FLAP (Var(X)·||W||²)", "flap")]
 RECONSTRUCT_CHOICES = [("none", "none"), ("bias (FLAP: removed units leave their mean output)", "bias"),
                        ("least squares (kept o/down columns rebuilt)", "ls")]
+ENGINE_CHOICES = [("llama.cpp (f16 GGUF export)", "llama-cpp"), ("transformers (HF export)", "transformers")]
+OBJECTIVE_CHOICES = [("a request: 128-token prompt + 32 generated", "mix"), ("prompt", "prompt"),
+                     ("generation", "generation")]
 SPLIT_CHOICES = [("rule (round(p·units) heads, the rest channels)", "rule"),
                  ("flap (heads against channels by FLAP's scores)", "flap"),
                  ("search (each layer's attention rate is searched too)", "search")]
@@ -56,7 +59,7 @@ PAPER_SIZES = (30, 10, 10, 20)
 # CLI flag in the core's messages -> (form label, input id): every setting typed into the form under its long flag,
 # and the messages that name no flag; longest first, so that --device-map is said before --device.
 TYPED = [k for k, _, _ in NUMBERS + ADVANCED] + ["beta", "budget_tokens", "final_tokens", "device", "batch_size",
-                                                 "workers", "race"]
+                                                 "workers", "race", "target_speedup"]
 _SAID = {next(x for x in (f.metadata["flags"] or ("--" + f.name.replace("_", "-"),)) if x.startswith("--")):
          (LABELS[f.name], f.name) for f in part_fields(*PARTS) if f.name in TYPED}
 _SAID |= {"mutation and crossover": (None, "mutations"), "bounds": (None, "beta"),
@@ -133,6 +136,12 @@ class StartScreen(Screen):
                                                               allow_blank=False, compact=True, id="reconstruct"))
                 yield from _row(LABELS["split"], Select(SPLIT_CHOICES, value=d.split, allow_blank=False, compact=True,
                                                         id="split"))
+                yield from _row(LABELS["target_speedup"], _input("target_speedup", d.target_speedup,
+                                                                 placeholder="empty = prune to the ratio β"))
+                yield from _row(LABELS["engine"], Select(ENGINE_CHOICES, value=d.engine, allow_blank=False,
+                                                         compact=True, id="engine"))
+                yield from _row(LABELS["objective"], Select(OBJECTIVE_CHOICES, value=d.objective, allow_blank=False,
+                                                            compact=True, id="objective"))
                 yield from _row("device", _input("device", d.device, placeholder="auto | cpu | cuda | cuda:N"))
                 yield from _row("dtype", Select(DTYPE_CHOICES, value=d.dtype, allow_blank=False, compact=True,
                                                 id="dtype"))
@@ -269,6 +278,9 @@ class StartScreen(Screen):
         cfg.data = str(self.query_one("#data", Select).value)
         cfg.importance = str(self.query_one("#importance", Select).value)
         cfg.split = str(self.query_one("#split", Select).value)
+        cfg.target_speedup = self._number("target_speedup", LABELS["target_speedup"], float, optional=True)
+        cfg.engine = str(self.query_one("#engine", Select).value)
+        cfg.objective = str(self.query_one("#objective", Select).value)
         cfg.device = self.query_one("#device", Input).value.strip() or "auto"
         cfg.dtype = str(self.query_one("#dtype", Select).value)
         cfg.device_map = str(self.query_one("#device_map", Select).value) or None

@@ -147,3 +147,28 @@ class FitnessPlot(Widget):
 
     def render(self) -> Text:
         return Text("\n").join(render_plot(self.best, self.mean, self.points, self.size.width, self.size.height))
+
+
+def render_costs(widths: list[int], measured: list[float], fitted: list[float], width: int, height: int,
+                 unit: str = "ms") -> list[Text]:
+    """A cost table's per-layer MLP savings against the kept width: the measured points and the fitted line."""
+    values = [*measured, *fitted]
+    if len(widths) < 2 or width <= AXIS + 4 or height < 3:
+        return [Text("no cost table", style="dim")]
+    top = max(max(values), 1e-12)
+    canvas = Canvas(width - AXIS, height - 2, (("measured", "grey70"), ("fitted", "bold green")))
+    dx, dy = (2 * canvas.w - 1) / widths[-1], 4 * canvas.h - 1
+
+    def y_of(v: float) -> float:
+        return (1 - max(v, 0.0) / top) * dy
+
+    _polyline(canvas, "fitted", [(w * dx, y_of(v)) for w, v in zip(widths, fitted)])
+    for w, v in zip(widths, measured):
+        canvas.dot("measured", w * dx, y_of(v))
+    lines = []
+    for r, row in enumerate(canvas.rows()):
+        label = f"{top:.3g}{unit}" if r == 0 else f"0{unit}" if r == canvas.h - 1 else ""
+        lines.append(Text(label.rjust(AXIS - 1)[: AXIS - 1] + "│", style="dim") + row)
+    lines.append(Text(" " * (AXIS - 1) + "└" + "0 channels".ljust(canvas.w - len(str(widths[-1]))) +
+                      str(widths[-1]), style="dim"))
+    return lines + [Text("  ⣿ fitted line  ", style="bold green") + Text("⣿ measured", style="grey70")]
