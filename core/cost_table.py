@@ -8,10 +8,10 @@ channels (at full attention). A model's predicted time is dense - the sum of its
 and MLP are taken as additive within a layer and layers as additive within the model, which the check of
 measured against predicted speedups (`cost-table --check`, results/cost_probes.check_table) tests.
 
-The savings used are a least-squares line through the measured ones (saving = price × units or channels removed):
-a probe's saving is a small difference of two noisy times (two identical files differ by up to 5% on a 2-core box),
-and the line, fitted to every probe, cut SmolLM2's median prediction error on llama.cpp from 5.9% to 2.5% (prompt)
-and 2.9% to 1.9% (a request); the measured savings stay in `measured`. An engine that pads widths (llama.cpp's
+The savings used are a least-squares line through the measured ones (saving = price × units or channels removed;
+no heads or no channels at all keep their measured saving): a probe's saving is a small difference of two noisy
+times (two identical files differ by up to 5% on a 2-core box), and the line cut SmolLM2's median prediction error
+on llama.cpp from 5.9% to 2.5% (prompt) and 2.9% to 1.9% (a request); the measured savings stay in `measured`. An engine that pads widths (llama.cpp's
 GGUF export pads MLP channels to 64) is predicted at the width it runs.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .plans import LayerPlan
 ENGINES = ("llama-cpp", "transformers", "vllm")
 OBJECTIVES = ("prompt", "generation", "mix")
 # bump when the probes or their arithmetic change: a cached table of the old protocol is measured again
-PROBE_VERSION = 3
+PROBE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,13 @@ class CostTable:
 
 
 def fitted(sizes: list[int], savings: list[float]) -> list[float]:
-    """The least-squares line through the origin at the dense size (the last): saving = price × size removed."""
+    """The least-squares line through the origin at the dense size (the last), saving = price × size removed, fitted
+    to the sizes above 0; size 0 keeps its measured saving, since removing every head or channel skips more than
+    their price (transformers skips the module, llama.cpp the attention)."""
     full = sizes[-1]
-    removed = [full - x for x in sizes]
-    price = sum(r * s for r, s in zip(removed, savings)) / max(1e-30, sum(r * r for r in removed))
-    return [price * r for r in removed]
+    pts = [(full - x, s) for x, s in zip(sizes, savings) if x > 0]
+    price = sum(r * s for r, s in pts) / max(1e-30, sum(r * r for r, _ in pts))
+    return [s if x == 0 else price * (full - x) for x, s in zip(sizes, savings)]
 
 
 def prediction_errors(table: CostTable) -> dict[str, tuple[float, float, int]]:
