@@ -192,3 +192,19 @@ def test_bad_speed_settings_are_one_line_before_any_model_loads(tmp_path):
         code, _, err = cli("search", "--model", str(tmp_path / "nowhere"), *args, "--sessions-dir", str(tmp_path))
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.glob("*.db"))
+
+
+def test_the_cost_table_command_measures_caches_and_checks(tiny_llama_dir, tmp_path):
+    """`selfpruner cost-table MODEL --engine transformers --check 1`: the table, then its prediction error; a second
+    call reads the cache (no probe lines)."""
+    from conftest import cli
+    args = ("cost-table", str(tiny_llama_dir), "--engine", "transformers", "--rounds", "1", "--prompt-len", "16",
+            "--decode-tokens", "2", "--threads", "1")
+    env = {"SELFPRUNER_CACHE": str(tmp_path)}
+    code, out, err = cli(*args, "--check", "1", env=env)
+    assert code == 0, err
+    assert "transformers: mlp:0" in out and "dense: prompt" in out and "MLP" in out and "check random 1" in out
+    assert "mix: prediction error over 1 allocations" in out
+    code, out, err = cli(*args, env=env)
+    assert code == 0 and "transformers: mlp" not in out and "check random 1" in out, err  # cached, with its check
+    assert len(list((tmp_path / "cost-tables").glob("*.json"))) == 1
