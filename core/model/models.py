@@ -84,6 +84,12 @@ class ModelArch:
     def kv_heads_per_unit(self) -> int:
         return 1 if self.attn_unit_is_group else 0
 
+    def kept_heads(self, units: int) -> tuple[int, int]:
+        """(query heads, KV heads) a layer keeps with `units` attention units (MQA keeps its one KV head while any
+        query head is left)."""
+        q = units * self.q_heads_per_unit
+        return q, (units * self.kv_heads_per_unit if self.attn_unit_is_group else (self.n_kv_heads if q else 0))
+
     @property
     def params_per_attn_unit(self) -> int:
         q_o = 2 * self.q_heads_per_unit * self.head_dim * self.hidden

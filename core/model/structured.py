@@ -215,8 +215,7 @@ class StructuredPruner:
 
     def layer_params(self, plan: LayerPlan) -> int:
         a = self.arch
-        kv = plan.attn_units * a.kv_heads_per_unit if a.attn_unit_is_group else (a.n_kv_heads if plan.attn_units else 0)
-        q = plan.attn_units * a.q_heads_per_unit
+        q, kv = a.kept_heads(plan.attn_units)
         return 2 * (q + kv) * a.head_dim * a.hidden + plan.channels * a.params_per_channel
 
     def achieved_sparsity(self, plans: list[LayerPlan]) -> float:
@@ -249,8 +248,7 @@ class StructuredPruner:
     def _apply_layer(self, i: int, pl: LayerPlan) -> None:
         a, parts, full, layer = self.arch, self.arch.layers[i], self._full[i], self._layers[i]
         hd = a.head_dim
-        nq = pl.attn_units * a.q_heads_per_unit
-        nkv = pl.attn_units if a.attn_unit_is_group else (a.n_kv_heads if nq else 0)
+        nq, nkv = a.kept_heads(pl.attn_units)
         o_w, o_bias = self._output(i, full["o"], nq * hd, 0)
         down_w, down_bias = self._output(i, full["down"], pl.channels, 1)
         if nq == 0:

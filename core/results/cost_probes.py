@@ -22,7 +22,7 @@ from pathlib import Path
 from ..cost_table import ENGINES, OBJECTIVES, CostTable, Workload, fitted, probe_widths, table_key
 from ..errors import UserError
 from ..model.models import LoadedModel
-from ..model.placement import cache_root
+from ..model.placement import cache_root, resolve_dtype
 from ..plans import LayerPlan
 from .gguf_export import ALIGN
 
@@ -37,10 +37,8 @@ ENGINE_PAD = {"llama-cpp": ALIGN, "transformers": 1, "vllm": 1}
 
 def _sizes(lm: LoadedModel, plans: list[LayerPlan]) -> dict[str, list[int]]:
     from .pruned_modeling import PER_LAYER_KEYS
-    a = lm.arch
-    heads = [p.attn_units * a.q_heads_per_unit for p in plans]
-    kv = [p.attn_units * a.kv_heads_per_unit if a.attn_unit_is_group else min(1, p.attn_units) for p in plans]
-    return dict(zip(PER_LAYER_KEYS, (heads, kv, [p.channels for p in plans])))
+    heads, kv = zip(*(lm.arch.kept_heads(p.attn_units) for p in plans))
+    return dict(zip(PER_LAYER_KEYS, (list(heads), list(kv), [p.channels for p in plans])))
 
 
 def probe_model(lm: LoadedModel, plans: list[LayerPlan], dtype=None):
@@ -123,9 +121,7 @@ class _LlamaCpp(_Engine):
 class _Transformers(_Engine):
     def __init__(self, lm, workload, rounds):
         super().__init__(lm, workload, rounds)
-        import torch
-        self.dtype = getattr(torch, {"f16": "float16", "f32": "float32", "bf16": "bfloat16"}.get(workload.weights,
-                                                                                                 workload.weights))
+        self.dtype = resolve_dtype(workload.weights)  # the session's or the model's dtype, by name
         self.device = next(lm.model.parameters()).device
         self.dense = probe_model(lm, _dense_plans(lm), self.dtype).to(self.device)
 
