@@ -27,6 +27,7 @@ from selfpruner.core.layer_search.self_pruner import compare_trajectories
 from selfpruner.core.layer_search.session import start_search
 from selfpruner.core.proposers.llm import LLMProposer, call_seed
 from selfpruner.core.run_lock import RunLock, SessionBusy, is_live
+from selfpruner.core.steering import request
 from selfpruner.core.store import SCHEMA_VERSION, Store, StoreError
 
 from conftest import HeldSession, cli
@@ -283,8 +284,11 @@ def test_two_runs_of_one_session_sigterm_and_resume_through_the_cli(tmp_path, ti
 def test_kill_9_leaves_a_died_session_that_resumes(tmp_path, tiny_llama_dir):
     sd = tmp_path / "s"
     proc = spawn("search", "--model", str(tiny_llama_dir), *CLI_TINY, "-N", "30", "--sessions-dir", str(sd))
-    wait_for(lambda: only_session(sd) is not None and db_count(only_session(sd), "select count(*) from generations")
-             >= 2, what="two generations")
+    # held mid-search by a pause (30 tiny generations take ~2 s: a kill timed by polling could come after the end)
+    wait_for(lambda: only_session(sd) is not None and is_live(only_session(sd)), what="the run")
+    with Store(only_session(sd)) as st:
+        request(st, "pause", tool="test")
+    wait_for(lambda: Store(only_session(sd), readonly=True).controls()[-1]["obeyed"] is not None, what="the pause")
     proc.kill()
     proc.wait()
     path = only_session(sd)

@@ -13,7 +13,7 @@ from test_one_writer import CLI_TINY, db_count, only_session, spawn, wait_for
 from selfpruner.core.config import ConfigError
 from selfpruner.core.events import Control
 from selfpruner.core.layer_search.self_pruner import compare_trajectories
-from selfpruner.core.run_lock import RunLock
+from selfpruner.core.run_lock import RunLock, is_live
 from selfpruner.core.session_files import list_sessions
 from selfpruner.core.steering import ControlPoller, request
 from selfpruner.core.store import Store
@@ -87,8 +87,8 @@ def test_pause_resume_and_stop_after_generation_from_the_cli(tmp_path, tiny_llam
 
     run = spawn(*search, "--sessions-dir", sd)
     try:
-        wait_for(lambda: only_session(Path(sd)) is not None and db_count(
-            only_session(Path(sd)), "select count(*) from generations") >= 1, what="a first generation")
+        # paused as soon as it runs: 25 tiny generations take ~2 s, so waiting for one first raced the run's end
+        wait_for(lambda: only_session(Path(sd)) is not None and is_live(only_session(Path(sd))), what="the run")
         path = only_session(Path(sd))
         with Store(path) as st:
             request(st, "pause", tool="test")
@@ -123,7 +123,9 @@ async def test_tui_follows_a_run_elsewhere_steers_it_and_sees_it_die(tmp_path, t
     from selfpruner.tui.screens.replay import ReplayScreen
 
     sd = tmp_path / "s"
-    run = spawn("search", "--model", str(tiny_llama_dir), *CLI_TINY, "-N", "400", "--sessions-dir", str(sd))
+    # a run that cannot end before the test kills it: 400 tiny generations took 34 s, less than a loaded CI box
+    # took to open the TUI and press p (the run finished, the pause stayed unobeyed)
+    run = spawn("search", "--model", str(tiny_llama_dir), *CLI_TINY, "-N", "1000000", "--sessions-dir", str(sd))
     try:
         wait_for(lambda: only_session(sd) is not None and db_count(
             only_session(sd), "select count(*) from generations") >= 1, what="a first generation")
