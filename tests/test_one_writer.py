@@ -65,6 +65,12 @@ def wait_for(cond, timeout=300, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def running(sd: Path) -> bool:
+    """The only session in `sd` is stored and its run holds the lock: it takes commands (steering.request)."""
+    path = only_session(sd)
+    return path is not None and db_count(path, "select count(*) from session") == 1 and is_live(path)
+
+
 def db_count(path: Path, sql: str) -> int:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
@@ -285,7 +291,7 @@ def test_kill_9_leaves_a_died_session_that_resumes(tmp_path, tiny_llama_dir):
     sd = tmp_path / "s"
     proc = spawn("search", "--model", str(tiny_llama_dir), *CLI_TINY, "-N", "30", "--sessions-dir", str(sd))
     # held mid-search by a pause (30 tiny generations take ~2 s: a kill timed by polling could come after the end)
-    wait_for(lambda: only_session(sd) is not None and is_live(only_session(sd)), what="the run")
+    wait_for(lambda: running(sd), what="the run")
     with Store(only_session(sd)) as st:
         request(st, "pause", tool="test")
     wait_for(lambda: Store(only_session(sd), readonly=True).controls()[-1]["obeyed"] is not None, what="the pause")

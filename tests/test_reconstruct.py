@@ -122,3 +122,67 @@ def test_smollm2_least_squares_closes_more_of_the_gap_than_bias(smol):
         ppl[how] = smol.fitness(rates, 2048, which="test")[0]
     assert ppl["none"] > ppl["bias"] > ppl["ls"] > dense
     assert (ppl["ls"] - dense) <= 0.75 * (ppl["bias"] - dense), (dense, ppl)
+
+
+def test_sequential_calibration_solves_each_layer_on_the_pruned_layers_outputs(bench):
+    """Layer 0's attention sees the dense inputs, so its statistics are the one-shot ones; layer 1's down_proj is
+    rebuilt from its inputs behind the pruned layer 0 and its own pruned attention, against the dense layer's
+    output on them: the ridge solution computed here from those raw activations."""
+    from selfpruner.core.model.sequential import sequential_least_squares
+    from selfpruner.core.plans import LayerPlan
+    arch, pruner = bench.lm.arch, bench.pruner
+    plans = pruner.plan(RATES)
+    ls = sequential_least_squares(pruner, RATES, bench.windows("calib", None))
+    assert pruner.current is None  # left dense
+    assert torch.allclose(ls.grams[0]["o_in"], pruner.grams[0]["o_in"], rtol=1e-5)
+    assert not torch.allclose(ls.grams[1]["o_in"], pruner.grams[1]["o_in"], rtol=1e-3)
+    down = arch.layers[1].down
+    w, kept = down.weight.detach().clone(), plans[1].channels
+    one_shot = pruner.swap_factors(ls)
+    try:  # layer 0 as built, layer 1's attention pruned and its MLP whole: what its down_proj then gets
+        pruner.apply_layer(0, plans[0])
+        pruner.apply_layer(1, LayerPlan(plans[1].attn_units, arch.intermediate))
+        x_now = _inputs(bench, down)
+    finally:
+        pruner.swap_factors(one_shot)
+        pruner.restore()
+    want_w, want_b = _ridge_solution(x_now, w, kept)
+    pruner.use_factors(RATES, ls)
+    try:
+        with pruner.applied(RATES):
+            got_w, got_b = down.weight.double(), down.bias.double()
+        with pruner.applied([0.25, 0.5, 1.0, 0.01]):  # any other vector: the one-shot factors
+            other = down.weight.double()
+    finally:
+        pruner.forget_factors()
+    assert 0 < kept < w.shape[1]
+    assert torch.allclose(got_w, want_w, atol=2e-4, rtol=1e-3), (got_w - want_w).abs().max()
+    assert torch.allclose(got_b, want_b, atol=2e-4, rtol=1e-3)
+    with pruner.applied(RATES):
+        assert torch.equal(down.weight.double(), other) and not torch.allclose(other, got_w, atol=1e-3)
+
+
+def test_sequential_finals_and_exports_use_their_own_factors(tiny_llama_dir):
+    """--sequential: the final evaluation (which="test") and the export rebuild that vector layer by layer; the
+    search's fitness of the same vector keeps the one-shot factors until then."""
+    b = Workbench.build(str(tiny_llama_dir), seq_len=32, calib_tokens=512, data="local", device="cpu",
+                        reconstruct="ls")
+    one_shot = b.fitness(RATES, 128, which="test")[0]
+    b.set_pruning("ls", sequential=True)
+    search = b.fitness(RATES, 128)[0]
+    assert not b.pruner.has_factors(RATES)
+    final = b.fitness(RATES, 128, which="test")[0]
+    assert b.pruner.has_factors(RATES) and final != one_shot
+    assert b.fitness(RATES, 128)[0] != search  # the factors stay with the vector once built
+    ids = b.windows("test", 64)
+    with b.pruner.applied(RATES):
+        want = b.lm.model(input_ids=ids, use_cache=False).logits
+    new = build_pruned(b.lm, b.pruner, RATES, device="cpu")
+    assert torch.allclose(new(input_ids=ids, use_cache=False).logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_sequential_without_least_squares_is_one_line(tmp_path):
+    from conftest import cli
+    code, _, err = cli("search", "--model", str(tmp_path / "nowhere"), "--sequential", "--reconstruct", "bias",
+                       "--sessions-dir", str(tmp_path))
+    assert code == 2 and "--sequential rebuilds by least squares" in err and len(err.strip().splitlines()) == 1, err

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_one_writer import CLI_TINY, db_count, only_session, spawn, wait_for
+from test_one_writer import CLI_TINY, db_count, only_session, running, spawn, wait_for
 
 from selfpruner.core.config import ConfigError
 from selfpruner.core.events import Control
 from selfpruner.core.layer_search.self_pruner import compare_trajectories
-from selfpruner.core.run_lock import RunLock, is_live
+from selfpruner.core.run_lock import RunLock
 from selfpruner.core.session_files import list_sessions
 from selfpruner.core.steering import ControlPoller, request
 from selfpruner.core.store import Store
@@ -88,7 +88,7 @@ def test_pause_resume_and_stop_after_generation_from_the_cli(tmp_path, tiny_llam
     run = spawn(*search, "--sessions-dir", sd)
     try:
         # paused as soon as it runs: 25 tiny generations take ~2 s, so waiting for one first raced the run's end
-        wait_for(lambda: only_session(Path(sd)) is not None and is_live(only_session(Path(sd))), what="the run")
+        wait_for(lambda: running(Path(sd)), what="the run")
         path = only_session(Path(sd))
         with Store(path) as st:
             request(st, "pause", tool="test")

@@ -163,6 +163,28 @@ def test_speed_on_vllm_interleaves_dense_and_pruned(smol, tmp_path, vllm_python)
     assert 1.3 < ceiling < 2.5  # half of every layer's weights, the embedding kept
 
 
+def test_a_vllm_cost_table_is_measured_through_the_plugin(smol, tmp_path, vllm_python):
+    """`selfpruner cost-table DIR --engine vllm` in the vLLM venv: probe models saved as exports and timed by vLLM
+    against the dense shape (two attention counts, one MLP width); the cached table is what --target-speedup
+    --engine vllm then predicts with. (Checking allocations is the engine's same timed pair: test_speed_target.)"""
+    from test_gguf_export import _tiny_dir
+    # head_dim 64 (vLLM's CPU attention kernels), 2 KV groups
+    src = _tiny_dir(tmp_path, "llama", smol.lm.tokenizer, hidden_size=256, intermediate_size=384,
+                    num_attention_heads=4, num_key_value_heads=2)
+    cli = Path(vllm_python).parent / "selfpruner"
+    r = subprocess.run([str(cli), "cost-table", str(src), "--engine", "vllm", "--rounds", "1", "--points", "1",
+                        "--prompt-len", "32", "--decode-tokens", "4", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=900,
+                       env=vllm_env() | {"SELFPRUNER_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "vllm: attn:0" in r.stdout and "vllm: attn:1" in r.stdout and "vllm: mlp:0" in r.stdout, r.stdout
+    assert "dense: prompt" in r.stdout and "MLP" in r.stdout
+    (cached,) = (tmp_path / "cache" / "cost-tables").glob("*.json")
+    table = json.loads(cached.read_text())
+    assert table["engine"] == "vllm" and table["units"] == [0, 1, 2] and table["widths"] == [0, 384]
+    assert table["env"]["engine"].startswith("vllm ") and table["dense"]["prompt"] > 0 < table["dense"]["token"]
+
+
 PIQA = ROOT.parent / "shared" / "data" / "piqa"
 CHOICES = ("import json, sys; from selfpruner.core.results.lm_eval_bridge import evaluate_dir, resolve_tasks; c = {}; "
            "r = evaluate_dir(sys.argv[1], resolve_tasks(['piqa'], sys.argv[2]), engine='vllm', limit=40, choices=c); "

@@ -249,9 +249,15 @@ def session_options(cfg: dict) -> list[str]:
         out.append(f"{cfg['split']} split")
     if reconstruction_of(cfg) != "none":
         out.append(RECONSTRUCTION_NAMES[reconstruction_of(cfg)])
+    out += sequential_option(cfg)
     if cfg.get("race"):
         out.append(f"race {cfg['race']}")
     return out
+
+
+def sequential_option(cfg: dict) -> list[str]:
+    """--sequential, where a session's finals and exports were rebuilt layer by layer."""
+    return ["sequential calibration"] if cfg.get("sequential") else []
 
 
 BASELINE_NAMES = {"flap": "FLAP", "owl": "OWL", "uniform": "uniform"}
@@ -266,6 +272,7 @@ def baseline_options(cfg: dict, method: str = "") -> list[str]:
         name += f" (λ {cfg.get('owl_lambda', 0.08):g}, M {cfg.get('owl_m', 5.0):g})"
     out = [name, f"{cfg.get('importance') or 'wanda-sp'} importance",
            RECONSTRUCTION_NAMES[reconstruction_of(cfg)]]
+    out += sequential_option(cfg)
     if cfg.get("split", "rule") != "rule":
         out.append(f"{cfg['split']} split")
     if cfg.get("budget_tokens"):

@@ -30,7 +30,7 @@ def run_baseline(cfg: SearchConfig, method: str, *, bus: EventBus | None = None,
     bus = bus or EventBus()
     bench = bench or Workbench.from_config(cfg, bus)
     bench.pin_dtype(cfg)
-    bench.set_pruning(cfg.reconstruct, cfg.channel_multiple, cfg.split)
+    bench.set_pruning(cfg.reconstruct, cfg.channel_multiple, cfg.split, cfg.sequential)
     rates = baseline_rates(bench, method, cfg.beta, lam=lam, m=m, lo=cfg.lo, hi=cfg.hi)
     conf = cfg.to_dict() | {"method": method, "owl_lambda": lam, "owl_m": m}
     store, lock = new_locked_session(cfg.sessions_dir, "baseline", conf, model_name=bench.lm.name,

@@ -170,10 +170,12 @@ class RayWorkbench(Evaluator):
     def layer_grain(self):
         return self._call("layer_grain")
 
-    def set_pruning(self, reconstruct="none", channel_multiple: int = 1, split: str = "rule") -> None:
+    def set_pruning(self, reconstruct="none", channel_multiple: int = 1, split: str = "rule",
+                    sequential: bool = False) -> None:
         for w in list(self.alive):
             try:
-                self.ray.get(self.actors[w].call.remote("set_pruning", reconstruct, channel_multiple, split))
+                self.ray.get(self.actors[w].call.remote("set_pruning", reconstruct, channel_multiple, split,
+                                                        sequential))
             except self.ray.exceptions.RayActorError as e:
                 self._dead(w, e)
 

@@ -15,7 +15,7 @@ class Evaluator:
         fitness(rates, budget_tokens, *, which, should_stop, progress, measure, kl_k) -> (value, seconds)
         evaluate_many(jobs, *, done, before, should_stop, progress)   (EvalJobs; done(job, value, seconds))
         test_tokens(max_tokens) -> int, dense_ppl(budget_tokens, which) -> float,
-        reference_rates(beta, lo, hi) -> dict, set_pruning(reconstruct, channel_multiple, split),
+        reference_rates(beta, lo, hi) -> dict, set_pruning(reconstruct, channel_multiple, split, sequential),
         layer_grain() -> LayerGrain (what deduplication compares under those settings), pin_dtype(cfg), close()
     """
 

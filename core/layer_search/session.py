@@ -160,7 +160,7 @@ def start_search(cfg: SearchConfig, *, bus: EventBus, control: Control, resume: 
         if bench.pruner.importance != cfg.importance:  # the importance fixed the model's head/channel order
             raise ConfigError(f"the workbench orders heads and channels by {bench.pruner.importance}, the search "
                               f"asks for --importance {cfg.importance}")
-        bench.set_pruning(cfg.reconstruct, cfg.channel_multiple, cfg.split)
+        bench.set_pruning(cfg.reconstruct, cfg.channel_multiple, cfg.split, cfg.sequential)
         speed = session_speed(cfg, store, bench, bus)
         search = SelfPrunerSearch(cfg, bench, store, proposer, bus, control, init_proposer, owns_bench=owns_bench,
                                   lock=lock, speed=speed)

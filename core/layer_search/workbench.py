@@ -14,6 +14,7 @@ from ..model.evaluate import auto_batch_size, perplexity
 from ..model.kl import DEFAULT_K, KLReference, dense_reference, mean_kl
 from ..model.models import LoadedModel, dtype_name, load_model
 from ..model.reconstruct import check_tokens, load_or_collect_grams
+from ..model.sequential import sequential_least_squares
 from ..model.structured import StructuredPruner, reconstruction, reset_order
 from .evaluator import Evaluator
 
@@ -29,6 +30,7 @@ class Workbench(Evaluator):
     batch_size: int = 1  # windows per forward in every perplexity (resolved from 'auto' at build)
     _kl_refs: dict = field(default_factory=dict, repr=False)  # (which, tokens, k) -> dense KLReference
     bus: EventBus | None = field(default=None, repr=False)  # where later calibration passes report progress
+    sequential: bool = False  # finals and exports rebuilt layer by layer (prepare_final)
 
     @classmethod
     def build(cls, model: str | None, *, seq_len: int = 512, calib_tokens: int = 16384, data: str = "auto",
@@ -76,7 +78,8 @@ class Workbench(Evaluator):
         """The model, data and calibration of a SearchConfig, on its device, in its dtype."""
         parts = asdict(cfg.part(Placement)) | asdict(cfg.part(Data)) | {"data": data or cfg.data}
         bench = cls.build(cfg.model, **parts, bus=bus, importance=cfg.importance)
-        bench.set_pruning(cfg.reconstruct, cfg.channel_multiple, cfg.split)  # set once, as a search would
+        # set once, as a search would
+        bench.set_pruning(cfg.reconstruct, cfg.channel_multiple, cfg.split, cfg.sequential)
         return bench
 
     @property
@@ -98,6 +101,8 @@ class Workbench(Evaluator):
                 progress=None, measure: str = "ppl", kl_k: int | None = None) -> tuple[float, float]:
         """(fitness, seconds) of the model pruned by `rates`: its ppl, or (measure 'kl') its mean per-token
         KL from the dense model (core/model/kl.py); the resident model is restored afterwards."""
+        if which == "test":
+            self.prepare_final(rates)
         windows = self.windows(which, budget_tokens)
         ref = self.kl_reference(which, budget_tokens, kl_k) if measure == "kl" else None
         t0 = time.perf_counter()
@@ -138,15 +143,30 @@ class Workbench(Evaluator):
                 refs[name] = None
         return refs
 
-    def set_pruning(self, reconstruct="none", channel_multiple: int = 1, split: str = "rule") -> None:
+    def set_pruning(self, reconstruct="none", channel_multiple: int = 1, split: str = "rule",
+                    sequential: bool = False) -> None:
         """A shared workbench serves searches with any reconstruction (none | bias | ls; True / False: bias
         compensation on / off), at any channel multiple and either split of a layer's rate. Least squares
-        gathers its Gram matrices on first use (one more pass over the calibration windows, cached on disk)."""
+        gathers its Gram matrices on first use (one more pass over the calibration windows, cached on disk);
+        `sequential` rebuilds finals and exports layer by layer (prepare_final)."""
         if reconstruction(reconstruct) == "ls" and self.pruner.grams is None:
             self.pruner.grams = self._grams()
         self.pruner.reconstruct = reconstruct
         self.pruner.channel_multiple = channel_multiple
         self.pruner.split = split
+        self.sequential = sequential
+
+    def prepare_final(self, rates) -> None:
+        """Before a final evaluation or an export of `rates`: with sequential calibration, its own least-squares
+        factors, gathered on its pruned layers' outputs (kept for that vector; any other keeps the one-shot)."""
+        if not self.sequential or self.pruner.reconstruct != "ls" or self.pruner.has_factors(rates):
+            return
+        windows = self.windows("calib", None)
+        emit = self.bus.emit if self.bus else (lambda e: None)
+        emit(Stage("calibrate", f"sequential least squares over {windows.numel()} tokens", 0, 1))
+        ls = sequential_least_squares(self.pruner, rates, windows, self.batch_size or 1)
+        self.pruner.use_factors(rates, ls)
+        emit(Stage("calibrate", "sequential least squares done", 1, 1))
 
     def _grams(self) -> list[dict]:
         if self.pruner.current is not None:

@@ -98,6 +98,13 @@ class LeastSquares:
             _, old = self._solved.popitem(last=False)
             self._solved_bytes -= sum(t.numel() * t.element_size() for t in old)
 
+    def forget(self, i: int, which: int) -> None:
+        """Drop what was built from layer i's statistics for one projection (they were gathered again)."""
+        self._factors.pop((i, which), None)
+        for key in [k for k in self._solved if k[:2] == (i, which)]:
+            out = self._solved.pop(key)
+            self._solved_bytes -= sum(t.numel() * t.element_size() for t in out)
+
     def drop(self) -> None:
         self._factors.clear()
         self._solved.clear()

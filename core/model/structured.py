@@ -25,7 +25,7 @@ from ..plans import LayerGrain, LayerPlan, plans, scored_unit_order
 from .calibration import CalibrationStats
 from .flap import flap_scores, standardised
 from .models import ORDER_ATTR, ModelArch, decoder_layers, order_digest
-from .reconstruct import LeastSquares, check_tokens
+from .reconstruct import RIDGE, LeastSquares, check_tokens
 from .wanda_sp import wanda_sp_scores
 
 IMPORTANCE = {"wanda-sp": wanda_sp_scores, "flap": flap_scores}
@@ -148,6 +148,7 @@ class StructuredPruner:
         self._means = None
         self.grams: list[dict] | None = None  # o_in / down_in Gram sums in the model's order, for "ls"
         self._ls: LeastSquares | None = None
+        self._sequential: dict[tuple, LeastSquares] = {}  # factors gathered for one allocation (sequential.py)
         self.reconstruct = reconstruction(reconstruct)
         self._unit_order = None
         self._attention_genes = False
@@ -192,8 +193,31 @@ class StructuredPruner:
                        for i in range(self.arch.n_layers)] if how != "none" else None
         if how != "ls":
             self._ls = None
+            self._sequential = {}
         elif self._ls is None:
             self._ls = LeastSquares(self.stats, self.grams)
+
+    ls_ridge = RIDGE
+
+    def swap_factors(self, ls: LeastSquares | None) -> LeastSquares | None:
+        """Put other least-squares factors in place (the next layers applied use them); returns the previous."""
+        old, self._ls = self._ls, ls
+        return old
+
+    def use_factors(self, rates, ls: LeastSquares) -> None:
+        """Apply `rates` with these factors from now on (sequential calibration's, built for that vector only);
+        any other vector keeps the one-shot factors."""
+        if self._ls is None:
+            raise ValueError("factors for one allocation need least-squares reconstruction (reconstruct ls)")
+        self._sequential = {_key(rates): ls}
+
+    def forget_factors(self) -> None:
+        """Back to the one-shot factors for every vector."""
+        self._sequential = {}
+
+    def has_factors(self, rates) -> bool:
+        """Whether `rates` has factors of its own (use_factors)."""
+        return _key(rates) in self._sequential
 
     @property
     def compensate(self) -> bool:
@@ -225,15 +249,21 @@ class StructuredPruner:
     # ---- apply / restore -------------------------------------------------------------------
     def apply(self, rates) -> list[LayerPlan]:
         plans = self.plan(rates)
-        for i, pl in enumerate(plans):
-            self._apply_layer(i, pl)
+        own = self._sequential.get(_key(rates))
+        one_shot = self.swap_factors(own) if own is not None else None
+        try:
+            for i, pl in enumerate(plans):
+                self.apply_layer(i, pl)
+        finally:
+            if own is not None:
+                self.swap_factors(one_shot)
         self.current = plans
         return plans
 
     def restore(self) -> None:
         full = LayerPlan(self.arch.n_attn_units, self.arch.intermediate)
         for i, parts in enumerate(self.arch.layers):
-            self._apply_layer(i, full)
+            self.apply_layer(i, full)
             _set_bias(parts.o, self._orig_bias[i][0])  # the dense model has no compensation bias
             _set_bias(parts.down, self._orig_bias[i][1])
         self.current = None
@@ -245,7 +275,7 @@ class StructuredPruner:
         finally:
             self.restore()
 
-    def _apply_layer(self, i: int, pl: LayerPlan) -> None:
+    def apply_layer(self, i: int, pl: LayerPlan) -> None:
         a, parts, full, layer = self.arch, self.arch.layers[i], self._full[i], self._layers[i]
         hd = a.head_dim
         nq, nkv = a.kept_heads(pl.attn_units)
@@ -284,6 +314,10 @@ class StructuredPruner:
             comp = w[:, kept:].float() @ mu[kept:].to(w.device, torch.float32)
         comp = comp.to(w.dtype)
         return weight, comp if orig is None else orig + comp
+
+
+def _key(rates) -> tuple:
+    return tuple(round(float(r), 12) for r in rates)
 
 
 def _set_bias(lin: nn.Linear, bias: torch.Tensor | None) -> None:

@@ -9,7 +9,7 @@ no probe needs the real ones, and only two probe files exist on disk at a time.
 
 llama.cpp: each probe is written by the GGUF export (core/results/gguf_export.py) in the workload's weight type and
 timed by gguf_speed; transformers: each is a pruned_modeling model timed by speed.compare on the dense model's
-device and dtype. vLLM has no table yet: it says so in one line.
+device and dtype; vLLM: each is saved as an export directory and run by vLLM through selfpruner's plugin.
 """
 from __future__ import annotations
 
@@ -142,10 +142,64 @@ class _Transformers(_Engine):
         pass
 
 
+class _VLLM(_Engine):
+    """vLLM: each probe saved as an export directory (loaded through selfpruner's plugin, as `vllm serve` loads an
+    export) and timed by vllm_runs.throughput against the dense-shape probe's engine, which stays loaded. A
+    request is one prompt (Workload), so the table prices latency; its seconds are the engine's, batch of one."""
+
+    def __init__(self, lm, workload, rounds):
+        super().__init__(lm, workload, rounds)
+        from .vllm_runs import vllm_available
+        ok, why = vllm_available()
+        if not ok:
+            raise CostTableError(why)
+        if lm.tokenizer is None:
+            raise CostTableError("a vLLM cost table needs the model's tokenizer to save its probe models")
+        import torch
+        self.dir = Path(tempfile.mkdtemp(prefix="selfpruner-probes-"))
+        self.dense = self._load(self._write("dense", _dense_plans(lm)))
+        vocab = min(len(lm.tokenizer), lm.model.config.vocab_size)
+        g = torch.Generator().manual_seed(0)
+        self.prompts = [torch.randint(10, vocab - 1, (workload.prompt_len,), generator=g).tolist()]
+
+    def _write(self, name: str, plans) -> Path:
+        d = self.dir / name
+        probe_model(self.lm, plans).save_pretrained(d)
+        self.lm.tokenizer.save_pretrained(d)
+        return d
+
+    def _load(self, d: Path):
+        from .vllm_runs import load
+        return load(str(d), dtype=self.w.weights, max_model_len=self.w.prompt_len + self.w.decode_tokens + 8)
+
+    def pair(self, plans):
+        import gc
+        import shutil
+
+        from .vllm_runs import throughput
+        d = self._write("probe", plans)
+        probe = self._load(d)
+        try:
+            r = throughput({"dense": self.dense, "probe": probe}, self.prompts, self.w.decode_tokens, self.rounds)
+        finally:
+            del probe  # the last reference: the next probe's engine must not find this one's parallel state
+            gc.collect()
+            shutil.rmtree(d, ignore_errors=True)
+        import vllm
+        self.env = {"engine": f"vllm {vllm.__version__}"}
+        t = {n: (self.w.prompt_len / x["prefill_tok_s"]["median"], 1 / x["gen_tok_s"]["median"])
+             for n, x in r.items()}
+        return t["dense"], t["probe"]
+
+    def close(self):
+        import gc
+        import shutil
+        self.dense = None
+        gc.collect()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def _check_engine(name: str) -> None:
-    if name == "vllm":
-        raise CostTableError("no vLLM cost table: probing vLLM is not built yet; use --engine llama-cpp or "
-                             "transformers")
     if name not in ENGINES:
         raise CostTableError(f"--engine must be one of {', '.join(ENGINES)}, got {name!r}")
 
@@ -156,7 +210,7 @@ def _engine(name: str, lm: LoadedModel, workload: Workload, rounds: int) -> _Eng
         if lm.gguf_path is None and lm.tokenizer is None:
             raise CostTableError("a llama.cpp cost table needs the model's tokenizer to write its probe GGUFs")
         return _LlamaCpp(lm, workload, rounds)
-    return _Transformers(lm, workload, rounds)
+    return (_VLLM if name == "vllm" else _Transformers)(lm, workload, rounds)
 
 
 def _cache_path(key: str) -> Path:

@@ -61,6 +61,7 @@ def export_session_candidate(session_ref: str, out: str | Path, *, sessions_dir:
             check_exportable(bench.lm.model.config)  # refuse before the work
         dtype = None if dtype in (None, "auto") else dtype
         rates = rows[cid]["rates"]
+        bench.prepare_final(rates)  # sequential calibration: the exported weights are the final evaluation's
         meta = {"session": s["id"], "candidate": cid, "search_ppl": st.fitness_by_candidate().get(cid),
                 "final_ppl": s["final_ppl"], "model_spec": cfg.model, "seq_len": cfg.seq_len,
                 "calib_tokens": cfg.calib_tokens, "data": bench.data.source, "calib_key": bench.calib_key,

@@ -19,7 +19,8 @@ def cmd_cost_table(args) -> int:
     weights = "f16" if args.engine == "llama-cpp" else str(lm.model.dtype).removeprefix("torch.")
     workload = Workload(prompt_len=args.prompt_len, decode_tokens=args.decode_tokens, threads=args.threads,
                         weights=weights)
-    table = cost_table(lm, args.engine, workload, rounds=args.rounds, refresh=args.refresh, progress=progress)
+    table = cost_table(lm, args.engine, workload, rounds=args.rounds, points=args.points, refresh=args.refresh,
+                       progress=progress)
     if args.check:
         check_table(lm, table, args.check, rounds=args.rounds, progress=progress)
         save_table(table)

@@ -112,7 +112,7 @@ def _speed_gguf(args) -> int:
     """The GGUF file against a dense GGUF on llama.cpp; a dense model name is written as GGUF first, in the
     pruned file's type, so both sides run the same kernels."""
     from selfpruner.core.results.gguf_speed import compare_gguf, dense_gguf, gguf_markdown
-    from selfpruner.core.results.session_summary import predicted_speedups, record_for_model_dir
+    from selfpruner.core.results.session_summary import record_for_model_dir
 
     if not str(args.model_dir).endswith(".gguf"):
         raise UserError(f"--engine llama-cpp runs GGUF files; export one with --format gguf (got {args.model_dir})")
@@ -120,12 +120,8 @@ def _speed_gguf(args) -> int:
     report = compare_gguf({"dense": dense, "pruned": args.model_dir}, baseline="dense", threads=args.threads,
                           repeats=args.repeats, prompt_len=args.prefill_len, decode_tokens=args.decode_tokens)
     out.print(gguf_markdown(report))
-    predicted = predicted_speedups(args.model_dir, args.sessions_dir, "llama-cpp")
-    if predicted:  # a --target-speedup session: its table's prediction beside the measurement
-        q = report["ratios"]["pruned"]
-        report["predicted"] = predicted
-        out.print(f"the session's cost table predicted prompt {predicted['prompt']:.2f}x, generation "
-                  f"{predicted['generation']:.2f}x (measured {q['prompt']:.2f}x, {q['gen']:.2f}x)")
+    q = report["ratios"]["pruned"]
+    _beside_prediction(args, "llama-cpp", report, q["prompt"], q["gen"])
     sid = record_for_model_dir(args.model_dir, args.sessions_dir, "speed", str(args.model_dir), report)
     if sid:
         out.print(f"stored in session {sid}")
@@ -140,14 +136,28 @@ def _speed_vllm(args) -> int:
 
     report = compare_vllm(args.model_dir, args.dense, batch=args.batch_size or 16, prompt_len=args.prefill_len,
                           gen_tokens=args.decode_tokens, rounds=args.repeats, dtype=args.dtype)
+    if not args.json:
+        out.print(vllm_markdown(report))
+    q = report["ratios"]
+    _beside_prediction(args, "vllm", report, q["prefill_tok_s"], q["gen_tok_s"], quiet=args.json)
     if args.json:
         print(json.dumps(report))
-    else:
-        out.print(vllm_markdown(report))
     sid = record_for_model_dir(args.model_dir, args.sessions_dir, "speed", str(args.model_dir), report)
     if sid:
         out.print(f"stored in session {sid}")
     return 0
+
+
+def _beside_prediction(args, engine: str, report: dict, prompt: float, gen: float, quiet: bool = False) -> None:
+    """An export of a --target-speedup session: its cost table's prediction beside the measurement, stored too."""
+    from selfpruner.core.results.session_summary import predicted_speedups
+    predicted = predicted_speedups(args.model_dir, args.sessions_dir, engine)
+    if not predicted:
+        return
+    report["predicted"] = predicted
+    if not quiet:
+        out.print(f"the session's cost table predicted prompt {predicted['prompt']:.2f}x, generation "
+                  f"{predicted['generation']:.2f}x (measured {prompt:.2f}x, {gen:.2f}x)")
 
 
 def cmd_lora(args) -> int:

@@ -27,7 +27,8 @@ DTYPE_CHOICES = [("auto (bfloat16 on a GPU, float32 on the CPU)", "auto"), ("bfl
 IMPORTANCE_CHOICES = [("Wanda-sp (|W|·||X||)", "wanda-sp"), ("FLAP (Var(X)·||W||²)", "flap")]
 RECONSTRUCT_CHOICES = [("none", "none"), ("bias (FLAP: removed units leave their mean output)", "bias"),
                        ("least squares (kept o/down columns rebuilt)", "ls")]
-ENGINE_CHOICES = [("llama.cpp (f16 GGUF export)", "llama-cpp"), ("transformers (HF export)", "transformers")]
+ENGINE_CHOICES = [("llama.cpp (f16 GGUF export)", "llama-cpp"), ("transformers (HF export)", "transformers"),
+                  ("vLLM (HF export through the plugin)", "vllm")]
 OBJECTIVE_CHOICES = [("a request: 128-token prompt + 32 generated", "mix"), ("prompt", "prompt"),
                      ("generation", "generation")]
 SPLIT_CHOICES = [("rule (round(p·units) heads, the rest channels)", "rule"),
@@ -134,6 +135,8 @@ class StartScreen(Screen):
                                                      compact=True, id="importance"))
                 yield from _row(LABELS["reconstruct"], Select(RECONSTRUCT_CHOICES, value=d.reconstruct,
                                                               allow_blank=False, compact=True, id="reconstruct"))
+                yield from _row(LABELS["sequential"], Checkbox("final rebuilt layer by layer (least squares)",
+                                                               value=d.sequential, compact=True, id="sequential"))
                 yield from _row(LABELS["split"], Select(SPLIT_CHOICES, value=d.split, allow_blank=False, compact=True,
                                                         id="split"))
                 yield from _row(LABELS["target_speedup"], _input("target_speedup", d.target_speedup,
@@ -275,6 +278,7 @@ class StartScreen(Screen):
         cfg.init = "random" if self.query_one("#init_random", Checkbox).value else "llm"
         cfg.final_eval = self.query_one("#final_eval", Checkbox).value
         cfg.reconstruct = str(self.query_one("#reconstruct", Select).value)
+        cfg.sequential = self.query_one("#sequential", Checkbox).value
         cfg.data = str(self.query_one("#data", Select).value)
         cfg.importance = str(self.query_one("#importance", Select).value)
         cfg.split = str(self.query_one("#split", Select).value)
