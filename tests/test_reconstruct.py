@@ -186,3 +186,24 @@ def test_sequential_without_least_squares_is_one_line(tmp_path):
     code, _, err = cli("search", "--model", str(tmp_path / "nowhere"), "--sequential", "--reconstruct", "bias",
                        "--sessions-dir", str(tmp_path))
     assert code == 2 and "--sequential rebuilds by least squares" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_sequential_session_exports_the_model_its_final_scored(tmp_path, tiny_llama_dir):
+    """search --sequential: the final ppl the session stores is the exported model's (the export rebuilds the best
+    vector layer by layer as the final did), on the same held-out windows."""
+    from conftest import run_search
+
+    from selfpruner.core.config import SearchConfig
+    from selfpruner.core.model.evaluate import perplexity
+    from selfpruner.core.results.export import load_pruned
+    from selfpruner.core.results.session_export import export_session_candidate
+    cfg = SearchConfig(model=str(tiny_llama_dir), sessions_dir=str(tmp_path), proposer="numeric", beta=0.4,
+                       population=4, mutations=2, crossovers=2, generations=1, budget_tokens=128, seq_len=32,
+                       calib_tokens=512, final_tokens=128, data="local", sequential=True)
+    search, _ = run_search(cfg, None)
+    s = search.store.session()
+    assert s["config"]["sequential"] is True
+    info = export_session_candidate(str(search.store.path), tmp_path / "export", sessions_dir=str(tmp_path))
+    model, _ = load_pruned(info["out_dir"], dtype=torch.float32, device="cpu")
+    windows = Workbench.from_config(cfg).windows("test", 128)
+    assert perplexity(model, windows) == pytest.approx(s["final_ppl"], rel=1e-4)
