@@ -147,11 +147,11 @@ def fitted(sizes: list[int], savings: list[float]) -> list[float]:
     return [s if x == 0 else price * (full - x) for x, s in zip(sizes, savings)]
 
 
-def prediction_errors(table: CostTable) -> dict[str, tuple[float, float, int]]:
-    """Per objective, (median, max, count) of |predicted / measured - 1| over the table's checks."""
-    out = {}
+def prediction_errors(table: CostTable, checks: list[dict] | None = None) -> dict[str, tuple[float, float, int]]:
+    """Per objective, (median, max, count) of |predicted / measured - 1| over `checks` (default: the table's)."""
+    out, checks = {}, table.checks if checks is None else checks
     for o in OBJECTIVES:
-        errs = sorted(abs(c["predicted"][o] / c["measured"][o] - 1) for c in table.checks)
+        errs = sorted(abs(c["predicted"][o] / c["measured"][o] - 1) for c in checks)
         if errs:
             out[o] = (errs[len(errs) // 2], errs[-1], len(errs))
     return out

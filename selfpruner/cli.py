@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", action="store_true", help="measure again even where a cached table exists")
     p.add_argument("--check", type=int, default=0, metavar="N",
                    help="also measure N random allocations and print the prediction error")
+    p.add_argument("--check-seed", type=int, default=0, metavar="S",
+                   help="which random allocations --check draws (another seed: a check set the table was not fitted on)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_cost_table)
 

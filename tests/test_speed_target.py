@@ -213,3 +213,7 @@ def test_the_cost_table_command_measures_caches_and_checks(tiny_llama_dir, tmp_p
     code, out, err = cli(*args, env=env)
     assert code == 0 and "transformers: mlp" not in out and "check random 1" in out, err  # cached, with its check
     assert len(list((tmp_path / "cost-tables").glob("*.json"))) == 1
+    # a check set the table was not fitted on: its own error line beside the whole set's
+    code, out, err = cli(*args, "--check", "1", "--check-seed", "1", env=env)
+    assert code == 0 and "check random 1 of seed 1" in out, err
+    assert "mix: prediction error over 2 allocations" in out and "mix: prediction error over 1 just checked" in out

@@ -292,7 +292,7 @@ def check_table(lm: LoadedModel, table: CostTable, allocations: int = 10, *, see
                                                           round(rng.gauss(keep, 0.2) * a.intermediate)))))
                      for _ in range(a.n_layers)]
             (dp, dt), (pp, pt) = eng.pair(plans)
-            out.append({"name": f"random {k + 1}", "plans": [[p.attn_units, p.channels] for p in plans],
+            out.append({"name": f"random {k + 1}" + (f" of seed {seed}" if seed else ""), "plans": [[p.attn_units, p.channels] for p in plans],
                         "measured": {o: w.seconds(dp, dt, o) / w.seconds(pp, pt, o) for o in OBJECTIVES},
                         "predicted": {o: table.speedup(plans, o) for o in OBJECTIVES}})
     finally:

@@ -21,11 +21,15 @@ def cmd_cost_table(args) -> int:
                         weights=weights)
     table = cost_table(lm, args.engine, workload, rounds=args.rounds, points=args.points, refresh=args.refresh,
                        progress=progress)
+    fresh = None
     if args.check:
-        check_table(lm, table, args.check, rounds=args.rounds, progress=progress)
+        fresh = check_table(lm, table, args.check, seed=args.check_seed, rounds=args.rounds, progress=progress)
         save_table(table)
     out.print(json.dumps(table.to_dict(), indent=1) if args.json else table.text(), highlight=False)
-    for objective, (median, worst, n) in prediction_errors(table).items():
-        out.print(f"{objective}: prediction error over {n} allocations: median {100 * median:.1f}%, max "
-                  f"{100 * worst:.1f}%", highlight=False)
+    for what, checks in (("", None), (" just checked", fresh)):
+        if what and (not fresh or len(fresh) == len(table.checks)):
+            continue  # the table's checks are this run's: said once
+        for objective, (median, worst, n) in prediction_errors(table, checks).items():
+            out.print(f"{objective}: prediction error over {n}{what} allocations: median {100 * median:.1f}%, max "
+                      f"{100 * worst:.1f}%", highlight=False)
     return 0
