@@ -13,8 +13,10 @@ device and dtype; vLLM: each is saved as an export directory and run by vLLM thr
 """
 from __future__ import annotations
 
+import gc
 import json
 import random
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -114,7 +116,6 @@ class _LlamaCpp(_Engine):
         return t["dense"], t["probe"]
 
     def close(self):
-        import shutil
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -156,6 +157,8 @@ class _VLLM(_Engine):
         if lm.tokenizer is None:
             raise CostTableError("a vLLM cost table needs the model's tokenizer to save its probe models")
         import torch
+        import vllm
+        self.env = {"engine": f"vllm {vllm.__version__}"}
         self.dir = Path(tempfile.mkdtemp(prefix="selfpruner-probes-"))
         self.dense = self._load(self._write("dense", _dense_plans(lm)))
         vocab = min(len(lm.tokenizer), lm.model.config.vocab_size)
@@ -173,9 +176,6 @@ class _VLLM(_Engine):
         return load(str(d), dtype=self.w.weights, max_model_len=self.w.prompt_len + self.w.decode_tokens + 8)
 
     def pair(self, plans):
-        import gc
-        import shutil
-
         from .vllm_runs import throughput
         d = self._write("probe", plans)
         probe = self._load(d)
@@ -185,15 +185,11 @@ class _VLLM(_Engine):
             del probe  # the last reference: the next probe's engine must not find this one's parallel state
             gc.collect()
             shutil.rmtree(d, ignore_errors=True)
-        import vllm
-        self.env = {"engine": f"vllm {vllm.__version__}"}
         t = {n: (self.w.prompt_len / x["prefill_tok_s"]["median"], 1 / x["gen_tok_s"]["median"])
              for n, x in r.items()}
         return t["dense"], t["probe"]
 
     def close(self):
-        import gc
-        import shutil
         self.dense = None
         gc.collect()
         shutil.rmtree(self.dir, ignore_errors=True)
