@@ -6,6 +6,7 @@ import socket
 import time
 
 import pytest
+import torch
 
 from selfpruner.core.model import data as D
 
@@ -85,3 +86,32 @@ def test_cli_shows_core_warnings_as_one_line(capsys):
         assert capsys.readouterr().err == "warning: WikiText-2 hub unreachable (offline?): using the local copy [x]\n"
     finally:
         logger.handlers[:] = saved
+
+
+def test_local_tokens_are_cached_per_tokenizer_and_text(tmp_path, monkeypatch, tiny_tokenizer):
+    """The tokenised file comes back from the cache the second time, and another tokenizer (one more word in its
+    vocabulary) or another text never reads that entry."""
+    monkeypatch.setenv("SELFPRUNER_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = D._encode
+    monkeypatch.setattr(D, "_encode", lambda tok, text: calls.append(len(text)) or real(tok, text))
+    first = D.load_token_data(tiny_tokenizer, calib_tokens=256, source="local")
+    again = D.load_token_data(tiny_tokenizer, calib_tokens=256, source="local")
+    assert len(calls) == 1 and all((a == b).all() for a, b in zip((first.calib, first.search, first.test),
+                                                                    (again.calib, again.search, again.test)))
+    other = _copy_with_one_more_word(tiny_tokenizer)
+    got = D.load_token_data(other, calib_tokens=256, source="local")
+    assert len(calls) == 2 and not torch.equal(got.test, first.test)
+    text = tmp_path / "wiki.test.raw"
+    text.write_text(D.local_wikitext_path().read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    monkeypatch.setenv(D.WIKITEXT_ENV, str(text))
+    D.load_token_data(tiny_tokenizer, calib_tokens=256, source="local")
+    assert len(calls) == 3
+
+
+def _copy_with_one_more_word(tokenizer):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.add_tokens(["the"])  # the commonest word gets a new id
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<bos>")

@@ -151,6 +151,21 @@ def _encode(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
+def _encode_file(tokenizer, text: str, text_sha: str) -> torch.Tensor:
+    """A file's tokens, kept in the cache under the tokenizer's and the text's hashes: tokenising WikiText-2
+    costs about a second at every run, hashing a fast tokenizer a few hundredths."""
+    from .calibration import cached
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer has no serialised form to key by
+        return _encode(tokenizer, text)
+    h = hashlib.sha256(f"{type(tokenizer).__name__}|{text_sha}|".encode())
+    h.update(backend.to_str().encode())
+    ids, _ = cached("tokens", h.hexdigest()[:24], lambda: _encode(tokenizer, text), lambda t: {"ids": t},
+                    lambda d: d["ids"])
+    return ids
+
+
 def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto", bos: str = "auto",
                     calib_data: str | None = None) -> TokenData:
     """`source`: 'auto' (hub, else local), 'hub', or 'local'; `bos`: see resolve_bos. `calib_data` (a text or
@@ -172,9 +187,9 @@ def load_token_data(tokenizer, *, calib_tokens: int = 16384, source: str = "auto
     if source == "auto":
         log.warning("WikiText-2 %s: using the local copy %s", why, path)
     raw = path.read_bytes()
-    text = raw.decode("utf-8").replace("\r\n", "\n")
-    ids = _encode(tokenizer, text)
-    sha = hashlib.sha256(raw).hexdigest()[:12]
+    digest = hashlib.sha256(raw).hexdigest()
+    ids = _encode_file(tokenizer, raw.decode("utf-8").replace("\r\n", "\n"), digest)
+    sha = digest[:12]
     if calib:  # nothing of the test file is calibrated on: its halves are the final and the search text
         half = len(ids) // 2
         return TokenData(calib[0], ids[half:], ids[:half], f"local:{path} sha256={sha} calib={calib[1]}", bos_id)
