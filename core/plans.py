@@ -116,18 +116,38 @@ def _scored_removal(grain: LayerGrain, unit_at: tuple[int, ...], target: float) 
 
 
 def plans(grain: LayerGrain, rates) -> list[LayerPlan]:
-    layer_rates, attention = split_genes(rates, "search" if grain.attention_genes else None)
-    return [layer_plan(grain, p, i, attention[i] if attention else None) for i, p in enumerate(layer_rates)]
+    g = Genes.of(rates, "search" if grain.attention_genes else None)
+    return [layer_plan(grain, p, i, g.attention[i] if g.attention else None) for i, p in enumerate(g.layers)]
 
 
-def split_genes(genes, split: str | None) -> tuple[list[float], list[float] | None]:
-    """(layer rates, attention-unit rates) of a stored candidate: under --split search its genes are the n layer
-    rates followed by the n attention rates; under the other splits there are no attention genes (None)."""
-    genes = list(genes)
-    if split == "search":
-        n = len(genes) // 2
-        return genes[:n], genes[n:]
-    return genes, None
+@dataclass(frozen=True)
+class Genes:
+    """A candidate's genes by meaning: its layer rates and, under --split search only, each layer's attention-unit
+    rate. Stored, proposed and repaired as one flat list (the layer rates, then the attention rates); `of` is the one
+    place that cuts it, given the split its session ran with."""
+    layers: tuple[float, ...]
+    attention: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, flat, split: str | None) -> "Genes":
+        flat = [float(x) for x in flat]
+        if split == "search":
+            n = len(flat) // 2
+            return cls(tuple(flat[:n]), tuple(flat[n:]))
+        return cls(tuple(flat))
+
+    @property
+    def flat(self) -> list[float]:
+        return [*self.layers, *(self.attention or ())]
+
+    @property
+    def attention_list(self) -> list[float] | None:
+        return None if self.attention is None else list(self.attention)
+
+    @property
+    def mean_rate(self) -> float:
+        """β of the layer rates (the attention rates split each layer's rate; they add no parameters)."""
+        return sum(self.layers) / len(self.layers) if self.layers else 0.0
 
 
 def scored_unit_order(unit_z, channel_z) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import sqlite_utils
 
 from .errors import UserError
-from .plans import candidate_key, candidate_key_text
+from .plans import Genes, candidate_key, candidate_key_text
 from .types import CallRecord, Proposal, finite, from_db
 
 # 1: the first format; 2: the `runs` table (who ran the session, core/run_lock.py) and PRAGMA user_version;
@@ -386,13 +386,22 @@ class Store:
     # ---- reads ----------------------------------------------------------------------------------
     def candidates(self, generation: int | None = None) -> list[dict]:
         where, args = ("generation = ?", [generation]) if generation is not None else (None, None)
-        out = []
+        out, split = [], self._split()
         for r in self.db["candidates"].rows_where(where, args, order_by="id"):
             r["parents"] = json.loads(r["parents"] or "[]")
             r["rates"] = json.loads(r["rates"])
+            r["genes"] = Genes.of(r["rates"], split)
             r["raw"] = json.loads(r["raw"]) if r["raw"] else None
             out.append(r)
         return out
+
+    def genes(self, flat) -> Genes:
+        """A stored or proposed candidate's flat genes by meaning, under the split this session ran with."""
+        return Genes.of(flat, self._split())
+
+    def _split(self) -> str | None:
+        rows = list(self.db.query("select config from session limit 1"))
+        return json.loads(rows[0]["config"] or "{}").get("split") if rows else None
 
     def fitness_by_candidate(self, kind: str = "search", budget_tokens: int | None = None) -> dict[int, float]:
         where, args = "kind = ?", [kind]

@@ -12,7 +12,7 @@ from selfpruner.core.config import ConfigError, SearchConfig
 from selfpruner.core.events import Control, EventBus
 from selfpruner.core.layer_search.self_pruner import compare_trajectories
 from selfpruner.core.layer_search.session import start_search
-from selfpruner.core.plans import LayerGrain, attention_bounds, fit_attention, layer_plan, plans, split_genes
+from selfpruner.core.plans import LayerGrain, attention_bounds, fit_attention, layer_plan, plans, Genes
 from selfpruner.core.proposers.llm import LLMProposer, interpret_reply
 from selfpruner.core.proposers.numeric import NumericProposer
 from selfpruner.core.proposers.parse import parse_reply
@@ -39,8 +39,10 @@ def test_the_pair_of_genes_sets_the_heads_and_the_rate_sets_the_parameters():
             assert abs(removed - p * 900) <= 5 + 1e-9, (p, a, pl)  # the rate's budget, to half a channel
             least, most = attention_bounds(GRAIN, p)
             assert least <= 4 - pl.attn_units <= most
-    assert split_genes([0.1, 0.2, 0.5, 0.25], "search") == ([0.1, 0.2], [0.5, 0.25])
-    assert split_genes([0.1, 0.2], "rule") == ([0.1, 0.2], None)
+    g = Genes.of([0.1, 0.2, 0.5, 0.25], "search")
+    assert (g.layers, g.attention, g.flat) == ((0.1, 0.2), (0.5, 0.25), [0.1, 0.2, 0.5, 0.25])
+    assert g.mean_rate == pytest.approx(0.15) and g.attention_list == [0.5, 0.25]
+    assert Genes.of([0.1, 0.2], "rule") == Genes((0.1, 0.2), None)
 
 
 def test_repair_keeps_the_budget_on_the_layer_rates_and_fits_each_attention_gene():

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from selfpruner.core import events as E
 from selfpruner.core.config import RECONSTRUCTION_NAMES, reconstruction_of
-from selfpruner.core.plans import split_genes
+from selfpruner.core.plans import Genes
 
 
 @dataclass
@@ -35,10 +35,11 @@ class Candidate:
 
 
 def candidate(config: dict, id: int, generation: int, origin: str, parents, genes, *rest) -> Candidate:
-    """A stored or proposed candidate as the screens show it: under --split search its genes are the layer rates
-    followed by the attention rates (core/plans.py)."""
-    rates, attention = split_genes(genes, config.get("split"))
-    return Candidate(id, generation, origin, list(parents), rates, *rest, attention=attention)
+    """A stored or proposed candidate as the screens show it: `genes` is a stored row's Genes, or a proposal's flat
+    list, cut by the session's split (core/plans.py Genes)."""
+    g = genes if isinstance(genes, Genes) else Genes.of(genes, config.get("split"))
+    return Candidate(id, generation, origin, list(parents), list(g.layers), *rest,
+                     attention=g.attention_list)
 
 
 @dataclass
@@ -178,7 +179,7 @@ class SearchState:
         evals = {e["candidate_id"]: e for e in store.evaluations() if e["kind"] == "search"}
         for c in store.candidates():
             e = evals.get(c["id"])
-            cand = st.cands[c["id"]] = candidate(cfg, c["id"], c["generation"], c["origin"], c["parents"], c["rates"],
+            cand = st.cands[c["id"]] = candidate(cfg, c["id"], c["generation"], c["origin"], c["parents"], c["genes"],
                                                  c["phase"], fit.get(c["id"]), bool(e and e["cached"]),
                                                  e["eval_s"] if e else None)
             if race and cand.fitness is None and e:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..model.models import LoadedModel, ModelArch, decoder_layers, frozen
 from ..model.structured import LayerPlan, StructuredPruner, ZeroAttention
-from ..plans import split_genes
+from ..plans import Genes
 from . import pruned_modeling
 
 pruned_modeling.register()
@@ -109,7 +109,8 @@ def build_pruned(lm: LoadedModel, pruner: StructuredPruner, rates, *, meta: dict
 
 def _record(lm, pruner: StructuredPruner, rates, plans: list[LayerPlan], meta: dict) -> dict:
     kept = sum(pruner.layer_params(p) for p in plans)
-    rates, attention = split_genes(rates, pruner.split)
+    g = Genes.of(rates, pruner.split)
+    rates, attention = g.layers, g.attention
     return {
         "source_model": lm.name,
         "source_fingerprint": lm.fingerprint,

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import reconstruction_of
-from ..plans import split_genes
 from ..store import Store
 from .session_summary import proposal_shares
 
@@ -64,7 +63,8 @@ def read_session(path) -> SessionView:
         for r in st.results():
             results.setdefault(r["kind"], []).append(r["payload"])
         refs = (results.get("reference") or [{}])[0]
-        rates, attention = split_genes(best["rates"], s["config"].get("split")) if best else (None, None)
+        g = best["genes"] if best else None
+        rates, attention = (list(g.layers), g.attention_list) if g else (None, None)
         return SessionView(s["id"], s["kind"], s["model_name"] or "", s["beta"], s["proposer"] or "",
                            s["status"] or "?", s["config"], rates, s["best_fitness"],
                            s["final_ppl"], evals, [(g["generation"], g["best"], g["mean"]) for g in st.generations()],

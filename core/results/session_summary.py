@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..plans import split_genes
 from ..session_files import resolve_session
 from ..store import Store, StoreError
 
@@ -123,7 +122,8 @@ def candidate_history(store: Store) -> list[dict]:
     secs = {e["candidate_id"]: e["eval_s"] for e in store.evaluations() if e["kind"] == "search"}
     rows = []
     for c in store.candidates():
-        rates, attention = split_genes(c["rates"], cfg.get("split"))  # attention: --split search only
+        g = c["genes"]  # attention: --split search only
+        rates, attention = list(g.layers), g.attention_list
         rows.append({"id": c["id"], "generation": c["generation"], "phase": c["phase"], "origin": c["origin"],
                      "parents": c["parents"], "fitness": fit.get(c["id"]), "eval_s": secs.get(c["id"]),
                      "mean_rate": sum(rates) / len(rates) if rates else None, "rates": rates, "attention": attention})

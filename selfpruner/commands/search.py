@@ -5,7 +5,6 @@ import json
 
 from selfpruner.core.config import Cluster, Data, Evolution, Fitness, Placement, Proposing, Pruning, SpeedTarget
 from selfpruner.core.errors import UserError
-from selfpruner.core.plans import split_genes
 
 from .common import ProgressRenderer, _print_shares, _run_with_signals, _typed_placement, out
 from .options import settings_from, typed_settings
@@ -55,10 +54,10 @@ def _print_result(store, result) -> None:
         fit = s["config"].get("fitness") or "ppl"
         out.print(f"best candidate #{result.best_id}: search {fit} {result.best_fitness:.3f}"
                   + (f", final ppl {result.final_ppl:.3f}" if result.final_ppl is not None else ""))
-        rates, attention = split_genes(result.best_rates, s["config"].get("split"))
-        out.print("rates: " + json.dumps([round(r, 5) for r in rates]))
-        if attention is not None:
-            out.print("attention: " + json.dumps([round(a, 5) for a in attention]))
+        g = store.genes(result.best_rates)
+        out.print("rates: " + json.dumps([round(r, 5) for r in g.layers]))
+        if g.attention is not None:
+            out.print("attention: " + json.dumps([round(a, 5) for a in g.attention]))
     if result.status == "stopped":
         out.print(f"resume with: selfpruner search --resume {s['id']}")
 

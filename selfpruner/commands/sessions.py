@@ -86,11 +86,10 @@ def _show(st, args) -> None:
         best = next(c for c in st.candidates() if c["id"] == s["best_candidate"])
         out.print(f"best candidate #{best['id']} ({best['origin']}, gen {best['generation']}): search {fit} "
                   f"{_f(s['best_fitness'])}, final ppl {_f(s['final_ppl'])}")
-        from selfpruner.core.plans import split_genes
-        rates, attention = split_genes(best["rates"], cfg.get("split"))
-        out.print("rates: " + json.dumps(rates))
-        if attention is not None:
-            out.print("attention: " + json.dumps(attention))
+        g = best["genes"]
+        out.print("rates: " + json.dumps(list(g.layers)))
+        if g.attention is not None:
+            out.print("attention: " + json.dumps(list(g.attention)))
     if args.json:
         out.print_json(json.dumps({"session": s, "generations": gens}, default=str))
 
