@@ -21,6 +21,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # machine, a fresh clone's included, skips the dequantisation and calibration passes and nothing stale is read.
 os.environ["SELFPRUNER_CACHE"] = os.environ.get("SELFPRUNER_TEST_CACHE") or os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "selfpruner-tests")
+# Under pytest-xdist (.ci/run: `-n 2`) each worker and what it starts computes on one thread: two workers with
+# torch's default thread per core oversubscribe two cores, their OpenMP threads spinning against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def _wordlevel_tokenizer(vocab_size: int = 1000):
