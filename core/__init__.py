@@ -14,8 +14,9 @@ each made lazily inside the function that needs it: `config` parses a `--race` s
   store), `plans` (which pruned model a rate vector stands for: the identity of a layer-rate candidate),
   `cost_table` (what a layer costs on a serving engine, and a --target-speedup budget predicted from it),
   `events` (what the core reports while it runs; the CLI and TUI only subscribe), `store` (one SQLite file per
-  session; `session_files` finds and lists them), `run_lock` (one process runs a session at a time) and
-  `steering` (pause/resume/stop asked by another process through the session's control table).
+  session; `store_errors`: why a DB cannot be used, in one line; `session_files` finds and lists them),
+  `run_lock` (one process runs a session at a time) and `steering` (pause/resume/stop asked by another process
+  through the session's control table).
 - `model/`: a model as every stage sees it: loading HF dirs, hub ids and GGUFs (`models`; a GGUF dequantised
   once and cached, `gguf_cache`), WikiText-2 windows
   (`data`), calibration statistics (`calibration`), Wanda-sp and FLAP importance (`wanda_sp`, `flap`), structured

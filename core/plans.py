@@ -137,17 +137,8 @@ class Genes:
         return cls(tuple(flat))
 
     @property
-    def flat(self) -> list[float]:
-        return [*self.layers, *(self.attention or ())]
-
-    @property
     def attention_list(self) -> list[float] | None:
         return None if self.attention is None else list(self.attention)
-
-    @property
-    def mean_rate(self) -> float:
-        """β of the layer rates (the attention rates split each layer's rate; they add no parameters)."""
-        return sum(self.layers) / len(self.layers) if self.layers else 0.0
 
 
 def scored_unit_order(unit_z, channel_z) -> tuple[int, ...]:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[1] / "core"
 ORDER = ["top", "model", "proposers", "layer_search", "metric_search", "baselines", "results"]
-TOP = {"config", "errors", "types", "plans", "cost_table", "events", "store", "session_files", "run_lock", "steering"}
+TOP = {"config", "errors", "types", "plans", "cost_table", "events", "store", "store_errors", "session_files",
+       "run_lock", "steering"}
 LAZY_BACKWARDS = {("config.py", "layer_search.racing"), ("model/models.py", "results"),
                   ("proposers/registry.py", "metric_search.metric_writers"), ("layer_search/workbench.py", "baselines.rates"),
                   ("layer_search/speed_budget.py", "results.cost_probes")}

@@ -40,8 +40,7 @@ def test_the_pair_of_genes_sets_the_heads_and_the_rate_sets_the_parameters():
             least, most = attention_bounds(GRAIN, p)
             assert least <= 4 - pl.attn_units <= most
     g = Genes.of([0.1, 0.2, 0.5, 0.25], "search")
-    assert (g.layers, g.attention, g.flat) == ((0.1, 0.2), (0.5, 0.25), [0.1, 0.2, 0.5, 0.25])
-    assert g.mean_rate == pytest.approx(0.15) and g.attention_list == [0.5, 0.25]
+    assert (g.layers, g.attention, g.attention_list) == ((0.1, 0.2), (0.5, 0.25), [0.5, 0.25])
     assert Genes.of([0.1, 0.2], "rule") == Genes((0.1, 0.2), None)
 
 
